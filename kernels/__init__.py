@@ -1,0 +1,5 @@
+"""Triton kernels of r3hf, installed as `r3hf.kernels` (the folder is `kernels/` in the source tree).
+
+Import through `r3hf.ops` (backend "triton"); on a machine without a GPU set
+TRITON_INTERPRET=1 before importing to run them on the CPU.
+"""

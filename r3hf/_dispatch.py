@@ -1,0 +1,101 @@
+"""Backend selection: which implementation runs each op for a given device, and why.
+
+A backend is a module exposing the ops it implements (same names and normalised arguments as
+`r3hf.reference`), an `OPS` tuple naming them and `unavailable_reason(device) -> str | None`.
+"auto" prefers Triton for CUDA tensors, then the C++ extension, then the torch reference.
+"""
+
+from __future__ import annotations
+
+import importlib
+from functools import lru_cache
+
+import torch
+
+OP_NAMES = (
+    "prefix_scores",
+    "redistribute",
+    "kl_penalty",
+    "token_rewards",
+    "gae",
+    "masked_whiten",
+    "fused_reward_gae",
+)
+
+_MODULES = {
+    "torch": "r3hf.reference",
+    "cpp": "r3hf.backends.cpp",
+    "triton": "r3hf.backends.triton",
+}
+
+_AUTO_ORDER = {"cuda": ("triton", "cpp", "torch"), "cpu": ("cpp", "torch")}
+
+
+class BackendUnavailableError(RuntimeError):
+    """An explicitly requested backend cannot run this op on these tensors."""
+
+
+@lru_cache(maxsize=None)
+def load(name: str):
+    """-> (module or None, reason it is unavailable or a short description)."""
+    if name == "torch":
+        return importlib.import_module(_MODULES["torch"]), "plain torch reference (always available)"
+    try:
+        module = importlib.import_module(_MODULES[name])
+    except ImportError as e:
+        return None, f"{name} backend not importable: {e}"
+    describe = getattr(module, "describe", None)
+    return module, describe() if describe else name
+
+
+def _why_not(name: str, op: str, device: torch.device) -> str | None:
+    module, reason = load(name)
+    if module is None:
+        return reason
+    if name != "torch":
+        if op not in module.OPS:
+            return f"{name} backend does not implement {op}"
+        why = module.unavailable_reason(device)
+        if why:
+            return why
+    return None
+
+
+def choose(op: str, backend: str, device: torch.device) -> str:
+    """Name of the backend that runs `op` on `device` ("auto" resolved)."""
+    if backend != "auto":
+        why = _why_not(backend, op, device)
+        if why:
+            raise BackendUnavailableError(f"backend={backend!r} cannot run {op} on {device.type}: {why}")
+        return backend
+    for name in _AUTO_ORDER.get(device.type, ("torch",)):
+        if _why_not(name, op, device) is None:
+            return name
+    return "torch"
+
+
+def implementation(op: str, backend: str, device: torch.device):
+    return getattr(load(choose(op, backend, device))[0], op)
+
+
+def backends() -> dict:
+    """Which backends exist, why the others do not, and which one each op uses per device."""
+    report = {}
+    for name in _MODULES:
+        module, reason = load(name)
+        entry = {"available": module is not None, "detail": reason}
+        build = getattr(module, "build_info", None)
+        if build is not None:
+            entry["build"] = build()
+        report[name] = entry
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    report["ops"] = {op: {d.type: choose(op, "auto", d) for d in devices} for op in OP_NAMES}
+    report["why_not"] = {
+        d.type: {
+            name: why
+            for name in _MODULES
+            if name != "torch" and (why := _why_not(name, "gae", d)) is not None
+        }
+        for d in devices
+    }
+    return report

@@ -1,0 +1,333 @@
+"""Argument checks and normalisation for every public op, in one place.
+
+`r3hf.ops` calls these before dispatch, so every backend receives the same normalised
+arguments and every bad input raises the same clear ValueError/TypeError whatever the
+backend. Normalised forms:
+
+- `response_mask` -> bool [B, L] (nonzero = generated token);
+- `prompt_len` -> int64 [B] on the scores' device;
+- clip/clamp ranges -> `(low, high)` floats or None;
+- `weight` -> [D]; `bias` -> float32 [1] or None; `bootstrap` -> float32 [B] or None.
+
+Inputs are never modified: conversions make new tensors.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import torch
+
+KL_ESTIMATORS = ("k1", "k2", "k3", "abs")
+FIRST_MODES = ("prompt", "zero")
+BACKEND_NAMES = ("auto", "torch", "cpp", "triton")
+
+
+def _shape(t: torch.Tensor) -> list:
+    return list(t.shape)
+
+
+def check_tensor(name: str, t, *, rank: int | None = None, floating: bool = True) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if rank is not None and t.dim() != rank:
+        raise ValueError(f"{name} must have {rank} dimensions, got shape {_shape(t)}")
+    if floating and not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+    return t
+
+
+def check_shape(name: str, t: torch.Tensor, expected: list, letters: str) -> None:
+    if _shape(t) != list(expected):
+        raise ValueError(f"{name} must be [{', '.join(letters)}] = {list(expected)}, got {_shape(t)}")
+
+
+def check_same_device(**tensors) -> torch.device:
+    named = [(k, v) for k, v in tensors.items() if isinstance(v, torch.Tensor)]
+    first_name, first = named[0]
+    for k, v in named[1:]:
+        if v.device != first.device:
+            raise ValueError(
+                f"{k} is on {v.device} but {first_name} is on {first.device}; "
+                "all tensors must be on the same device"
+            )
+    return first.device
+
+
+def check_unit_interval(name: str, x) -> float:
+    if isinstance(x, bool) or not isinstance(x, Real):
+        raise TypeError(f"{name} must be a float in [0, 1], got {type(x).__name__}")
+    x = float(x)
+    if not (0.0 <= x <= 1.0):
+        raise ValueError(f"{name} must be in [0, 1], got {x}")
+    return x
+
+
+def check_finite_float(name: str, x) -> float:
+    if isinstance(x, bool) or not isinstance(x, Real):
+        raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
+    x = float(x)
+    if not math.isfinite(x):
+        raise ValueError(f"{name} must be finite, got {x}")
+    return x
+
+
+def check_choice(name: str, value, choices) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def check_backend(backend) -> str:
+    return check_choice("backend", backend, BACKEND_NAMES)
+
+
+def as_range(name: str, r):
+    """None, c (meaning [-c, c]) or (low, high) -> None or (low, high) floats."""
+    if r is None:
+        return None
+    if isinstance(r, (tuple, list)):
+        if len(r) != 2:
+            raise ValueError(f"{name} must be None, a float c or a (low, high) pair, got {r!r}")
+        low, high = (check_range_bound(name, v) for v in r)
+    else:
+        c = check_range_bound(name, r)
+        if c < 0:
+            raise ValueError(f"{name} as a single number c means [-c, c] and must be >= 0, got {c}")
+        low, high = -c, c
+    if low > high:
+        raise ValueError(f"{name} must have low <= high, got ({low}, {high})")
+    return (low, high)
+
+
+def check_range_bound(name: str, v) -> float:
+    if isinstance(v, bool) or not isinstance(v, Real):
+        raise TypeError(f"{name} bounds must be real numbers, got {type(v).__name__}")
+    v = float(v)
+    if math.isnan(v):
+        raise ValueError(f"{name} bounds must not be NaN")
+    return v
+
+
+def as_mask(name: str, mask, B: int | None = None, L: int | None = None) -> torch.Tensor:
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(mask).__name__}")
+    if mask.dim() != 2:
+        raise ValueError(f"{name} must be [B, L], got shape {_shape(mask)}")
+    if mask.is_complex():
+        raise TypeError(f"{name} must be bool, integer or float, got {mask.dtype}")
+    return mask if mask.dtype == torch.bool else mask != 0
+
+
+def as_prompt_len(prompt_len, B: int, S: int, L: int, device: torch.device, first: str) -> torch.Tensor:
+    """int or integer tensor [B] -> int64 [B] on `device`, checked against S and L."""
+    lowest = 1 if first == "prompt" else 0
+    if isinstance(prompt_len, torch.Tensor):
+        if prompt_len.is_floating_point() or prompt_len.is_complex() or prompt_len.dtype == torch.bool:
+            raise TypeError(f"prompt_len must be an int or an integer tensor [B], got {prompt_len.dtype}")
+        if prompt_len.dim() == 0:
+            prompt_len = prompt_len.reshape(1).expand(B)
+        if _shape(prompt_len) != [B]:
+            raise ValueError(f"prompt_len must be an int or [B] = [{B}], got {_shape(prompt_len)}")
+        p = prompt_len.to(device=device, dtype=torch.int64)
+        if B > 0:
+            lo, hi = torch.aminmax(p)
+            lo, hi = int(lo), int(hi)
+        else:
+            lo, hi = lowest, 0
+    else:
+        if isinstance(prompt_len, bool) or not isinstance(prompt_len, int):
+            raise TypeError(f"prompt_len must be an int or an integer tensor [B], got {type(prompt_len).__name__}")
+        lo = hi = int(prompt_len)
+        p = torch.full((B,), lo, dtype=torch.int64, device=device)
+    if lo < 0:
+        raise ValueError(f"prompt_len must be >= 0, got {lo}")
+    if lo < lowest:
+        raise ValueError(
+            "prompt_len must be >= 1 with first='prompt' (the prompt-only score is scores[prompt_len - 1]); "
+            "got 0 — use first='zero' for rows without a prompt"
+        )
+    if hi + L > S:
+        raise ValueError(f"scores must cover prompt_len + L positions: S = {S} < prompt_len + L = {hi} + {L}")
+    return p
+
+
+def as_weight(weight, D: int) -> torch.Tensor:
+    check_tensor("weight", weight)
+    if weight.dim() == 2 and weight.shape[0] == 1:
+        weight = weight[0]
+    if _shape(weight) != [D]:
+        raise ValueError(f"weight must be [D] or [1, D] with D = {D}, got {_shape(weight)}")
+    return weight
+
+
+def as_bias(bias, device: torch.device):
+    if bias is None:
+        return None
+    if isinstance(bias, torch.Tensor):
+        check_tensor("bias", bias)
+        if bias.numel() != 1 or bias.dim() > 1:
+            raise ValueError(f"bias must be None, a float or a [1] tensor, got shape {_shape(bias)}")
+        if bias.device != device:
+            raise ValueError(f"bias is on {bias.device} but hidden is on {device}; all tensors must be on the same device")
+        return bias.reshape(1).to(torch.float32)
+    return torch.tensor([check_finite_float("bias", bias)], dtype=torch.float32, device=device)
+
+
+def as_bootstrap(bootstrap, B: int, device: torch.device):
+    if bootstrap is None:
+        return None
+    if isinstance(bootstrap, torch.Tensor):
+        check_tensor("bootstrap", bootstrap)
+        if bootstrap.dim() == 0:
+            bootstrap = bootstrap.reshape(1).expand(B)
+        if _shape(bootstrap) != [B]:
+            raise ValueError(f"bootstrap must be None, a float or [B] = [{B}], got {_shape(bootstrap)}")
+        if bootstrap.device != device:
+            raise ValueError(
+                f"bootstrap is on {bootstrap.device} but values is on {device}; all tensors must be on the same device"
+            )
+        return bootstrap.to(torch.float32)
+    return torch.full((B,), check_finite_float("bootstrap", bootstrap), dtype=torch.float32, device=device)
+
+
+# --- per-op argument sets --------------------------------------------------------------
+
+
+def prefix_scores_args(hidden, weight, bias):
+    check_tensor("hidden", hidden, rank=3)
+    B, S, D = hidden.shape
+    weight = as_weight(weight, D)
+    device = check_same_device(hidden=hidden, weight=weight)
+    return dict(hidden=hidden, weight=weight, bias=as_bias(bias, device))
+
+
+def kl_args(logprobs, ref_logprobs, estimator, clamp, mask_shape=None):
+    check_tensor("logprobs", logprobs, rank=2)
+    check_tensor("ref_logprobs", ref_logprobs, rank=2)
+    if mask_shape is not None:
+        check_shape("logprobs", logprobs, mask_shape, "BL")
+    check_shape("ref_logprobs", ref_logprobs, list(logprobs.shape), "BL")
+    check_same_device(logprobs=logprobs, ref_logprobs=ref_logprobs)
+    return dict(
+        logprobs=logprobs,
+        ref_logprobs=ref_logprobs,
+        estimator=check_choice("estimator", estimator, KL_ESTIMATORS),
+        clamp=as_range("clamp", clamp),
+    )
+
+
+def redistribute_args(scores, response_mask, prompt_len, first, beta_c):
+    check_tensor("scores", scores, rank=2)
+    mask = as_mask("response_mask", response_mask)
+    check_same_device(scores=scores, response_mask=mask)
+    first = check_choice("first", first, FIRST_MODES)
+    B, S = scores.shape
+    if mask.shape[0] != B:
+        raise ValueError(f"response_mask must be [B, L] with B = {B} (from scores), got {_shape(mask)}")
+    L = mask.shape[1]
+    return dict(
+        scores=scores,
+        response_mask=mask,
+        prompt_len=as_prompt_len(prompt_len, B, S, L, scores.device, first),
+        first=first,
+        beta_c=check_unit_interval("beta_c", beta_c),
+    )
+
+
+def token_rewards_args(
+    scores, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp, first, beta_c, reward_clip
+):
+    args = redistribute_args(scores, response_mask, prompt_len, first, beta_c)
+    kl_coef = check_finite_float("kl_coef", kl_coef)
+    kl_estimator = check_choice("kl_estimator", kl_estimator, KL_ESTIMATORS)
+    kl_clamp = as_range("kl_clamp", kl_clamp)
+    if kl_coef != 0.0:
+        if logprobs is None or ref_logprobs is None:
+            missing = [n for n, v in (("logprobs", logprobs), ("ref_logprobs", ref_logprobs)) if v is None]
+            raise ValueError(f"kl_coef = {kl_coef} needs both logprobs and ref_logprobs; missing {', '.join(missing)}")
+        kl = kl_args(logprobs, ref_logprobs, kl_estimator, kl_clamp, list(args["response_mask"].shape))
+        check_same_device(scores=scores, logprobs=logprobs)
+        logprobs, ref_logprobs = kl["logprobs"], kl["ref_logprobs"]
+    else:
+        # Unused when kl_coef == 0; dropping them keeps every backend from reading them.
+        logprobs = ref_logprobs = None
+    args.update(
+        logprobs=logprobs,
+        ref_logprobs=ref_logprobs,
+        kl_coef=kl_coef,
+        kl_estimator=kl_estimator,
+        kl_clamp=kl_clamp,
+        reward_clip=as_range("reward_clip", reward_clip),
+    )
+    return args
+
+
+def gae_args(rewards, values, response_mask, gamma, lam, bootstrap):
+    check_tensor("rewards", rewards, rank=2)
+    check_tensor("values", values, rank=2)
+    B, L = rewards.shape
+    check_shape("values", values, [B, L], "BL")
+    mask = as_mask("response_mask", response_mask)
+    check_shape("response_mask", mask, [B, L], "BL")
+    device = check_same_device(rewards=rewards, values=values, response_mask=mask)
+    return dict(
+        rewards=rewards,
+        values=values,
+        response_mask=mask,
+        gamma=check_unit_interval("gamma", gamma),
+        lam=check_unit_interval("lam", lam),
+        bootstrap=as_bootstrap(bootstrap, B, device),
+    )
+
+
+def masked_whiten_args(x, mask, shift_mean, unbiased, eps, group):
+    check_tensor("x", x)
+    mask = _as_any_mask(mask)
+    if _shape(mask) != _shape(x):
+        raise ValueError(f"mask must have the shape of x = {_shape(x)}, got {_shape(mask)}")
+    check_same_device(x=x, mask=mask)
+    eps = check_finite_float("eps", eps)
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    for name, flag in (("shift_mean", shift_mean), ("unbiased", unbiased)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+    return dict(x=x, mask=mask, shift_mean=shift_mean, unbiased=unbiased, eps=eps, group=group)
+
+
+def _as_any_mask(mask) -> torch.Tensor:
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
+    if mask.is_complex():
+        raise TypeError(f"mask must be bool, integer or float, got {mask.dtype}")
+    return mask if mask.dtype == torch.bool else mask != 0
+
+
+def fused_args(
+    hidden, weight, bias, values, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator,
+    kl_clamp, gamma, lam, first, beta_c, reward_clip, bootstrap,
+):
+    proj = prefix_scores_args(hidden, weight, bias)
+    B, S, _ = hidden.shape
+    check_same_device(hidden=hidden, response_mask=as_mask("response_mask", response_mask), values=values,
+                      logprobs=logprobs, ref_logprobs=ref_logprobs)
+    # Check the rewards part against a [B, S] stand-in so messages name the same arguments.
+    stand_in = hidden.new_empty((B, S))
+    rew = token_rewards_args(
+        stand_in, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp, first,
+        beta_c, reward_clip,
+    )
+    del rew["scores"]
+    mask = rew["response_mask"]
+    check_tensor("values", values, rank=2)
+    check_shape("values", values, list(mask.shape), "BL")
+    check_same_device(hidden=hidden, values=values)
+    gae = dict(
+        values=values,
+        gamma=check_unit_interval("gamma", gamma),
+        lam=check_unit_interval("lam", lam),
+        bootstrap=as_bootstrap(bootstrap, B, values.device),
+    )
+    return {**proj, **rew, **gae}

@@ -1,0 +1,128 @@
+"""The public entry of r3hf: token-level rewards (R3HF/RED), KL penalty and GAE for PPO.
+
+Layout (TRL, veRL, OpenRLHF): a batch of B sequences = prompt ⊕ response, S positions in all.
+Reward-model tensors cover the S positions; response tensors cover L positions, response
+token j of row b sitting at sequence position prompt_len[b] + j. `prompt_len` is an int
+(left-padded prompts) or an integer tensor [B]. `response_mask` [B, L] is nonzero for the
+tokens the policy generated (EOS included) and 0 for padding and multi-turn observation tokens.
+
+Every op validates its arguments (ValueError/TypeError naming the argument), never modifies
+an input, returns float32, and takes backend="auto"|"torch"|"cpp"|"triton". The semantics are
+those of `r3hf.reference`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _validate as v
+from ._dispatch import BackendUnavailableError, implementation
+from ._dispatch import backends as _backends
+
+__all__ = [
+    "prefix_scores",
+    "redistribute",
+    "kl_penalty",
+    "token_rewards",
+    "gae",
+    "masked_whiten",
+    "fused_reward_gae",
+    "backends",
+    "BackendUnavailableError",
+]
+
+
+def _run(op: str, backend: str, device: torch.device, args: dict):
+    return implementation(op, v.check_backend(backend), device)(**args)
+
+
+def prefix_scores(hidden, weight, bias=None, *, backend="auto") -> torch.Tensor:
+    """Reward-head score of every prefix: scores[b, t] = hidden[b, t, :] · weight + bias.
+
+    hidden [B, S, D] (the reward model's last hidden states), weight [D] or [1, D] (a Hugging
+    Face `score.weight`), bias None, a float or a [1] tensor -> float32 [B, S], fp32 accumulation.
+    """
+    args = v.prefix_scores_args(hidden, weight, bias)
+    return _run("prefix_scores", backend, hidden.device, args)
+
+
+def redistribute(scores, response_mask, prompt_len, *, first="prompt", beta_c=1.0, backend="auto") -> torch.Tensor:
+    """R3HF/RED dense rewards from prefix scores [B, S] -> float32 [B, L].
+
+    Each generated token gets the change in score it caused: scores[t] − scores[t−1] over a
+    contiguous mask; a masked span between generated tokens is credited to the token before it;
+    the first token is differenced against the prompt-only score (first="prompt") or 0
+    (first="zero"). A row's rewards sum to its final score minus that baseline. Mixed as
+    β_c·dense + (1 − β_c)·sparse, sparse = the final score at the last generated token.
+    """
+    args = v.redistribute_args(scores, response_mask, prompt_len, first, beta_c)
+    return _run("redistribute", backend, scores.device, args)
+
+
+def kl_penalty(logprobs, ref_logprobs, estimator="k1", clamp=None, *, backend="auto") -> torch.Tensor:
+    """Per-token KL estimate [B, L] with d = logprobs − ref_logprobs.
+
+    k1 = d; k2 = d²/2; k3 = exp(−d) − 1 + d; abs = |d|. clamp: None, c for [−c, c], or (low, high).
+    """
+    args = v.kl_args(logprobs, ref_logprobs, estimator, clamp)
+    return _run("kl_penalty", backend, logprobs.device, args)
+
+
+def token_rewards(
+    scores, response_mask, prompt_len, *, logprobs=None, ref_logprobs=None, kl_coef=0.0, kl_estimator="k1",
+    kl_clamp=None, first="prompt", beta_c=1.0, reward_clip=None, backend="auto",
+) -> torch.Tensor:
+    """mask · (clip(redistribute(scores)) − kl_coef · kl_penalty(logprobs, ref_logprobs)) -> [B, L].
+
+    reward_clip (None, c or (low, high)) bounds the reward-model part only; kl_clamp bounds
+    the KL estimate (veRL's k3 and OpenRLHF use ±10). KL needs both logprob tensors.
+    """
+    args = v.token_rewards_args(
+        scores, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp, first,
+        beta_c, reward_clip,
+    )
+    return _run("token_rewards", backend, scores.device, args)
+
+
+def gae(rewards, values, response_mask, gamma=1.0, lam=0.95, bootstrap=None, *, backend="auto"):
+    """GAE over [B, L] -> (advantages, returns), float32, 0 at masked positions.
+
+    Backwards per row: at a generated t, δ = r_t + γ·v' − V_t, a = δ + γλ·a, v' = V_t; masked
+    positions carry v' and a unchanged (veRL's multi-turn rule). v' starts at bootstrap (None,
+    a float or [B]) or 0. returns = advantages + values.
+    """
+    args = v.gae_args(rewards, values, response_mask, gamma, lam, bootstrap)
+    return _run("gae", backend, rewards.device, args)
+
+
+def masked_whiten(x, mask, shift_mean=True, unbiased=True, eps=1e-8, group=None, *, backend="auto"):
+    """(x − mean)·rsqrt(var + eps) over mask == 1, 0 where masked; float32, shape of x.
+
+    unbiased=True as TRL/veRL, False as OpenRLHF; shift_mean=False adds the mean back.
+    `group` (a torch.distributed process group) all-reduces the statistics across ranks.
+    """
+    args = v.masked_whiten_args(x, mask, shift_mean, unbiased, eps, group)
+    return _run("masked_whiten", backend, x.device, args)
+
+
+def fused_reward_gae(
+    hidden, weight, bias, values, response_mask, prompt_len, *, logprobs=None, ref_logprobs=None, kl_coef=0.0,
+    kl_estimator="k1", kl_clamp=None, gamma=1.0, lam=0.95, first="prompt", beta_c=1.0, reward_clip=None,
+    bootstrap=None, backend="auto",
+):
+    """Reward-head projection → R3HF rewards → KL → GAE in one call.
+
+    hidden [B, S, D], weight [D] or [1, D], bias, values [B, L], response_mask [B, L] ->
+    (rewards, advantages, returns), each float32 [B, L]; equal to
+    gae(token_rewards(prefix_scores(hidden, weight, bias), …), values, …). No whitening.
+    """
+    args = v.fused_args(
+        hidden, weight, bias, values, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator,
+        kl_clamp, gamma, lam, first, beta_c, reward_clip, bootstrap,
+    )
+    return _run("fused_reward_gae", backend, hidden.device, args)
+
+
+def backends() -> dict:
+    """Available backends (with the reason for any that is not) and the one each op uses per device."""
+    return _backends()

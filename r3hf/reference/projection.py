@@ -1,0 +1,13 @@
+import torch
+
+
+def prefix_scores(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Reward-head score at every position: `scores[b, t] = hidden[b, t, :] · weight + bias`.
+
+    hidden [B, S, D] any float dtype, weight [D], bias float32 [1] or None -> float32 [B, S].
+    Accumulates in fp32, so a bf16 reward model's prefix scores are as exact as its hidden states.
+    """
+    scores = torch.matmul(hidden.float(), weight.float())
+    if bias is not None:
+        scores = scores + bias.float()
+    return scores

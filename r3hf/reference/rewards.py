@@ -1,0 +1,112 @@
+import torch
+
+
+def _response_positions(scores: torch.Tensor, prompt_len: torch.Tensor, L: int, shift: int) -> torch.Tensor:
+    """scores[b, prompt_len[b] + j + shift] for j in [0, L) -> [B, L] (indices clamped at 0)."""
+    j = torch.arange(L, device=scores.device)
+    idx = (prompt_len[:, None] + j[None, :] + shift).clamp_min(0)
+    return scores.gather(1, idx)
+
+
+def _next_generated(mask: torch.Tensor) -> torch.Tensor:
+    """For each j, the smallest j' > j with mask[b, j'] set, or L if there is none. [B, L] int64."""
+    B, L = mask.shape
+    pos = torch.arange(L, device=mask.device).expand(B, L)
+    gen = torch.where(mask, pos, torch.full_like(pos, L))
+    after = torch.cat([gen[:, 1:], torch.full_like(gen[:, :1], L)], dim=1)
+    return after.flip(1).cummin(1).values.flip(1)
+
+
+def redistribute(
+    scores: torch.Tensor,
+    response_mask: torch.Tensor,
+    prompt_len: torch.Tensor,
+    first: str = "prompt",
+    beta_c: float = 1.0,
+) -> torch.Tensor:
+    """R3HF/RED token rewards from prefix scores.
+
+    scores [B, S] (reward-model score of every prefix), response_mask bool [B, L],
+    prompt_len int64 [B]: response token j of row b sits at position prompt_len[b] + j.
+
+    Let u_1 < … < u_n be the positions of the row's generated (unmasked) tokens. Potentials
+    Φ_1 = scores[prompt_len − 1] (first="prompt") or 0 (first="zero"), Φ_k = scores[u_k − 1]
+    for k ≥ 2, Φ_{n+1} = scores[u_n]; dense reward at u_k is Φ_{k+1} − Φ_k. A contiguous mask gives
+    scores[t] − scores[t − 1]; a masked span between two generated tokens is credited to the
+    generated token before it; dense rewards telescope to scores[u_n] − Φ_1. Sparse reward is
+    scores[u_n] at u_n. Returns β_c·dense + (1 − β_c)·sparse, float32 [B, L], 0 where masked
+    (all 0 for a row with no generated token).
+    """
+    s = scores.float()
+    mask = response_mask
+    B, L = mask.shape
+    after = _response_positions(s, prompt_len, L, 0)  # R(x, y≤j)
+    before = _response_positions(s, prompt_len, L, -1)  # R(x, y<j)
+
+    nxt = _next_generated(mask)
+    has_next = nxt < L
+    is_first = mask & (mask.cumsum(1) == 1)
+    is_last = mask & ~has_next
+
+    if first == "prompt":
+        phi_1 = s.gather(1, (prompt_len - 1)[:, None])
+    else:
+        phi_1 = torch.zeros((B, 1), dtype=s.dtype, device=s.device)
+    phi_in = torch.where(is_first, phi_1, before)  # Φ_k
+    phi_out = torch.where(has_next, before.gather(1, nxt.clamp_max(L - 1)), after)  # Φ_{k+1}
+    dense = phi_out - phi_in
+    sparse = torch.where(is_last, after, torch.zeros_like(after))
+    mixed = dense if beta_c == 1.0 else beta_c * dense + (1.0 - beta_c) * sparse
+    return torch.where(mask, mixed, torch.zeros_like(mixed))
+
+
+def kl_penalty(
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    estimator: str = "k1",
+    clamp: tuple[float, float] | None = None,
+) -> torch.Tensor:
+    """Per-token KL estimate, d = logprobs − ref_logprobs ([B, L] -> float32 [B, L]).
+
+    k1 = d; k2 = d²/2; k3 = exp(−d) − 1 + d (Schulman's low-variance estimator, as veRL's
+    "low_var_kl" and OpenRLHF's k3); abs = |d|. clamp = (low, high) bounds the result.
+    """
+    d = logprobs.float() - ref_logprobs.float()
+    if estimator == "k1":
+        kl = d
+    elif estimator == "k2":
+        kl = 0.5 * d * d
+    elif estimator == "k3":
+        kl = torch.expm1(-d) + d
+    elif estimator == "abs":
+        kl = d.abs()
+    else:
+        raise ValueError(f"estimator must be one of ['k1', 'k2', 'k3', 'abs'], got {estimator!r}")
+    if clamp is not None:
+        kl = kl.clamp(clamp[0], clamp[1])
+    return kl
+
+
+def token_rewards(
+    scores: torch.Tensor,
+    response_mask: torch.Tensor,
+    prompt_len: torch.Tensor,
+    logprobs: torch.Tensor | None = None,
+    ref_logprobs: torch.Tensor | None = None,
+    kl_coef: float = 0.0,
+    kl_estimator: str = "k1",
+    kl_clamp: tuple[float, float] | None = None,
+    first: str = "prompt",
+    beta_c: float = 1.0,
+    reward_clip: tuple[float, float] | None = None,
+) -> torch.Tensor:
+    """mask · (clip(redistribute(scores)) − kl_coef · kl_penalty(logprobs, ref_logprobs)).
+
+    reward_clip bounds the reward-model part only. float32 [B, L], 0 where masked.
+    """
+    r = redistribute(scores, response_mask, prompt_len, first, beta_c)
+    if reward_clip is not None:
+        r = r.clamp(reward_clip[0], reward_clip[1])
+    if kl_coef != 0.0:
+        r = r - kl_coef * kl_penalty(logprobs, ref_logprobs, kl_estimator, kl_clamp)
+    return torch.where(response_mask, r, torch.zeros_like(r))

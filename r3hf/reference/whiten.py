@@ -1,0 +1,43 @@
+import torch
+
+
+def _all_reduce(t: torch.Tensor, group) -> torch.Tensor:
+    if group is not None:
+        import torch.distributed as dist
+
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+    return t
+
+
+def masked_whiten(
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    shift_mean: bool = True,
+    unbiased: bool = True,
+    eps: float = 1e-8,
+    group=None,
+) -> torch.Tensor:
+    """Whiten x over the positions where mask is set; any shape, float32 out, 0 where masked.
+
+    mean and var over mask == 1 (unbiased: Bessel-corrected, as TRL and veRL; biased as
+    OpenRLHF), x' = (x − mean)·rsqrt(var + eps), with the mean added back when shift_mean is
+    False. With a torch.distributed `group` the sums are all-reduced first, so every rank
+    whitens with the statistics of the whole global batch.
+    """
+    xf = x.float()
+    zero = torch.zeros_like(xf)
+    count = _all_reduce(mask.sum().to(torch.float64).reshape(1), group)
+    n = float(count.item())
+    if n < (2 if unbiased else 1):
+        need = "at least 2 positions for an unbiased variance" if unbiased else "at least 1 position"
+        raise ValueError(f"mask selects {int(n)} positions; masked_whiten needs {need}")
+    # float64 sums keep large batches' statistics independent of summation order.
+    total = _all_reduce(torch.where(mask, xf, zero).sum(dtype=torch.float64).reshape(1), group)
+    mean = (total / n).to(torch.float32)
+    centered = torch.where(mask, xf - mean, zero)
+    sq = _all_reduce((centered.double() ** 2).sum().reshape(1), group)
+    var = (sq / (n - 1 if unbiased else n)).to(torch.float32)
+    out = (xf - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return torch.where(mask, out, zero)
