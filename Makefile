@@ -1,0 +1,22 @@
+# `make demo` and `make test` each set up everything they need on a fresh Linux machine
+# (a virtual environment in .venv with the CPU build of torch and r3hf's C++ extension).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+SOURCES := pyproject.toml setup.py $(shell find csrc -type f 2>/dev/null)
+
+.PHONY: setup demo test bench
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: $(SOURCES)
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip setuptools wheel
+	$(VENV)/bin/pip install -q $(TORCH)
+	$(VENV)/bin/pip install -q --no-build-isolation -e ".[test,demo]"
+	touch $@
+
+demo: setup
+	$(VENV)/bin/r3hf demo
+
+test: setup
+	$(VENV)/bin/python -m pytest -q
