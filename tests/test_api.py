@@ -7,21 +7,11 @@ import pytest
 import torch
 
 import r3hf.ops as ops
+from backends_here import runnable, supports
 from batches import make_batch
 
-CPU = torch.device("cpu")
 
-
-def runnable_backends():
-    report = ops.backends()
-    names = ["torch"]
-    for name in ("cpp", "triton"):
-        if report[name]["available"] and name not in report["why_not"]["cpu"]:
-            names.append(name)
-    return names
-
-
-BACKENDS = runnable_backends()
+BACKENDS = runnable()
 
 
 def calls(b, backend):
@@ -41,9 +31,7 @@ def calls(b, backend):
 
 
 def _supported(op, backend):
-    from r3hf._dispatch import _why_not
-
-    return _why_not(backend, op, CPU) is None
+    return supports(backend, op)
 
 
 def _digest(b):
