@@ -99,10 +99,11 @@ def fused_case(B, S, D, device) -> Case:
     m = _trailing_mask(B, T, gen, device)
     lp, ref = (-torch.rand(B, T, generator=gen)).to(device), (-torch.rand(B, T, generator=gen)).to(device)
     kw = dict(logprobs=lp, ref_logprobs=ref, kl_coef=KL_COEF, gamma=GAMMA, lam=LAM)
+    # The reference (an fp32 copy of [B, S, D], by design) runs only where nothing compiled does.
+    backends = [b for b in r3hf_backends("fused_reward_gae", device) if b != "torch"] or ["torch"]
     providers = {
         f"r3hf-{b}": (lambda b=b: ops.fused_reward_gae(hidden, head.weight, None, v, m, PROMPT, backend=b, **kw))
-        for b in r3hf_backends("fused_reward_gae", device)
-        if b != "torch"  # the reference's fp32 copy of [B, S, D] is the spec, not a contender
+        for b in backends
     }
 
     def unfused():

@@ -57,6 +57,6 @@ def measure(provider: str, B: int, S: int, D: int, device: str = "cpu") -> dict:
 def run(B: int, S: int, D: int, device: str = "cpu") -> dict:
     from .cases import r3hf_backends
 
-    providers = [f"r3hf-{b}" for b in r3hf_backends("fused_reward_gae", torch.device(device)) if b != "torch"]
-    providers.append("unfused")
+    backends = [b for b in r3hf_backends("fused_reward_gae", torch.device(device)) if b != "torch"] or ["torch"]
+    providers = [f"r3hf-{b}" for b in backends] + ["unfused"]
     return {p: measure(p, B, S, D, device) for p in providers}
