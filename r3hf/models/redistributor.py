@@ -92,6 +92,8 @@ class RewardRedistributor:
                     "a reward model has its own tokenizer, so the policy's tokenizer is needed to decode the "
                     "batch: pass tokenizer=<policy tokenizer>"
                 )
+        # Decided once: comparing two tokenizers serialises them.
+        self._fast = [s.tokenizer is None or same_tokenizer(s.tokenizer, tokenizer) for s in scorers]
         if pad_token_id is None:
             pad_token_id = getattr(tokenizer, "pad_token_id", None)
         if pad_token_id is None:
@@ -172,11 +174,9 @@ class RewardRedistributor:
 
     # --- scores and rewards ------------------------------------------------------------
 
-    def _fast(self, scorer: Scorer) -> bool:
-        return scorer.tokenizer is None or same_tokenizer(scorer.tokenizer, self.tokenizer)
-
-    def _scorer_scores(self, scorer: Scorer, ids, attention) -> torch.Tensor:
-        if self._fast(scorer):
+    def _scorer_scores(self, i: int, ids, attention) -> torch.Tensor:
+        scorer = self.scorers[i]
+        if self._fast[i]:
             return scorer.prefix_scores(ids, attention, self.backend)
         return aligned_prefix_scores(
             lambda rm_ids, rm_mask: scorer.prefix_scores(rm_ids, rm_mask, self.backend),
@@ -191,8 +191,8 @@ class RewardRedistributor:
 
     def _combined(self, ids, attention) -> torch.Tensor:
         total = None
-        for s in self.scorers:
-            part = self._scorer_scores(s, ids, attention)
+        for i, s in enumerate(self.scorers):
+            part = self._scorer_scores(i, ids, attention)
             part = part if s.coef == 1.0 else s.coef * part
             total = part if total is None else total + part
         return total
@@ -219,7 +219,7 @@ class RewardRedistributor:
         b = self.batch(query_response, context_length, response_mask, prompt_ids=prompt_ids,
                        response_ids=response_ids, prompt_mask=prompt_mask, attention_mask=attention_mask)
         kw = self._reward_kwargs(logprobs, ref_logprobs)
-        if len(self.scorers) == 1 and self._fast(self.scorers[0]):
+        if len(self.scorers) == 1 and self._fast[0]:
             s = self.scorers[0]
             hidden, weight, bias = s.hidden_states(b["input_ids"], b["attention_mask"])
             if s.coef != 1.0:
