@@ -637,3 +637,19 @@ def test_inputs_unchanged():
                         values=d["values"], logprobs=d["logprobs"], ref_logprobs=d["ref_logprobs"])
     for k in d:
         assert torch.equal(d[k], copies[k]), k
+
+
+# --- docs ------------------------------------------------------------------------------------
+
+
+def test_docs_example_runs():
+    import pathlib
+    import re
+
+    doc = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", doc, flags=re.S)
+    assert blocks
+    namespace: dict = {}
+    for code in blocks:
+        exec(compile(code, "docs/models.md", "exec"), namespace)
+    assert namespace["combined"].shape == (2, 4)
