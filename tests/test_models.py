@@ -319,6 +319,22 @@ def test_redistributor_layouts_agree_and_fused_equals_unfused():
     torch.testing.assert_close((adv, ret), ops.gae(a, d["values"], d["response_mask"], 1.0, 0.9), rtol=1e-5, atol=1e-6)
 
 
+def test_prompt_mask_when_the_pad_id_occurs_inside_prompts():
+    model = gpt2()
+    d = ppo_batch(seed=15)
+    prompt = d["prompt"].clone()
+    prompt_mask = prompt != PAD
+    prompt[0, 2] = PAD  # e.g. pad = EOS between turns: a real token with the pad id
+    prompt_mask[0, 2] = True
+    rr = RewardRedistributor(model)
+    got = rr.scores(prompt_ids=prompt, response_ids=d["response"], response_mask=d["response_mask"],
+                    prompt_mask=prompt_mask)
+    attention = torch.cat([prompt_mask, torch.tensor([[1, 1, 1, 1, 0, 0], [1] * 6, [1] * 6], dtype=torch.bool)], 1)
+    expect = prefix_scores(model, torch.cat([prompt, d["response"]], 1), attention)
+    torch.testing.assert_close(got, expect, rtol=0, atol=0)
+    assert got[0, 2] != 0  # attended although it carries the pad id
+
+
 def test_scorers_combined_each_redistributed_then_summed():
     rm, cost = gpt2(seed=0), qwen2(seed=1)
     d = ppo_batch(seed=12)
@@ -618,6 +634,8 @@ def test_bad_ids_and_masks():
         rr(ids, None, torch.ones(2, 3))
     with pytest.raises(ValueError, match="not both"):
         rr(ids, 2, torch.ones(2, 3), prompt_ids=ids)
+    with pytest.raises(ValueError, match=r"prompt_mask must be \[B, P\] with B = 2"):
+        rr(ids, 2, torch.ones(2, 3), prompt_mask=torch.ones(3, 2))
     with pytest.raises(ValueError, match="response_mask .* is required"):
         rr(ids, 2)
     with pytest.raises(ValueError, match="pass tokenizer=<policy tokenizer>"):

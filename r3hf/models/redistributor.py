@@ -150,6 +150,12 @@ class RewardRedistributor:
             prompt_len = int(prompt_len)
         else:
             prompt_len = p
+        if prompt_mask is not None and (
+            not isinstance(prompt_mask, torch.Tensor) or prompt_mask.dim() != 2 or prompt_mask.shape[0] != B
+            or prompt_mask.shape[1] > S
+        ):
+            shape = list(prompt_mask.shape) if isinstance(prompt_mask, torch.Tensor) else type(prompt_mask).__name__
+            raise ValueError(f"prompt_mask must be [B, P] with B = {B} and P <= S = {S}, got {shape}")
         if attention_mask is None:
             attention_mask = self._attention(ids, p, mask, prompt_mask)
         else:
