@@ -3,7 +3,13 @@
 OpenRLHF 0.11 pins flash-attn, deepspeed and ray, so it does not install on a CPU machine; the
 `peer_*` functions below restate its behaviour (openrlhf/models/utils.py and
 trainer/ppo_utils/experience_maker.py of 0.11.2) as plain per-row loops, written for this test.
+Where the openrlhf package and deepspeed are installed (`pip install --no-deps openrlhf==0.11.2
+deepspeed`), the real `compute_approx_kl` / `compute_reward` are also compared: their module,
+openrlhf/models/utils.py, is loaded on its own since the package's __init__ needs flash-attn.
 """
+
+import importlib.util
+import pathlib
 
 import pytest
 import torch
@@ -202,3 +208,42 @@ def test_bad_inputs():
         adapter.compute_reward(torch.zeros(3), 0.1, kl)
     with pytest.raises(ValueError, match="scores"):
         adapter.compute_dense_reward(torch.zeros(2, 4), 0.1, kl, torch.ones(2, 4))
+
+
+# --- the real package, where it can be loaded ---------------------------------------------
+
+
+def _real_models_utils():
+    spec = importlib.util.find_spec("openrlhf")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = pathlib.Path(list(spec.submodule_search_locations)[0]) / "models" / "utils.py"
+    module_spec = importlib.util.spec_from_file_location("_openrlhf_models_utils", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)  # needs deepspeed
+    except ImportError:
+        return None
+    return module
+
+
+@pytest.fixture(scope="module")
+def real():
+    module = _real_models_utils()
+    if module is None:
+        pytest.skip("openrlhf 0.11 (with deepspeed) is not installed")
+    return module
+
+
+@pytest.mark.parametrize("B,A", SHAPES)
+@pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
+@pytest.mark.parametrize("kl_coef,clip", [(0.05, None), (-0.1, (-1.0, 1.0)), (0.2, (-0.5, 2.0))])
+def test_real_openrlhf_kl_and_reward(real, B, A, estimator, kl_coef, clip):
+    b = _batch(B, A, seed=A + 31 * B)
+    want_kl = real.compute_approx_kl(b["log_probs"], b["log_probs_base"], kl_estimator=estimator)
+    kl = adapter.compute_approx_kl(b["log_probs"], b["log_probs_base"], estimator)
+    assert_close(kl, want_kl, "kl")
+    want = real.compute_reward(b["r"], kl_coef, want_kl, action_mask=b["mask"], reward_clip_range=clip)
+    assert_close(adapter.compute_reward(b["r"], kl_coef, kl, action_mask=b["mask"], reward_clip_range=clip), want)
+    # and the transcription agrees with the real package
+    assert_close(peer_compute_reward(b["r"], kl_coef, want_kl, b["mask"], clip), want, "transcription")
