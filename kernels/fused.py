@@ -26,13 +26,13 @@ from .scan import backward_scan5, first_lane, gae_elements, lane_of, lane_value
 _CONFIGS = configs(
     [
         triton.Config({"BLOCK_D": bd}, num_warps=w, num_stages=s)
-        for bd, w, s in [(64, 4, 3), (128, 4, 3), (128, 8, 3), (256, 8, 2), (128, 4, 4), (256, 4, 3)]
+        for bd, w, s in [(64, 4, 3), (128, 4, 3), (128, 8, 3), (256, 8, 2), (64, 8, 4), (128, 4, 4)]
     ],
     triton.Config({"BLOCK_D": 32}, num_warps=1),
 )
 
 
-@triton.autotune(configs=_CONFIGS, key=["D", "BLOCK_T"])
+@triton.autotune(configs=_CONFIGS, key=["D", "BLOCK_T"])  # outputs only written: safe to rerun
 @triton.jit
 def _fused_kernel(h_ptr, stride_hb, stride_hs, stride_hd, w_ptr, stride_w, bias_ptr, D,
                   m_ptr, p_ptr, f_ptr, lp_ptr, ref_ptr, v_ptr, boot_ptr, s_ptr, rew_ptr, adv_ptr, ret_ptr,
@@ -65,7 +65,8 @@ def _fused_kernel(h_ptr, stride_hb, stride_hs, stride_hd, w_ptr, stride_w, bias_
 
     p_h = h_ptr + i_b.to(tl.int64) * stride_hb
     p_rows = p_h + (p + o_t)[:, None] * stride_hs
-    b_acc = tl.zeros((BLOCK_T,), tl.float32)
+    # fp32 products accumulate elementwise over the D loop and are reduced across lanes once.
+    b_acc = tl.zeros((BLOCK_T, BLOCK_D), tl.float32)
     b_bs = tl.zeros((BLOCK_D,), tl.float32)
     b_na = tl.zeros((BLOCK_D,), tl.float32)
     b_p1 = tl.zeros((BLOCK_D,), tl.float32)
@@ -79,22 +80,21 @@ def _fused_kernel(h_ptr, stride_hb, stride_hs, stride_hd, w_ptr, stride_w, bias_
         m_d = o_d < D
         b_w = tl.load(w_ptr + o_d * stride_w, mask=m_d, other=0.0).to(tl.float32)
         b_h = tl.load(p_rows + o_d[None, :] * stride_hd, mask=m_need[:, None] & m_d[None, :], other=0.0)
-        b_acc += tl.sum(b_h.to(tl.float32) * b_w[None, :], axis=1)
-        # The extra rows accumulate elementwise and are reduced once after the loop.
+        b_acc += b_h.to(tl.float32) * b_w[None, :]
         b_bs += tl.load(p_h + q_bs * stride_hs + o_d * stride_hd, mask=m_d & need_bs, other=0.0).to(tl.float32) * b_w
         b_na += tl.load(p_h + q_na * stride_hs + o_d * stride_hd, mask=m_d & need_na, other=0.0).to(tl.float32) * b_w
         b_p1 += tl.load(p_h + q_p1 * stride_hs + o_d * stride_hd, mask=m_d & need_p1, other=0.0).to(tl.float32) * b_w
+    b_after = tl.sum(b_acc, axis=1)  # scores[p + t]
     s_bs = tl.sum(b_bs, axis=0)
     s_na = tl.sum(b_na, axis=0)
     s_p1 = tl.sum(b_p1, axis=0)
     if HAS_BIAS:
         bias = tl.load(bias_ptr).to(tl.float32)
-        b_acc += bias
+        b_after += bias
         s_bs += bias
         s_na += bias
         s_p1 += bias
 
-    b_after = b_acc  # scores[p + t]
     b_before = tl.gather(b_after, lane_of(o_t - 1, start, BLOCK_T, FLIP), 0)  # scores[p + t − 1]
     b_before = tl.where(o_t == start, s_bs, b_before)
     has_local = nx < L  # next generated position is in this chunk or at its end (then n − 1 is in it)
