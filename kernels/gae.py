@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, configs, flip_scans, gae_chunk
+from ._common import INTERPRET, flip_scans, gae_chunk
 from .scan import (
     backward_scan5,
     carry_from_later,
@@ -116,4 +116,4 @@ def gae(rewards, values, response_mask, gamma, lam, bootstrap, *, chunk=None, fl
     return gae_final(r, v, m8, boot, s, nC, gamma, lam, chunk, flip)
 
 
-__all__ = ["gae", "gae_summaries", "gae_final", "configs"]
+__all__ = ["gae", "gae_summaries", "gae_final"]
