@@ -21,7 +21,7 @@ import triton.language as tl
 from ._common import configs, flip_scans, reward_chunk
 from .gae import gae_final
 from .rewards import BLOCK_C, chunk_mask_facts, finish_rewards, first_unmasked, reward_options
-from .scan import backward_scan5, first_lane, gae_elements, lane_of, lane_value
+from .scan import backward_scan5, gae_elements, lane_of, store_chunk_map
 
 _CONFIGS = configs(
     [
@@ -106,26 +106,17 @@ def _fused_kernel(h_ptr, stride_hb, stride_hs, stride_hd, w_ptr, stride_w, bias_
         phi_1 = s_p1
     else:
         phi_1 = 0.0
-    phi_in = tl.where(o_t == row_first, phi_1, b_before)
-    dense = phi_out - phi_in
-    sparse = tl.where(has_next, 0.0, b_after)
     o_bl = i_b * L + o_t
-    b_r = finish_rewards(dense, sparse, b_m, m_t, lp_ptr, ref_ptr, o_bl, beta_c, one_minus_beta, kl_coef, clip_lo,
-                         clip_hi, kl_lo, kl_hi, FULL_BETA, HAS_CLIP, HAS_KL, KL_EST, HAS_KL_CLAMP)
+    b_r = finish_rewards(phi_out, b_before, b_after, has_next, phi_1, o_t, row_first, b_m, m_t, lp_ptr, ref_ptr,
+                         o_bl, beta_c, one_minus_beta, kl_coef, clip_lo, clip_hi, kl_lo, kl_hi, FULL_BETA, HAS_CLIP,
+                         HAS_KL, KL_EST, HAS_KL_CLAMP)
     tl.store(rew_ptr + o_bl, b_r, mask=m_t)
 
     b_v = tl.load(v_ptr + o_bl, mask=m_t, other=0.0).to(tl.float32)
     al, be, mu, ka, kv = gae_elements(b_r, b_v, b_m, gamma, lam)
     al, be, mu, ka, kv = backward_scan5(al, be, mu, ka, kv, FLIP)
     if MULTI:
-        k = first_lane(BLOCK_T, FLIP)
-        plane = B * nC
-        p_s = s_ptr + i_b * nC + i_c
-        tl.store(p_s, lane_value(al, k, BLOCK_T))
-        tl.store(p_s + plane, lane_value(be, k, BLOCK_T))
-        tl.store(p_s + 2 * plane, lane_value(mu, k, BLOCK_T))
-        tl.store(p_s + 3 * plane, lane_value(ka, k, BLOCK_T))
-        tl.store(p_s + 4 * plane, lane_value(kv, k, BLOCK_T))
+        store_chunk_map(s_ptr, B * nC, i_b, i_c, nC, al, be, mu, ka, kv, BLOCK_T, FLIP)
     else:
         if HAS_BOOT:
             vn = tl.load(boot_ptr + i_b).to(tl.float32)

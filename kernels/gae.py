@@ -13,23 +13,14 @@ import triton
 import triton.language as tl
 
 from ._common import INTERPRET, flip_scans, gae_chunk
-from .scan import (
-    backward_scan5,
-    carry_from_later,
-    chunk_offsets,
-    first_lane,
-    gae_elements,
-    lane_value,
-)
+from .scan import backward_scan5, carry_from_later, chunk_offsets, gae_elements, store_chunk_map
 
 BLOCK_C = 16  # chunk summaries composed per step when gathering the carry (tests cross it)
 
 
 @triton.jit
-def _gae_summary_kernel(r_ptr, v_ptr, m_ptr, s_ptr, B, L, nC, gamma, lam,
-                        BLOCK_T: tl.constexpr, FLIP: tl.constexpr):
-    i_c = tl.program_id(0)
-    i_b = tl.program_id(1)
+def _load_chunk_scan(r_ptr, v_ptr, m_ptr, i_b, i_c, L, gamma, lam, BLOCK_T: tl.constexpr, FLIP: tl.constexpr):
+    """Load one chunk of rewards, values and mask and scan its GAE maps backwards."""
     o_t = chunk_offsets(i_c * BLOCK_T, BLOCK_T, FLIP)
     m_t = o_t < L
     b_r = tl.load(r_ptr + i_b * L + o_t, mask=m_t, other=0.0).to(tl.float32)
@@ -37,14 +28,17 @@ def _gae_summary_kernel(r_ptr, v_ptr, m_ptr, s_ptr, B, L, nC, gamma, lam,
     b_m = (tl.load(m_ptr + i_b * L + o_t, mask=m_t, other=0) != 0) & m_t
     al, be, mu, ka, kv = gae_elements(b_r, b_v, b_m, gamma, lam)
     al, be, mu, ka, kv = backward_scan5(al, be, mu, ka, kv, FLIP)
-    k = first_lane(BLOCK_T, FLIP)
-    plane = B * nC
-    p_s = s_ptr + i_b * nC + i_c
-    tl.store(p_s, lane_value(al, k, BLOCK_T))
-    tl.store(p_s + plane, lane_value(be, k, BLOCK_T))
-    tl.store(p_s + 2 * plane, lane_value(mu, k, BLOCK_T))
-    tl.store(p_s + 3 * plane, lane_value(ka, k, BLOCK_T))
-    tl.store(p_s + 4 * plane, lane_value(kv, k, BLOCK_T))
+    return o_t, m_t, b_m, b_v, al, be, mu, ka, kv
+
+
+@triton.jit
+def _gae_summary_kernel(r_ptr, v_ptr, m_ptr, s_ptr, B, L, nC, gamma, lam,
+                        BLOCK_T: tl.constexpr, FLIP: tl.constexpr):
+    i_c = tl.program_id(0)
+    i_b = tl.program_id(1)
+    o_t, m_t, b_m, b_v, al, be, mu, ka, kv = _load_chunk_scan(r_ptr, v_ptr, m_ptr, i_b, i_c, L, gamma, lam,
+                                                              BLOCK_T, FLIP)
+    store_chunk_map(s_ptr, B * nC, i_b, i_c, nC, al, be, mu, ka, kv, BLOCK_T, FLIP)
 
 
 @triton.jit
@@ -59,13 +53,8 @@ def _gae_final_kernel(r_ptr, v_ptr, m_ptr, boot_ptr, s_ptr, adv_ptr, ret_ptr, B,
     else:
         vn = tl.zeros((), tl.float32)
     a, vn = carry_from_later(s_ptr, B * nC, i_b, i_c, nC, a, vn, BLOCK_C)
-    o_t = chunk_offsets(i_c * BLOCK_T, BLOCK_T, FLIP)
-    m_t = o_t < L
-    b_r = tl.load(r_ptr + i_b * L + o_t, mask=m_t, other=0.0).to(tl.float32)
-    b_v = tl.load(v_ptr + i_b * L + o_t, mask=m_t, other=0.0).to(tl.float32)
-    b_m = (tl.load(m_ptr + i_b * L + o_t, mask=m_t, other=0) != 0) & m_t
-    al, be, mu, ka, kv = gae_elements(b_r, b_v, b_m, gamma, lam)
-    al, be, mu, ka, kv = backward_scan5(al, be, mu, ka, kv, FLIP)
+    o_t, m_t, b_m, b_v, al, be, mu, ka, kv = _load_chunk_scan(r_ptr, v_ptr, m_ptr, i_b, i_c, L, gamma, lam,
+                                                              BLOCK_T, FLIP)
     b_adv = tl.where(b_m, al * a + be * vn + ka, 0.0)
     b_ret = tl.where(b_m, b_adv + b_v, 0.0)
     tl.store(adv_ptr + i_b * L + o_t, b_adv, mask=m_t)

@@ -47,14 +47,17 @@ def kl_estimate(d, kl_lo, kl_hi, KL_EST: tl.constexpr, HAS_KL_CLAMP: tl.constexp
 
 
 @triton.jit
-def finish_rewards(dense, sparse, b_m, m_t, lp_ptr, ref_ptr, o_bl, beta_c, one_minus_beta, kl_coef, clip_lo,
-                   clip_hi, kl_lo, kl_hi, FULL_BETA: tl.constexpr, HAS_CLIP: tl.constexpr,
-                   HAS_KL: tl.constexpr, KL_EST: tl.constexpr, HAS_KL_CLAMP: tl.constexpr):
-    """mask · (clip(β_c·dense + (1 − β_c)·sparse) − kl_coef·KL) for one chunk."""
+def finish_rewards(phi_out, b_before, b_after, has_next, phi_1, o_t, row_first, b_m, m_t, lp_ptr, ref_ptr, o_bl,
+                   beta_c, one_minus_beta, kl_coef, clip_lo, clip_hi, kl_lo, kl_hi, FULL_BETA: tl.constexpr,
+                   HAS_CLIP: tl.constexpr, HAS_KL: tl.constexpr, KL_EST: tl.constexpr, HAS_KL_CLAMP: tl.constexpr):
+    """mask · (clip(β_c·dense + (1 − β_c)·sparse) − kl_coef·KL) for one chunk, from the potentials:
+    dense = Φ_out − Φ_in (Φ_in = Φ_1 at the row's first generated token, else before),
+    sparse = after at the row's last generated token."""
+    dense = phi_out - tl.where(o_t == row_first, phi_1, b_before)
     if FULL_BETA:
         r = dense
     else:
-        r = beta_c * dense + one_minus_beta * sparse
+        r = beta_c * dense + one_minus_beta * tl.where(has_next, 0.0, b_after)
     if HAS_CLIP:
         r = tl.minimum(tl.maximum(r, clip_lo), clip_hi)
     if HAS_KL:
@@ -136,12 +139,10 @@ def _token_rewards_kernel(s_ptr, stride_sb, stride_ss, m_ptr, p_ptr, f_ptr, lp_p
         phi_1 = tl.load(p_s + (p - 1) * stride_ss).to(tl.float32)
     else:
         phi_1 = 0.0
-    phi_in = tl.where(o_t == row_first, phi_1, b_before)
-    dense = phi_out - phi_in
-    sparse = tl.where(has_next, 0.0, b_after)
     o_bl = i_b * L + o_t
-    r = finish_rewards(dense, sparse, b_m, m_t, lp_ptr, ref_ptr, o_bl, beta_c, one_minus_beta, kl_coef, clip_lo,
-                       clip_hi, kl_lo, kl_hi, FULL_BETA, HAS_CLIP, HAS_KL, KL_EST, HAS_KL_CLAMP)
+    r = finish_rewards(phi_out, b_before, b_after, has_next, phi_1, o_t, row_first, b_m, m_t, lp_ptr, ref_ptr, o_bl,
+                       beta_c, one_minus_beta, kl_coef, clip_lo, clip_hi, kl_lo, kl_hi, FULL_BETA, HAS_CLIP, HAS_KL,
+                       KL_EST, HAS_KL_CLAMP)
     tl.store(out_ptr + o_bl, r, mask=m_t)
 
 

@@ -118,6 +118,18 @@ def backward_min(x, FLIP: tl.constexpr):
 
 
 @triton.jit
+def store_chunk_map(s_ptr, plane, i_b, i_c, nC, al, be, mu, ka, kv, BLOCK_T: tl.constexpr, FLIP: tl.constexpr):
+    """Store the chunk's composed map (the scan value at its first position) into [5, B, nC]."""
+    k = first_lane(BLOCK_T, FLIP)
+    p_s = s_ptr + i_b * nC + i_c
+    tl.store(p_s, lane_value(al, k, BLOCK_T))
+    tl.store(p_s + plane, lane_value(be, k, BLOCK_T))
+    tl.store(p_s + 2 * plane, lane_value(mu, k, BLOCK_T))
+    tl.store(p_s + 3 * plane, lane_value(ka, k, BLOCK_T))
+    tl.store(p_s + 4 * plane, lane_value(kv, k, BLOCK_T))
+
+
+@triton.jit
 def carry_from_later(s_ptr, plane, b, c, nC, a, vn, BLOCK_C: tl.constexpr):
     """Apply the summaries of chunks nC − 1 … c + 1 of row b (later first) to the carry (a, v').
 
