@@ -10,6 +10,9 @@ Environment variables (also listed in docs/triton.md):
   loads each chunk in reverse order and runs a forward `tl.associative_scan`; "reverse" loads it in
   natural order and uses `reverse=True`. Both give the same results where Triton is correct;
   "flip" is the default because Triton issue #4362 reported wrong reverse scans on GPU (3.0).
+- R3HF_TRITON_AUTOTUNE=0 — read at import: use one GPU config per kernel instead of autotuning
+  (each autotuned kernel variant compiles every config; the GPU check's test steps set this so
+  that many small test shapes do not spend minutes compiling).
 - R3HF_TRITON_CHUNK=N — positions per program along L (a power of two >= 16); read at call
   time. Tests use a small value to cross chunk boundaries with short rows.
 """
@@ -21,6 +24,7 @@ import os
 import triton
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+AUTOTUNE = os.environ.get("R3HF_TRITON_AUTOTUNE", "1") != "0"
 
 
 def flip_scans() -> bool:
@@ -31,8 +35,11 @@ def flip_scans() -> bool:
 
 
 def configs(gpu: list, interpret: triton.Config) -> list:
-    """The autotune set on a GPU; the single `interpret` config under TRITON_INTERPRET=1."""
-    return [interpret] if INTERPRET else gpu
+    """The autotune set on a GPU (its first config alone with R3HF_TRITON_AUTOTUNE=0); the single
+    `interpret` config under TRITON_INTERPRET=1."""
+    if INTERPRET:
+        return [interpret]
+    return gpu if AUTOTUNE else gpu[:1]
 
 
 def _env_chunk() -> int | None:

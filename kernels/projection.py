@@ -14,7 +14,7 @@ _CONFIGS = configs(
     [
         triton.Config({"BLOCK_T": bt, "BLOCK_D": bd}, num_warps=w, num_stages=s)
         for bt, bd, w, s in [
-            (16, 256, 4, 3), (32, 128, 4, 3), (32, 256, 8, 3), (64, 128, 8, 3), (16, 128, 4, 4), (64, 64, 4, 4),
+            (32, 128, 4, 3), (16, 256, 4, 3), (32, 256, 8, 3), (64, 128, 8, 3), (16, 128, 4, 4), (64, 64, 4, 4),
         ]
     ],
     triton.Config({"BLOCK_T": 16, "BLOCK_D": 32}, num_warps=1),
