@@ -131,8 +131,10 @@ def bench_results(path: Path) -> list:
     rows = []
     for b in data.get("benchmarks", []):
         st = b["stats"]
-        rows.append({"name": b["name"], "median_s": st["median"], "min_s": st["min"], "mean_s": st["mean"],
-                     "rounds": st["rounds"], **b.get("extra_info", {})})
+        info = b.get("extra_info", {})
+        reps = info.get("reps", 1)  # calls per timed round
+        rows.append({"name": b["name"], "median_s": st["median"] / reps, "min_s": st["min"] / reps,
+                     "mean_s": st["mean"] / reps, "rounds": st["rounds"], **info})
     return rows
 
 
