@@ -27,7 +27,7 @@ def pretrain(policy, reference: task.ReferencePolicy, *, steps: int, batch_size:
     for _ in range(steps):
         prompts = task.sample_prompts(batch_size, generator)
         ids = torch.cat([prompts, reference.sample(batch_size, generator)], 1).to(device)
-        logits = policy(input_ids=ids).logits[:, P - 1:-1]
+        logits = policy(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, P - 1:-1]
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, P:].reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -44,8 +44,9 @@ def sample(policy, prompts: torch.Tensor, length: int, generator: torch.Generato
     """Sample `length` tokens after each prompt (left-aligned, equal lengths, no EOS) with the KV
     cache -> ([B, P + length] query_responses, [B, length] log-probs of the sampled tokens)."""
     ids = prompts
-    out = policy(input_ids=ids, use_cache=True)
-    past, logits = out.past_key_values, out.logits[:, -1]
+    attention = torch.ones_like(ids)
+    out = policy(input_ids=ids, attention_mask=attention, use_cache=True)
+    cache, logits = out.cache, out.logits[:, -1]
     tokens, logprobs = [], []
     for _ in range(length):
         logp = F.log_softmax(logits.float() / temperature, dim=-1)
@@ -53,6 +54,7 @@ def sample(policy, prompts: torch.Tensor, length: int, generator: torch.Generato
         tok = torch.multinomial(logp.exp().cpu(), 1, generator=generator).to(ids.device)
         tokens.append(tok)
         logprobs.append(logp.gather(1, tok))
-        out = policy(input_ids=tok, past_key_values=past, use_cache=True)
-        past, logits = out.past_key_values, out.logits[:, -1]
+        attention = torch.cat([attention, torch.ones_like(tok)], 1)
+        out = policy(input_ids=tok, attention_mask=attention, cache=cache, use_cache=True)
+        cache, logits = out.cache, out.logits[:, -1]
     return torch.cat([ids, *tokens], 1), torch.cat(logprobs, 1)

@@ -4,6 +4,7 @@ and its score at every prefix (what R3HF redistributes)."""
 from __future__ import annotations
 
 import tempfile
+import warnings
 
 import torch
 
@@ -38,7 +39,9 @@ def train_reward_model(train_pairs, *, epochs: float = 2.0, batch_size: int = 32
     from trl import RewardConfig, RewardTrainer
 
     model = model if model is not None else make_reward_model(seed)
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as out, warnings.catch_warnings():
+        # transformers 5 warns about a deprecated field that TRL's config sets itself, not us.
+        warnings.filterwarnings("ignore", category=FutureWarning)
         args = RewardConfig(
             output_dir=out, num_train_epochs=epochs, per_device_train_batch_size=batch_size, learning_rate=lr,
             lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0, seed=seed, report_to="none", save_strategy="no",
@@ -54,15 +57,6 @@ def train_reward_model(train_pairs, *, epochs: float = 2.0, batch_size: int = 32
         history = list(trainer.state.log_history)
     model = trainer.model.to(device).eval()
     return model, history
-
-
-def rm_backbone_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Last hidden states [B, S, D] of a sequence classifier's backbone (found through
-    `base_model_prefix`), position ids from the attention mask so left padding is right."""
-    attention = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
-    position_ids = (attention.long().cumsum(1) - 1).clamp_min(0)
-    backbone = getattr(model, model.base_model_prefix)
-    return backbone(input_ids=input_ids, attention_mask=attention, position_ids=position_ids).last_hidden_state
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ import torch
 from .. import ppo
 from . import task
 from .policy import sample
-from .reward_model import rm_backbone_hidden
+from ..models import reward_hidden_states
 
 
 def _sync(device):
@@ -19,11 +19,8 @@ def _sync(device):
 
 
 def rm_hidden_and_head(rm, query_responses):
-    """Reward-model hidden states [B, S, D] and head (weight, bias) for r3hf's fused path."""
-    with torch.no_grad():
-        hidden = rm_backbone_hidden(rm, query_responses)
-    bias = rm.score.bias if getattr(rm.score, "bias", None) is not None else None
-    return hidden, rm.score.weight.detach(), bias
+    """Reward-model hidden states [B, S, D] and head (weight [D], bias) for r3hf's fused path."""
+    return reward_hidden_states(rm, query_responses)
 
 
 @torch.no_grad()
