@@ -18,7 +18,7 @@ def _demo(args) -> int:
     from .demo import run
 
     run(seeds=args.seeds, steps=args.steps, out=args.out, device=args.device, quick=args.quick,
-        threads=args.threads)
+        threads=args.threads, critic_init=args.critic_init)
     return 0
 
 
@@ -50,6 +50,9 @@ def main(argv=None) -> int:
     demo.add_argument("--out", default="r3hf-demo", help="folder for the plot, JSON and heatmap (default r3hf-demo)")
     demo.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     demo.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; 0 = torch's default)")
+    demo.add_argument("--critic-init", default=None, choices=["reward-model", "policy"],
+                      help="value model start: a copy of the reward model (default, TRL's convention) or the "
+                           "policy's backbone with a zero head")
     demo.set_defaults(func=_demo)
     explain = sub.add_parser(
         "explain", help="colour each response token by its R3HF reward under a local reward model",

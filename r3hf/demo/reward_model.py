@@ -81,3 +81,25 @@ def pairwise_accuracy(model, pairs, device: str = "cpu") -> dict:
         "label_agreement_with_ground_truth": torch.tensor(pairs["agrees"]).float().mean().item(),
         "n_pairs": len(pairs),
     }
+
+
+@torch.no_grad()
+def credit_diagnostic(model, prompts: torch.Tensor, responses: torch.Tensor) -> dict:
+    """How well the RM's redistributed rewards match the hidden per-token credit: mean R3HF reward
+    of tokens that earn ground-truth credit and of those that do not, and the fraction of tokens
+    whose reward sign agrees (> 0 exactly for credited tokens). prompts [B, P], responses [B, L]."""
+    from .. import ops
+    from ..models import prefix_scores
+
+    device = next(model.parameters()).device
+    ids = torch.cat([prompts, responses], 1).to(device)
+    scores = prefix_scores(model, ids)
+    mask = torch.ones(responses.shape, dtype=torch.bool, device=device)
+    dense = ops.redistribute(scores, mask, prompts.shape[1]).cpu()
+    credit = task.token_credit(prompts, responses).bool()
+    return {
+        "mean_reward_credited_tokens": dense[credit].mean().item(),
+        "mean_reward_other_tokens": dense[~credit].mean().item(),
+        "sign_agreement": ((dense > 0) == credit).float().mean().item(),
+        "n_tokens": int(credit.numel()),
+    }

@@ -18,7 +18,7 @@ from .. import ops
 from ..ppo import PPOConfig
 from . import report, task
 from .policy import make_policy, pretrain, sample
-from .reward_model import pairwise_accuracy, train_reward_model
+from .reward_model import credit_diagnostic, pairwise_accuracy, train_reward_model
 from .train import run_ppo
 
 
@@ -35,6 +35,7 @@ class DemoSettings:
     lr: float = 1e-3
     label_noise: float = 1.0  # Bradley–Terry temperature, in units of earned tokens
     samples_shown: int = 4
+    critic_init: str = "reward-model"  # TRL's convention; "policy" for a zero-head critic on the policy backbone
 
     @classmethod
     def quick(cls) -> "DemoSettings":
@@ -113,13 +114,15 @@ def _sample_rows(policy, rm, prompts, method, seed):
 
 
 def run(*, seeds: int | None = None, steps: int | None = None, out="r3hf-demo", device: str = "cpu",
-        quick: bool = False, threads: int | None = 1, echo=print) -> dict:
+        quick: bool = False, threads: int | None = 1, critic_init: str | None = None, echo=print) -> dict:
     """Run the whole demo and write plot, JSON and heatmap into `out`. Returns the JSON dict."""
     settings = DemoSettings.quick() if quick else DemoSettings()
     if seeds is not None:
         settings.seeds = seeds
     if steps is not None:
         settings.steps = steps
+    if critic_init is not None:
+        settings.critic_init = critic_init
     if settings.seeds < 1 or settings.steps < 1:
         raise ValueError("--seeds and --steps must be at least 1")
     if threads:
@@ -147,6 +150,9 @@ def run(*, seeds: int | None = None, steps: int | None = None, out="r3hf-demo", 
     rm, rm_history = train_reward_model(train_pairs, epochs=settings.rm_epochs, device=device,
                                         callbacks=[_trainer_progress_callback()])
     rm_metrics = pairwise_accuracy(rm, test_pairs, device=device)
+    diag_gen = torch.Generator().manual_seed(7)
+    diag_prompts = task.sample_prompts(512, diag_gen)
+    rm_credit = credit_diagnostic(rm, diag_prompts, reference.sample(512, diag_gen))
     timings["reward_model_s"] = time.perf_counter() - t
     from transformers.utils import logging as hf_logging
 
@@ -175,7 +181,7 @@ def run(*, seeds: int | None = None, steps: int | None = None, out="r3hf-demo", 
             bar = _bar(settings.steps, f"PPO {method:6s} seed {seed}")
             res = run_ppo(method, seed, init_policy=policy0, rm=rm, steps=settings.steps,
                           batch_size=settings.batch_size, lr=settings.lr, config=config, device=device,
-                          eval_prompts=eval_prompts, progress=bar)
+                          eval_prompts=eval_prompts, progress=bar, critic_init=settings.critic_init)
             bar.close()
             if seed == 0:
                 shown += _sample_rows(res["policy"], rm, eval_prompts[: settings.samples_shown].to(device), method, seed)
@@ -208,7 +214,7 @@ def run(*, seeds: int | None = None, steps: int | None = None, out="r3hf-demo", 
             "vocab": list(task.VOCAB), "prompt_len": task.PROMPT_LEN, "response_len": task.RESPONSE_LEN,
             "rule": "red word in the first half or blue word in the second half earns 1; quality = mean",
         },
-        "reward_model": {"held_out": rm_metrics, "train_log": rm_history},
+        "reward_model": {"held_out": rm_metrics, "credit_on_reference_samples": rm_credit, "train_log": rm_history},
         "pretrain": {"loss_first": pre_losses[0], "loss_last": pre_losses[-1]},
         "start_policy": start_eval,
         "summary": summary,
@@ -224,6 +230,10 @@ def run(*, seeds: int | None = None, steps: int | None = None, out="r3hf-demo", 
     echo(f"reward model: held-out pairwise accuracy {rm_metrics['label_accuracy']:.3f} on noisy labels, "
          f"{rm_metrics['ground_truth_accuracy']:.3f} against the ground truth "
          f"(labels agree with the ground truth on {rm_metrics['label_agreement_with_ground_truth']:.3f} of pairs)")
+    echo(f"reward model credit assignment on reference samples: mean R3HF reward {rm_credit['mean_reward_credited_tokens']:+.3f} "
+         f"on tokens with ground-truth credit vs {rm_credit['mean_reward_other_tokens']:+.3f} on the others; "
+         f"sign agrees on {rm_credit['sign_agreement']:.3f} of tokens")
+    echo(f"critic initialised from: {settings.critic_init}")
     echo(f"start policy: ground truth {start_eval['gt_score']:.3f}, RM score {start_eval['rm_score']:+.3f}")
     echo("")
     echo(report.table(summary))

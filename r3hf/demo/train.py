@@ -46,18 +46,40 @@ def evaluate(policy, ref_policy, rm, prompts: torch.Tensor, generator: torch.Gen
     }
 
 
+CRITIC_INITS = ("reward-model", "policy")
+
+
+def make_critic(rm, init_policy, critic_init: str):
+    """The value model. "reward-model": a copy of the RM (TRL's convention), so its values start
+    at the RM's prefix scores; "policy": the pre-trained policy's backbone with a zero scalar
+    head (values start at 0), as trainers that initialise the critic from the actor do."""
+    if critic_init == "reward-model":
+        return copy.deepcopy(rm)
+    if critic_init == "policy":
+        from transformers import GPT2ForSequenceClassification
+
+        critic = GPT2ForSequenceClassification(copy.deepcopy(rm.config))
+        critic.transformer.load_state_dict(init_policy.transformer.state_dict())
+        torch.nn.init.zeros_(critic.score.weight)
+        return critic
+    raise ValueError(f"critic_init must be one of {list(CRITIC_INITS)}, got {critic_init!r}")
+
+
 def run_ppo(method: str, seed: int, *, init_policy, rm, steps: int, batch_size: int = 64, lr: float = 1e-3,
-            config: ppo.PPOConfig | None = None, device: str = "cpu", eval_prompts=None, progress=None) -> dict:
-    """PPO from `init_policy` (also the frozen reference) with the critic initialised from the
-    reward model; `method` "sparse" or "r3hf" only flips PPOConfig.reward. Returns per-step
-    history (rollout ground truth, RM score, KL, losses, timings) and the final evaluation."""
+            config: ppo.PPOConfig | None = None, device: str = "cpu", eval_prompts=None, progress=None,
+            critic_init: str = "reward-model") -> dict:
+    """PPO from `init_policy` (also the frozen reference) with the critic from `make_critic`;
+    `method` "sparse" or "r3hf" only flips PPOConfig.reward. Returns per-step history (rollout
+    ground truth, RM score, KL, losses, timings) and the final evaluation."""
     config = copy.deepcopy(config) if config is not None else ppo.PPOConfig()
     config.reward = method
     torch.manual_seed(seed)
+    if critic_init not in CRITIC_INITS:
+        raise ValueError(f"critic_init must be one of {list(CRITIC_INITS)}, got {critic_init!r}")
     gen = torch.Generator().manual_seed(seed)
     policy = copy.deepcopy(init_policy).to(device).train()
     ref_policy = copy.deepcopy(init_policy).to(device).eval()
-    critic = copy.deepcopy(rm).to(device).train()
+    critic = make_critic(rm, init_policy, critic_init).to(device).train()
     rm = rm.to(device).eval()
     optimizer = torch.optim.Adam(list(policy.parameters()) + list(critic.parameters()), lr=lr, eps=1e-5)
     P, L = task.PROMPT_LEN, task.RESPONSE_LEN
