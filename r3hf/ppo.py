@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ops
+from .models import position_ids as _position_ids  # left padding: positions count attended tokens
 
 REWARD_MODES = ("r3hf", "sparse")
 
@@ -135,11 +136,6 @@ def _response_index(prompt_len, B: int, L: int, device) -> torch.Tensor:
     else:
         p = torch.full((B,), int(prompt_len), dtype=torch.long, device=device)
     return p[:, None] + torch.arange(L, device=device)[None, :] - 1
-
-
-def _position_ids(attention: torch.Tensor) -> torch.Tensor:
-    # Left padding: count positions from the first real token, as TRL does.
-    return (attention.long().cumsum(1) - 1).clamp_min(0)
 
 
 def response_logprobs(policy, query_responses, prompt_len, L: int, attention_mask=None, temperature: float = 1.0):

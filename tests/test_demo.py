@@ -207,8 +207,11 @@ def test_report_steps_to_reach_and_verdict():
     assert s["methods"]["sparse"]["steps_to_reach_sparse_final_gt"] == 10
     assert s["methods"]["sparse"]["r3hf_ops_fraction"] == pytest.approx(0.01)
     assert s["verdict"].startswith("R3HF beat sparse")
-    runs["r3hf"] = _runs([flat, flat], [0.10, 0.12])
+    assert "R3HF faster than sparse" in s["verdict"]
+    assert s["methods"]["r3hf"]["steps_to_reach_per_seed"] == [1, 1]
+    runs["r3hf"] = _runs([[0.0] * 10, [0.0] * 10], [0.10, 0.12])
     assert "did NOT beat sparse" in report.summarise(runs)["verdict"]
+    assert "R3HF never reached" in report.summarise(runs)["verdict"]
     runs["r3hf"] = _runs([flat, flat], [0.30, 0.52])
     assert report.summarise(runs)["verdict"].startswith("No clear difference")
     one = {"sparse": _runs([rising], [0.4]), "r3hf": _runs([flat], [0.8])}

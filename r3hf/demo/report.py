@@ -51,6 +51,8 @@ def summarise(runs_by_method: dict) -> dict:
             m, s = _mean_std([r["final"][key] for r in runs])
             row[key] = {"mean": m, "std": s, "per_seed": [r["final"][key] for r in runs]}
         row["steps_to_reach_sparse_final_gt"] = steps_to_reach(smooth(mean_curve(runs, "gt_score")), target)
+        row["steps_to_reach_per_seed"] = [steps_to_reach(smooth([h["gt_score"] for h in r["history"]]), target)
+                                          for r in runs]
         ops_t = [h["time_r3hf_ops_s"] for r in runs for h in r["history"]]
         step_t = [h["time_step_s"] for r in runs for h in r["history"]]
         row["time_r3hf_ops_ms_per_step"] = 1e3 * statistics.fmean(ops_t)
@@ -64,7 +66,27 @@ def summarise(runs_by_method: dict) -> dict:
 
 
 def verdict(summary: dict) -> str:
-    """One honest sentence comparing the final ground-truth scores of R3HF and sparse."""
+    """Honest sentences comparing R3HF and sparse: final ground truth (against the spread over
+    seeds), then learning speed (steps to reach the sparse run's final ground truth)."""
+    return _final_verdict(summary) + " " + _speed_verdict(summary)
+
+
+def _speed_verdict(summary: dict) -> str:
+    s = summary["methods"]["sparse"]["steps_to_reach_sparse_final_gt"]
+    r = summary["methods"]["r3hf"]["steps_to_reach_sparse_final_gt"]
+    if r is None:
+        return "Speed: R3HF never reached the sparse run's final ground truth."
+    if s is None or r < s:
+        how = "faster than"
+    elif r > s:
+        how = "slower than"
+    else:
+        how = "as fast as"
+    return (f"Speed: R3HF reached the sparse run's final ground truth at step {r}, sparse at step {s} "
+            f"(R3HF {how} sparse, on the mean curves).")
+
+
+def _final_verdict(summary: dict) -> str:
     s, r = summary["methods"]["sparse"]["gt_score"], summary["methods"]["r3hf"]["gt_score"]
     n = len(s["per_seed"])
     diff = r["mean"] - s["mean"]
