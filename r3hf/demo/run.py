@@ -77,6 +77,11 @@ def _machine(device: str) -> dict:
         "torch": torch.__version__,
         "device": device,
     }
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            info["cpu_model"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        pass
     if torch.device(device).type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     try:
