@@ -74,8 +74,9 @@ def verdict(summary: dict) -> str:
 def _speed_verdict(summary: dict) -> str:
     s = summary["methods"]["sparse"]["steps_to_reach_sparse_final_gt"]
     r = summary["methods"]["r3hf"]["steps_to_reach_sparse_final_gt"]
+    n = len(summary["methods"]["sparse"]["seeds"])
     if r is None:
-        return "Speed: R3HF never reached the sparse run's final ground truth."
+        return f"Speed: R3HF never reached the sparse run's final ground truth (mean curves of {n} seed(s))."
     if s is None or r < s:
         how = "faster than"
     elif r > s:
@@ -83,7 +84,7 @@ def _speed_verdict(summary: dict) -> str:
     else:
         how = "as fast as"
     return (f"Speed: R3HF reached the sparse run's final ground truth at step {r}, sparse at step {s} "
-            f"(R3HF {how} sparse, on the mean curves).")
+            f"(R3HF {how} sparse, on the mean curves of {n} seed(s)).")
 
 
 def _final_verdict(summary: dict) -> str:
