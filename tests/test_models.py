@@ -12,6 +12,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors  
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
 from r3hf import ops  # noqa: E402
+from r3hf.models.align import prefix_decoded_ends  # noqa: E402
 from r3hf.models import (  # noqa: E402
     RewardRedistributor,
     Scorer,
@@ -46,6 +47,22 @@ def char_tokenizer(bos: bool = False) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<bos>")
 
 
+BYTE_TEXTS = ["the café is très bon", "naïve 日本語 text — ok", "hello  world\n\nnew line", "emoji 🙂 here"]
+
+
+def byte_level_tokenizer() -> PreTrainedTokenizerFast:
+    """GPT-2-style byte-level BPE trained in code on BYTE_TEXTS: some tokens end mid-character."""
+    from tokenizers import trainers
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<eos>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator(BYTE_TEXTS * 3, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>")
+
+
 def gpt2(num_labels=1, seed=0, **kw):
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
@@ -55,27 +72,33 @@ def gpt2(num_labels=1, seed=0, **kw):
     return GPT2ForSequenceClassification(cfg).eval()
 
 
-def llama(seed=0):
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-
+def _generic(config_name, model_name, seed, **extra):
+    """A tiny Llama-family sequence classifier (the `GenericForSequenceClassification` pooling)."""
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=128, num_labels=1, pad_token_id=PAD,
-                      bos_token_id=1, eos_token_id=1)
-    return LlamaForSequenceClassification(cfg).eval()
+    cfg = getattr(transformers, config_name)(
+        vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, num_labels=1, pad_token_id=PAD, bos_token_id=1,
+        eos_token_id=1, **extra)
+    return getattr(transformers, model_name)(cfg).eval()
+
+
+def llama(seed=0):
+    return _generic("LlamaConfig", "LlamaForSequenceClassification", seed)
 
 
 def qwen2(seed=0):
-    from transformers import Qwen2Config, Qwen2ForSequenceClassification
-
-    torch.manual_seed(seed)
-    cfg = Qwen2Config(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=128, num_labels=1, pad_token_id=PAD,
-                      bos_token_id=1, eos_token_id=1)
-    return Qwen2ForSequenceClassification(cfg).eval()
+    return _generic("Qwen2Config", "Qwen2ForSequenceClassification", seed)
 
 
-ARCHS = {"gpt2": gpt2, "llama": llama, "qwen2": qwen2}
+def mistral(seed=0):
+    return _generic("MistralConfig", "MistralForSequenceClassification", seed, sliding_window=None)
+
+
+def gemma(seed=0):
+    return _generic("GemmaConfig", "GemmaForSequenceClassification", seed, head_dim=8)
+
+
+ARCHS = {"gpt2": gpt2, "llama": llama, "qwen2": qwen2, "mistral": mistral, "gemma": gemma}
 
 
 def left_padded(lengths, S, seed=0, low=2, high=V):
@@ -296,6 +319,22 @@ def test_redistributor_layouts_agree_and_fused_equals_unfused():
     torch.testing.assert_close((adv, ret), ops.gae(a, d["values"], d["response_mask"], 1.0, 0.9), rtol=1e-5, atol=1e-6)
 
 
+def test_prompt_mask_when_the_pad_id_occurs_inside_prompts():
+    model = gpt2()
+    d = ppo_batch(seed=15)
+    prompt = d["prompt"].clone()
+    prompt_mask = prompt != PAD
+    prompt[0, 2] = PAD  # e.g. pad = EOS between turns: a real token with the pad id
+    prompt_mask[0, 2] = True
+    rr = RewardRedistributor(model)
+    got = rr.scores(prompt_ids=prompt, response_ids=d["response"], response_mask=d["response_mask"],
+                    prompt_mask=prompt_mask)
+    attention = torch.cat([prompt_mask, torch.tensor([[1, 1, 1, 1, 0, 0], [1] * 6, [1] * 6], dtype=torch.bool)], 1)
+    expect = prefix_scores(model, torch.cat([prompt, d["response"]], 1), attention)
+    torch.testing.assert_close(got, expect, rtol=0, atol=0)
+    assert got[0, 2] != 0  # attended although it carries the pad id
+
+
 def test_scorers_combined_each_redistributed_then_summed():
     rm, cost = gpt2(seed=0), qwen2(seed=1)
     d = ppo_batch(seed=12)
@@ -403,6 +442,40 @@ def test_alignment_row_sums_preserved():
         s_full = prefix_scores(rm, torch.tensor(rmt(full)["input_ids"])[None])[0, -1]
         s_prompt = prefix_scores(rm, torch.tensor(rmt(prompts[b])["input_ids"])[None])[0, -1]
         torch.testing.assert_close(rewards[b].sum(), s_full - s_prompt, rtol=1e-4, atol=1e-5)
+
+
+def test_policy_char_ends_streamed_and_prefix_decoded():
+    bl = byte_level_tokenizer()
+    split_mid_character = False
+    for tok in (word_tokenizer(), char_tokenizer(bos=True), bl):
+        for t in BYTE_TEXTS + ["the cat is good"]:
+            ids = tok(t)["input_ids"] + [tok.eos_token_id or tok.pad_token_id]  # a special token, skipped
+            text, ends = policy_char_ends(tok, ids)
+            exact = prefix_decoded_ends(tok, ids, text)
+            assert text == tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+            assert ends[-1] == exact[-1] == len(text)
+            assert all(a <= b for a, b in zip(ends, ends[1:]))
+            # The stream holds back an incomplete character's whole piece; the prefix decode keeps
+            # the complete characters before it. Equal whenever every token ends on a character.
+            assert all(a <= b for a, b in zip(ends, exact))
+            if tok is not bl:
+                assert ends == exact
+            split_mid_character |= ends != exact
+    assert split_mid_character  # the byte-level case really exercised a token ending inside a character
+
+
+def test_alignment_row_sums_preserved_byte_level_policy():
+    pol, rmt = byte_level_tokenizer(), char_tokenizer(bos=True)
+    rm = gpt2(seed=7)
+    prompts, responses = ["the café", "naïve 日本", "emoji"], [" is très bon", "語 text — ok", " 🙂 here"]
+    prompt, response, rmask = policy_batch(pol, prompts, responses)
+    rr = RewardRedistributor(rm, tokenizer=pol, rm_tokenizer=rmt)
+    rewards = rr(prompt_ids=prompt, response_ids=response, response_mask=rmask)
+    for b in range(3):
+        enc = rmt(prompts[b] + responses[b], return_offsets_mapping=True)
+        s_rm = prefix_scores(rm, torch.tensor(enc["input_ids"])[None])[0]
+        in_prompt = [j for j, (_, e) in enumerate(enc["offset_mapping"]) if e <= len(prompts[b])]
+        torch.testing.assert_close(rewards[b].sum(), s_rm[-1] - s_rm[in_prompt[-1]], rtol=1e-4, atol=1e-5)
 
 
 def test_identical_tokenizers_take_the_fast_path_and_agree_with_alignment(monkeypatch):
@@ -561,6 +634,8 @@ def test_bad_ids_and_masks():
         rr(ids, None, torch.ones(2, 3))
     with pytest.raises(ValueError, match="not both"):
         rr(ids, 2, torch.ones(2, 3), prompt_ids=ids)
+    with pytest.raises(ValueError, match=r"prompt_mask must be \[B, P\] with B = 2"):
+        rr(ids, 2, torch.ones(2, 3), prompt_mask=torch.ones(3, 2))
     with pytest.raises(ValueError, match="response_mask .* is required"):
         rr(ids, 2)
     with pytest.raises(ValueError, match="pass tokenizer=<policy tokenizer>"):
@@ -580,3 +655,19 @@ def test_inputs_unchanged():
                         values=d["values"], logprobs=d["logprobs"], ref_logprobs=d["ref_logprobs"])
     for k in d:
         assert torch.equal(d[k], copies[k]), k
+
+
+# --- docs ------------------------------------------------------------------------------------
+
+
+def test_docs_example_runs():
+    import pathlib
+    import re
+
+    doc = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", doc, flags=re.S)
+    assert blocks
+    namespace: dict = {}
+    for code in blocks:
+        exec(compile(code, "docs/models.md", "exec"), namespace)
+    assert namespace["combined"].shape == (2, 4)

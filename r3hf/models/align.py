@@ -34,19 +34,53 @@ def same_tokenizer(a, b) -> bool:
 def policy_char_ends(tokenizer, ids: Sequence[int], *, skip_special_tokens: bool = True) -> tuple[str, list[int]]:
     """Decode ids -> (text, ends): ends[k] is the length of the text that ids[:k+1] decode to.
 
-    Prefixes are decoded together (one batch call; O(n²) characters for n tokens). A prefix that
-    is not a prefix of the full text (a token ending mid-character) counts up to the common part;
-    ends never decrease.
+    Streams the ids through the tokenizer's incremental decoder (O(n)); if the streamed pieces do
+    not join up to the full decode, falls back to decoding every prefix (O(n²) characters). A
+    token that ends inside a character (byte-level BPE) ends where the text decodable so far
+    ends: the stream may hold back a few more characters than the prefix decode; either way ends
+    never decrease and the last one is len(text), so the alignment preserves row sums.
     """
-    ids = list(ids)
+    ids = [int(i) for i in ids]
+    text = tokenizer.decode(ids, skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=False)
+    ends = _streamed_ends(tokenizer, ids, text, skip_special_tokens)
+    if ends is None:
+        ends = prefix_decoded_ends(tokenizer, ids, text, skip_special_tokens)
+    return text, ends
+
+
+def _streamed_ends(tokenizer, ids: list[int], text: str, skip_special_tokens: bool) -> list[int] | None:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    try:
+        from tokenizers.decoders import DecodeStream
+    except ImportError:
+        return None
+    if backend is None:
+        return None
+    stream = DecodeStream(skip_special_tokens=skip_special_tokens)
+    pieces, ends, n = [], [], 0
+    try:
+        for i in ids:
+            piece = stream.step(backend, i)  # None while a character is still incomplete
+            if piece:
+                pieces.append(piece)
+                n += len(piece)
+            ends.append(n)
+    except Exception:  # a decoder the stream cannot drive: use the exact fallback
+        return None
+    return ends if "".join(pieces) == text else None
+
+
+def prefix_decoded_ends(tokenizer, ids: list[int], text: str, skip_special_tokens: bool = True) -> list[int]:
+    """ends[k] = length of decode(ids[:k+1]), by decoding every prefix (one batch call). A prefix
+    that is not a prefix of `text` (a token ending mid-character) counts up to the common part;
+    ends never decrease."""
     kw = dict(skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=False)
-    text = tokenizer.decode(ids, **kw)
     ends, high = [], 0
     for prefix in tokenizer.batch_decode([ids[: k + 1] for k in range(len(ids))], **kw):
         c = len(prefix) if text.startswith(prefix) else len(os.path.commonprefix([prefix, text]))
         high = max(high, c)
         ends.append(high)
-    return text, ends
+    return ends
 
 
 def rm_encode(rm_tokenizer, texts: Sequence[str], *, add_special_tokens: bool = True):

@@ -92,6 +92,8 @@ class RewardRedistributor:
                     "a reward model has its own tokenizer, so the policy's tokenizer is needed to decode the "
                     "batch: pass tokenizer=<policy tokenizer>"
                 )
+        # Decided once: comparing two tokenizers serialises them.
+        self._fast = [s.tokenizer is None or same_tokenizer(s.tokenizer, tokenizer) for s in scorers]
         if pad_token_id is None:
             pad_token_id = getattr(tokenizer, "pad_token_id", None)
         if pad_token_id is None:
@@ -148,6 +150,12 @@ class RewardRedistributor:
             prompt_len = int(prompt_len)
         else:
             prompt_len = p
+        if prompt_mask is not None and (
+            not isinstance(prompt_mask, torch.Tensor) or prompt_mask.dim() != 2 or prompt_mask.shape[0] != B
+            or prompt_mask.shape[1] > S
+        ):
+            shape = list(prompt_mask.shape) if isinstance(prompt_mask, torch.Tensor) else type(prompt_mask).__name__
+            raise ValueError(f"prompt_mask must be [B, P] with B = {B} and P <= S = {S}, got {shape}")
         if attention_mask is None:
             attention_mask = self._attention(ids, p, mask, prompt_mask)
         else:
@@ -172,11 +180,9 @@ class RewardRedistributor:
 
     # --- scores and rewards ------------------------------------------------------------
 
-    def _fast(self, scorer: Scorer) -> bool:
-        return scorer.tokenizer is None or same_tokenizer(scorer.tokenizer, self.tokenizer)
-
-    def _scorer_scores(self, scorer: Scorer, ids, attention) -> torch.Tensor:
-        if self._fast(scorer):
+    def _scorer_scores(self, i: int, ids, attention) -> torch.Tensor:
+        scorer = self.scorers[i]
+        if self._fast[i]:
             return scorer.prefix_scores(ids, attention, self.backend)
         return aligned_prefix_scores(
             lambda rm_ids, rm_mask: scorer.prefix_scores(rm_ids, rm_mask, self.backend),
@@ -191,8 +197,8 @@ class RewardRedistributor:
 
     def _combined(self, ids, attention) -> torch.Tensor:
         total = None
-        for s in self.scorers:
-            part = self._scorer_scores(s, ids, attention)
+        for i, s in enumerate(self.scorers):
+            part = self._scorer_scores(i, ids, attention)
             part = part if s.coef == 1.0 else s.coef * part
             total = part if total is None else total + part
         return total
@@ -219,7 +225,7 @@ class RewardRedistributor:
         b = self.batch(query_response, context_length, response_mask, prompt_ids=prompt_ids,
                        response_ids=response_ids, prompt_mask=prompt_mask, attention_mask=attention_mask)
         kw = self._reward_kwargs(logprobs, ref_logprobs)
-        if len(self.scorers) == 1 and self._fast(self.scorers[0]):
+        if len(self.scorers) == 1 and self._fast[0]:
             s = self.scorers[0]
             hidden, weight, bias = s.hidden_states(b["input_ids"], b["attention_mask"])
             if s.coef != 1.0:

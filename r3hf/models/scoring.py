@@ -65,7 +65,8 @@ def backbone_hidden_states(backbone: nn.Module, input_ids: torch.Tensor, mask: t
     finally:
         backbone.train(was_training)
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-    return hidden.masked_fill(~mask[..., None], 0)
+    # In place: a fresh no-grad output, and [B, S, D] can be the largest tensor here.
+    return hidden.masked_fill_(~mask[..., None], 0)
 
 
 def head_hidden_states(head: Head, input_ids, attention_mask=None):
