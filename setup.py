@@ -76,7 +76,7 @@ def extensions():
     opt = ["-O0", "-g"] if debug else ["-O3"]
     # -ffp-contract=off: no FMA contraction, so the C++ math rounds exactly like the torch reference.
     # -fopenmp: at::parallel_for is inlined into the extension and runs on OpenMP threads.
-    cxx = opt + ["-std=c++17", "-ffp-contract=off", "-fopenmp", "-DR3HF_HAVE_BUILD_CONFIG"]
+    cxx = opt + ["-ffp-contract=off", "-fopenmp", "-DR3HF_HAVE_BUILD_CONFIG"]
     kwargs = dict(
         include_dirs=[str(generated), str(csrc)],
         extra_compile_args={"cxx": cxx},
@@ -84,7 +84,7 @@ def extensions():
     )
     if with_cuda:
         kwargs["extra_compile_args"]["nvcc"] = (["-O0", "-g", "-lineinfo"] if debug else ["-O3"]) + [
-            "-std=c++17", "--fmad=false", "-DR3HF_HAVE_BUILD_CONFIG",
+            "--fmad=false", "-DR3HF_HAVE_BUILD_CONFIG",
         ]
         ext = CUDAExtension("r3hf._C", cpp + cu, **kwargs)
     else:
