@@ -1,0 +1,31 @@
+"""Hugging Face reward models -> every prefix score in one forward pass -> R3HF token rewards.
+
+- `prefix_scores(model, input_ids, attention_mask)`: [B, S] score of every prefix (causal
+  backbone found through `base_model_prefix`, the model's own head applied by `r3hf.ops`).
+- `reward_hidden_states(...)`: (hidden, weight, bias) to pass straight to `ops.fused_reward_gae`.
+- `RewardRedistributor`: PPO batches -> token rewards (or rewards, advantages, returns), with
+  several scorers combined by coefficients and reward models on a different tokenizer.
+"""
+
+from .align import aligned_prefix_scores, policy_char_ends, rm_prefix_index, same_tokenizer
+from .heads import HEAD_NAMES, Head, UnsupportedModelError, check_causal, find_backbone, find_head
+from .redistributor import RewardRedistributor, Scorer
+from .scoring import position_ids, prefix_scores, reward_hidden_states
+
+__all__ = [
+    "prefix_scores",
+    "reward_hidden_states",
+    "RewardRedistributor",
+    "Scorer",
+    "find_head",
+    "find_backbone",
+    "check_causal",
+    "Head",
+    "HEAD_NAMES",
+    "UnsupportedModelError",
+    "position_ids",
+    "aligned_prefix_scores",
+    "policy_char_ends",
+    "rm_prefix_index",
+    "same_tokenizer",
+]

@@ -1,0 +1,21 @@
+"""`r3hf bench --quick` runs and writes a JSON and a PNG that parse (no timing is asserted)."""
+
+import json
+
+from r3hf.cli import main
+
+
+def test_bench_quick_writes_json_and_chart(tmp_path, capsys):
+    assert main(["bench", "--quick", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "verl-loop" in printed and "unfused" in printed
+    (report_file,) = tmp_path.glob("*.json")
+    report = json.loads(report_file.read_text())
+    groups = {c["group"] for c in report["cases"]}
+    assert groups == {"gae", "rewards", "fused"}
+    for case in report["cases"]:
+        assert case["results"][case["baseline"]]["speedup_vs_baseline"] == 1.0
+        assert any(p.startswith("r3hf-") for p in case["results"])
+    assert report["memory"] and "unfused" in report["memory"][0]["results"]
+    (png,) = tmp_path.glob("*.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
