@@ -36,41 +36,33 @@ inline float bf16_bits_to_float(uint16_t h) {
   return f;
 }
 
-R3HF_CLONES static float dot_f32(const float* x, const float* w, int64_t D) {
+// The loop every variant shares; `load` converts one element to fp32. Always inlined, so each
+// cloned caller gets it compiled for its own target.
+template <typename T, typename Load>
+__attribute__((always_inline)) inline float dot_lanes(const T* x, const float* w, int64_t D, Load load) {
   float acc[kLanes] = {0.f};
   int64_t i = 0;
   for (; i + kLanes <= D; i += kLanes)
-    for (int k = 0; k < kLanes; ++k) acc[k] += x[i + k] * w[i + k];
-  for (int k = 0; i < D; ++i, ++k) acc[k] += x[i] * w[i];
+    for (int k = 0; k < kLanes; ++k) acc[k] += load(x[i + k]) * w[i + k];
+  for (int k = 0; i < D; ++i, ++k) acc[k] += load(x[i]) * w[i];
   return reduce_lanes(acc);
+}
+
+R3HF_CLONES static float dot_f32(const float* x, const float* w, int64_t D) {
+  return dot_lanes(x, w, D, [](float v) { return v; });
 }
 
 R3HF_CLONES static float dot_bf16(const uint16_t* x, const float* w, int64_t D) {
-  float acc[kLanes] = {0.f};
-  int64_t i = 0;
-  for (; i + kLanes <= D; i += kLanes)
-    for (int k = 0; k < kLanes; ++k) acc[k] += bf16_bits_to_float(x[i + k]) * w[i + k];
-  for (int k = 0; i < D; ++i, ++k) acc[k] += bf16_bits_to_float(x[i]) * w[i];
-  return reduce_lanes(acc);
+  return dot_lanes(x, w, D, [](uint16_t v) { return bf16_bits_to_float(v); });
 }
 
 R3HF_CLONES static float dot_f16(const c10::Half* x, const float* w, int64_t D) {
-  float acc[kLanes] = {0.f};
-  int64_t i = 0;
-  for (; i + kLanes <= D; i += kLanes)
-    for (int k = 0; k < kLanes; ++k) acc[k] += static_cast<float>(x[i + k]) * w[i + k];
-  for (int k = 0; i < D; ++i, ++k) acc[k] += static_cast<float>(x[i]) * w[i];
-  return reduce_lanes(acc);
+  return dot_lanes(x, w, D, [](c10::Half v) { return static_cast<float>(v); });
 }
 
 // fp64 hidden: the reference converts to fp32 first, so do the same per element.
-inline float dot_f64(const double* x, const float* w, int64_t D) {
-  float acc[kLanes] = {0.f};
-  int64_t i = 0;
-  for (; i + kLanes <= D; i += kLanes)
-    for (int k = 0; k < kLanes; ++k) acc[k] += static_cast<float>(x[i + k]) * w[i + k];
-  for (int k = 0; i < D; ++i, ++k) acc[k] += static_cast<float>(x[i]) * w[i];
-  return reduce_lanes(acc);
+static float dot_f64(const double* x, const float* w, int64_t D) {
+  return dot_lanes(x, w, D, [](double v) { return static_cast<float>(v); });
 }
 
 inline float dot(const float* x, const float* w, int64_t D) { return dot_f32(x, w, D); }

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "../op_args.h"
 #include "../r3hf_math.h"
 #include "dot.h"
 
@@ -20,49 +21,6 @@ namespace {
 
 using at::Tensor;
 
-int parse_estimator(c10::string_view name) {
-  if (name == "k1") return KL_K1;
-  if (name == "k2") return KL_K2;
-  if (name == "k3") return KL_K3;
-  if (name == "abs") return KL_ABS;
-  TORCH_CHECK_VALUE(false, "estimator must be one of ['k1', 'k2', 'k3', 'abs'], got '", std::string(name), "'");
-}
-
-bool parse_first(c10::string_view first) {
-  TORCH_CHECK_VALUE(first == "prompt" || first == "zero", "first must be one of ['prompt', 'zero'], got '",
-                    std::string(first), "'");
-  return first == "prompt";
-}
-
-Range parse_range(const char* name, const c10::optional<at::ArrayRef<double>>& r) {
-  Range out;
-  if (!r.has_value()) return out;
-  TORCH_CHECK_VALUE(r->size() == 2, name, " must be None or [low, high], got ", r->size(), " values");
-  out.on = true;
-  out.low = static_cast<float>((*r)[0]);
-  out.high = static_cast<float>((*r)[1]);
-  return out;
-}
-
-RewardOptions reward_options(c10::string_view first, double beta_c, double kl_coef, c10::string_view estimator,
-                             const c10::optional<at::ArrayRef<double>>& kl_clamp,
-                             const c10::optional<at::ArrayRef<double>>& reward_clip) {
-  RewardOptions o;
-  o.first_prompt = parse_first(first);
-  o.pure_dense = beta_c == 1.0;
-  o.beta_c = static_cast<float>(beta_c);
-  o.one_minus_beta = static_cast<float>(1.0 - beta_c);
-  o.reward_clip = parse_range("reward_clip", reward_clip);
-  o.use_kl = kl_coef != 0.0;
-  o.kl_coef = static_cast<float>(kl_coef);
-  o.kl_estimator = parse_estimator(estimator);
-  o.kl_clamp = parse_range("kl_clamp", kl_clamp);
-  return o;
-}
-
-// [B, L] inputs as contiguous fp32 / bool / int64 (no copy when they already are).
-Tensor f32(const Tensor& t) { return t.to(at::kFloat).contiguous(); }
-Tensor as_bool(const Tensor& t) { return (t.scalar_type() == at::kBool ? t : t.ne(0)).contiguous(); }
 Tensor as_long(const Tensor& t) { return t.to(at::kLong).contiguous(); }
 
 void check_cpu(const Tensor& t, const char* name) {
@@ -178,14 +136,14 @@ Tensor redistribute_cpu(const Tensor& scores, const Tensor& response_mask, const
 
 Tensor token_rewards_cpu(const Tensor& scores, const Tensor& response_mask, const Tensor& prompt_len,
                          const c10::optional<Tensor>& logprobs, const c10::optional<Tensor>& ref_logprobs,
-                         double kl_coef, c10::string_view kl_estimator, c10::optional<at::ArrayRef<double>> kl_clamp,
-                         c10::string_view first, double beta_c, c10::optional<at::ArrayRef<double>> reward_clip) {
+                         double kl_coef, c10::string_view kl_estimator, OptRange kl_clamp,
+                         c10::string_view first, double beta_c, OptRange reward_clip) {
   const RewardOptions opt = reward_options(first, beta_c, kl_coef, kl_estimator, kl_clamp, reward_clip);
   return token_rewards_impl(scores, response_mask, prompt_len, logprobs, ref_logprobs, opt);
 }
 
 Tensor kl_penalty_cpu(const Tensor& logprobs_in, const Tensor& ref_in, c10::string_view estimator,
-                      c10::optional<at::ArrayRef<double>> clamp) {
+                      OptRange clamp) {
   check_cpu(logprobs_in, "logprobs");
   TORCH_CHECK_VALUE(logprobs_in.sizes() == ref_in.sizes(), "logprobs and ref_logprobs must have the same shape");
   const int est = parse_estimator(estimator);
@@ -199,13 +157,6 @@ Tensor kl_penalty_cpu(const Tensor& logprobs_in, const Tensor& ref_in, c10::stri
     for (int64_t i = begin; i < end; ++i) p_out[i] = kl_estimate(p_lp[i], p_ref[i], est, range);
   });
   return out;
-}
-
-GaeOptions gae_options(double gamma, double lam) {
-  GaeOptions o;
-  o.gamma = static_cast<float>(gamma);
-  o.gamma_lam = static_cast<float>(gamma * lam);
-  return o;
 }
 
 std::tuple<Tensor, Tensor> gae_cpu(const Tensor& rewards_in, const Tensor& values_in, const Tensor& mask_in,
@@ -242,8 +193,8 @@ std::tuple<Tensor, Tensor, Tensor> fused_reward_gae_cpu(
     const Tensor& hidden, const Tensor& weight, const c10::optional<Tensor>& bias, const Tensor& values_in,
     const Tensor& mask_in, const Tensor& prompt_len_in, const c10::optional<Tensor>& logprobs_in,
     const c10::optional<Tensor>& ref_in, double kl_coef, c10::string_view kl_estimator,
-    c10::optional<at::ArrayRef<double>> kl_clamp, double gamma, double lam, c10::string_view first, double beta_c,
-    c10::optional<at::ArrayRef<double>> reward_clip, const c10::optional<Tensor>& bootstrap_in) {
+    OptRange kl_clamp, double gamma, double lam, c10::string_view first, double beta_c,
+    OptRange reward_clip, const c10::optional<Tensor>& bootstrap_in) {
   check_cpu(hidden, "hidden");
   Projection proj(hidden, weight, bias);
   const RewardOptions ropt = reward_options(first, beta_c, kl_coef, kl_estimator, kl_clamp, reward_clip);

@@ -8,58 +8,13 @@
 
 #include <string>
 
+#include "../op_args.h"
 #include "kernels.cuh"
 
 namespace r3hf {
 namespace {
 
 using at::Tensor;
-using OptRange = c10::optional<at::ArrayRef<double>>;
-
-int estimator_id(c10::string_view name) {
-  if (name == "k1") return KL_K1;
-  if (name == "k2") return KL_K2;
-  if (name == "k3") return KL_K3;
-  if (name == "abs") return KL_ABS;
-  TORCH_CHECK_VALUE(false, "estimator must be one of ['k1', 'k2', 'k3', 'abs'], got '", std::string(name), "'");
-}
-
-Range to_range(const OptRange& r) {
-  Range out;
-  if (r.has_value()) {
-    TORCH_CHECK_VALUE(r->size() == 2, "ranges must be None or [low, high]");
-    out.on = true;
-    out.low = static_cast<float>((*r)[0]);
-    out.high = static_cast<float>((*r)[1]);
-  }
-  return out;
-}
-
-RewardOptions reward_opts(c10::string_view first, double beta_c, double kl_coef, c10::string_view est,
-                          const OptRange& kl_clamp, const OptRange& reward_clip) {
-  TORCH_CHECK_VALUE(first == "prompt" || first == "zero", "first must be one of ['prompt', 'zero']");
-  RewardOptions o;
-  o.first_prompt = first == "prompt";
-  o.pure_dense = beta_c == 1.0;
-  o.beta_c = static_cast<float>(beta_c);
-  o.one_minus_beta = static_cast<float>(1.0 - beta_c);
-  o.reward_clip = to_range(reward_clip);
-  o.use_kl = kl_coef != 0.0;
-  o.kl_coef = static_cast<float>(kl_coef);
-  o.kl_estimator = estimator_id(est);
-  o.kl_clamp = to_range(kl_clamp);
-  return o;
-}
-
-GaeOptions gae_opts(double gamma, double lam) {
-  GaeOptions o;
-  o.gamma = static_cast<float>(gamma);
-  o.gamma_lam = static_cast<float>(gamma * lam);
-  return o;
-}
-
-Tensor f32(const Tensor& t) { return t.to(at::kFloat).contiguous(); }
-Tensor as_bool(const Tensor& t) { return (t.scalar_type() == at::kBool ? t : t.ne(0)).contiguous(); }
 const float* ptr_or_null(const Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
 
 int64_t blocks(int64_t n, int64_t per) { return (n + per - 1) / per; }
@@ -148,7 +103,7 @@ Tensor token_rewards_impl(const Tensor& scores_in, const Tensor& mask_in, const 
 Tensor redistribute_cuda(const Tensor& scores, const Tensor& mask, const Tensor& prompt_len, c10::string_view first,
                          double beta_c) {
   return token_rewards_impl(scores, mask, prompt_len, c10::nullopt, c10::nullopt,
-                            reward_opts(first, beta_c, 0.0, "k1", c10::nullopt, c10::nullopt));
+                            reward_options(first, beta_c, 0.0, "k1", c10::nullopt, c10::nullopt));
 }
 
 Tensor token_rewards_cuda(const Tensor& scores, const Tensor& mask, const Tensor& prompt_len,
@@ -156,7 +111,7 @@ Tensor token_rewards_cuda(const Tensor& scores, const Tensor& mask, const Tensor
                           c10::string_view est, OptRange kl_clamp, c10::string_view first, double beta_c,
                           OptRange reward_clip) {
   return token_rewards_impl(scores, mask, prompt_len, logprobs, ref,
-                            reward_opts(first, beta_c, kl_coef, est, kl_clamp, reward_clip));
+                            reward_options(first, beta_c, kl_coef, est, kl_clamp, reward_clip));
 }
 
 Tensor kl_penalty_cuda(const Tensor& logprobs, const Tensor& ref, c10::string_view est, OptRange clamp) {
@@ -166,7 +121,7 @@ Tensor kl_penalty_cuda(const Tensor& logprobs, const Tensor& ref, c10::string_vi
   const int64_t n = lp.numel();
   if (n > 0)
     cuda::kl_kernel<<<blocks(n, 256), 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        lp.data_ptr<float>(), rf.data_ptr<float>(), n, estimator_id(est), to_range(clamp), out.data_ptr<float>());
+        lp.data_ptr<float>(), rf.data_ptr<float>(), n, parse_estimator(est), parse_range("clamp", clamp), out.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
@@ -186,7 +141,7 @@ std::tuple<Tensor, Tensor> gae_cuda(const Tensor& rewards, const Tensor& values,
   args.p_bootstrap = ptr_or_null(boot);
   args.m_mask = mask.data_ptr<bool>();
   args.L = L;
-  args.gopt = gae_opts(gamma, lam);
+  args.gopt = gae_options(gamma, lam);
   args.p_adv = adv.data_ptr<float>();
   args.p_ret = ret.data_ptr<float>();
   launch_rows(args, B);
@@ -201,7 +156,7 @@ std::tuple<Tensor, Tensor, Tensor> fused_reward_gae_cuda(
     const c10::optional<Tensor>& ref, double kl_coef, c10::string_view est, OptRange kl_clamp, double gamma,
     double lam, c10::string_view first, double beta_c, OptRange reward_clip, const c10::optional<Tensor>& bootstrap) {
   c10::cuda::CUDAGuard guard(hidden.device());
-  const RewardOptions ropt = reward_opts(first, beta_c, kl_coef, est, kl_clamp, reward_clip);
+  const RewardOptions ropt = reward_options(first, beta_c, kl_coef, est, kl_clamp, reward_clip);
   const Tensor mask = as_bool(mask_in), v = f32(values);
   const Tensor boot = bootstrap.has_value() ? f32(*bootstrap) : Tensor();
   const int64_t B = hidden.size(0), L = mask.size(1);
@@ -234,7 +189,7 @@ std::tuple<Tensor, Tensor, Tensor> fused_reward_gae_cuda(
   args.m_mask = mask.data_ptr<bool>();
   args.L = L;
   args.ropt = ropt;
-  args.gopt = gae_opts(gamma, lam);
+  args.gopt = gae_options(gamma, lam);
   args.p_rewards_out = rewards.data_ptr<float>();
   args.p_adv = adv.data_ptr<float>();
   args.p_ret = ret.data_ptr<float>();
