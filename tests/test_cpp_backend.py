@@ -368,3 +368,45 @@ print("ok")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+# --- CUDA kernels (csrc/cuda): run where a GPU and a CUDA build of r3hf._C exist ----------------
+
+needs_cuda = pytest.mark.skipif(
+    not (torch.cuda.is_available() and cpp.build_info().get("cuda")), reason="needs a GPU and r3hf._C built with CUDA"
+)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("L", [1, 47, 1000, 5000])  # 5000 spans several 2048-position tiles of the row kernel
+@pytest.mark.parametrize("opts", FUSED_OPTIONS[:3], ids=["defaults", "kl-bootstrap", "k3-zero-clip"])
+def test_cuda_matches_reference(dtype, L, opts):
+    b = make_batch(B=5, L=L, D=40 if L < 1000 else 64, dtype=dtype, seed=L, device="cuda")
+    kw = dict(logprobs=b["logprobs"], ref_logprobs=b["ref_logprobs"], **opts)
+    got, want = both(ops.fused_reward_gae, b["hidden"], b["weight"], b["bias"], b["values"], b["response_mask"],
+                     b["prompt_len"], **kw)
+    for g, w in zip(got, want):
+        close(g, w, dtype)
+    close(*both(ops.prefix_scores, b["hidden"], b["weight"], b["bias"]), dtype)
+    close(*both(ops.token_rewards, b["scores"], b["response_mask"], b["prompt_len"], **kw_rewards(kw)), dtype)
+    close(*both(ops.redistribute, b["scores"], b["response_mask"], b["prompt_len"], first="zero", beta_c=0.5), dtype)
+    close(*both(ops.kl_penalty, b["logprobs"], b["ref_logprobs"], "k3", 1.0), dtype)
+    for g, w in zip(*both(ops.gae, b["rewards"], b["values"], b["response_mask"], 0.99, 0.9, 0.2)):
+        close(g, w, dtype)
+    again = ops.fused_reward_gae(b["hidden"], b["weight"], b["bias"], b["values"], b["response_mask"], b["prompt_len"],
+                                 **kw, backend="cpp")
+    assert all(torch.equal(x, y) for x, y in zip(got, again))  # deterministic run to run
+
+
+def kw_rewards(kw):
+    keep = ("logprobs", "ref_logprobs", "kl_coef", "kl_estimator", "kl_clamp", "first", "beta_c", "reward_clip")
+    return {k: v for k, v in kw.items() if k in keep}
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_opcheck():
+    for op, args in _opcheck_cases():
+        torch.library.opcheck(op, tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in args))
