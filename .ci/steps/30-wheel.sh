@@ -31,6 +31,7 @@ python3 -m venv "$work/venv"
 
 mkdir "$work/t"
 cp tests/batches.py tests/conftest.py tests/test_cpp_backend.py "$work/t/"
+printf "[pytest]\nmarkers =\n    gpu: needs a CUDA device\n" > "$work/t/pytest.ini"
 cd "$work/t"
 "$work/venv/bin/python" - <<'PY'
 import warnings
