@@ -410,3 +410,26 @@ def kw_rewards(kw):
 def test_cuda_opcheck():
     for op, args in _opcheck_cases():
         torch.library.opcheck(op, tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in args))
+
+
+def test_no_ext_at_run_time_uses_torch_quietly():
+    # R3HF_NO_EXT=1 ignores a built extension: auto picks torch, backend="cpp" says why, no warning.
+    code = """
+import warnings
+warnings.simplefilter("error")
+import torch, r3hf.ops as ops
+x = torch.randn(2, 5); m = torch.ones(2, 5, dtype=torch.bool)
+ops.gae(x, x, m)
+info = ops.backends()
+assert info["ops"]["gae"]["cpu"] == "torch", info["ops"]
+try:
+    ops.gae(x, x, m, backend="cpp")
+except ops.BackendUnavailableError as e:
+    assert "R3HF_NO_EXT" in str(e), e
+else:
+    raise AssertionError("backend='cpp' should be unavailable")
+print("ok")
+"""
+    env = {**os.environ, "R3HF_NO_EXT": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr
