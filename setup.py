@@ -73,7 +73,7 @@ def extensions():
     cuda_version = (torch.version.cuda or "") if with_cuda else ""
     torch_version = torch.__version__
     generated = _write_build_config(with_cuda, archs, cuda_version, debug, torch_version)
-    opt = ["-O0", "-g"] if debug else ["-O3", "-g0"]  # -g0: no debug info in release wheels
+    opt = ["-O0", "-g", "-UNDEBUG"] if debug else ["-O3", "-g0"]  # -g0: no debug info in release wheels
     # -ffp-contract=off: no FMA contraction, so the C++ math rounds exactly like the torch reference.
     # -fopenmp: at::parallel_for is inlined into the extension and runs on OpenMP threads.
     cxx = opt + ["-ffp-contract=off", "-fopenmp", "-DR3HF_HAVE_BUILD_CONFIG"]
