@@ -66,6 +66,11 @@ def extensions():
         print("r3hf: torch not importable at build time; building without the C++ extension")
         return [], {}
     with_cuda = bool(cu) and (_flag("R3HF_FORCE_CUDA") or (CUDA_HOME is not None and torch.version.cuda is not None))
+    if with_cuda and CUDA_HOME is None:
+        raise RuntimeError(
+            "R3HF_FORCE_CUDA=1 but torch.utils.cpp_extension found no CUDA toolkit (CUDA_HOME is None; it is "
+            f"always None with a CPU build of torch, torch.version.cuda = {torch.version.cuda}); see docs/ENV.md"
+        )
     debug = _flag("R3HF_DEBUG")
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "8.0;9.0") if with_cuda else ""
     if with_cuda:
