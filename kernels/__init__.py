@@ -1,5 +1,8 @@
 """Triton kernels of r3hf, installed as `r3hf.kernels` (the folder is `kernels/` in the source tree).
 
 Import through `r3hf.ops` (backend "triton"); on a machine without a GPU set
-TRITON_INTERPRET=1 before importing to run them on the CPU.
+TRITON_INTERPRET=1 before importing to run them on the CPU. Modules: `projection`
+(prefix_scores), `rewards` (token_rewards, redistribute, kl_penalty), `gae`, `fused`
+(fused_reward_gae), `scan` (the GAE combine and backward scans), `_common` (configs, chunk
+sizes, environment variables). Design and environment variables: docs/triton.md.
 """

@@ -3,6 +3,9 @@
 A backend is a module exposing the ops it implements (same names and normalised arguments as
 `r3hf.reference`), an `OPS` tuple naming them and `unavailable_reason(device) -> str | None`.
 "auto" prefers Triton for CUDA tensors, then the C++ extension, then the torch reference.
+Peer-convention options (`r3hf._validate.OP_OPTIONS`, e.g. gae's carry_masked) reach a backend
+only when set, and only a backend listing them in an optional `OPTIONS` dict (op -> names) is
+chosen for such a call; "auto" otherwise falls back to torch, which implements them all.
 """
 
 from __future__ import annotations
@@ -48,34 +51,37 @@ def load(name: str):
     return module, describe() if describe else name
 
 
-def _why_not(name: str, op: str, device: torch.device) -> str | None:
+def _why_not(name: str, op: str, device: torch.device, options=()) -> str | None:
     module, reason = load(name)
     if module is None:
         return reason
     if name != "torch":
         if op not in module.OPS:
             return f"{name} backend does not implement {op}"
+        missing = [o for o in options if o not in getattr(module, "OPTIONS", {}).get(op, ())]
+        if missing:
+            return f"{name} backend does not implement {op}'s option {', '.join(missing)}"
         why = module.unavailable_reason(device)
         if why:
             return why
     return None
 
 
-def choose(op: str, backend: str, device: torch.device) -> str:
-    """Name of the backend that runs `op` on `device` ("auto" resolved)."""
+def choose(op: str, backend: str, device: torch.device, options=()) -> str:
+    """Name of the backend that runs `op` on `device` with these non-default options ("auto" resolved)."""
     if backend != "auto":
-        why = _why_not(backend, op, device)
+        why = _why_not(backend, op, device, options)
         if why:
             raise BackendUnavailableError(f"backend={backend!r} cannot run {op} on {device.type}: {why}")
         return backend
     for name in _AUTO_ORDER.get(device.type, ("torch",)):
-        if _why_not(name, op, device) is None:
+        if _why_not(name, op, device, options) is None:
             return name
     return "torch"
 
 
-def implementation(op: str, backend: str, device: torch.device):
-    return getattr(load(choose(op, backend, device))[0], op)
+def implementation(op: str, backend: str, device: torch.device, options=()):
+    return getattr(load(choose(op, backend, device, options))[0], op)
 
 
 def backends() -> dict:

@@ -22,6 +22,10 @@ import torch
 KL_ESTIMATORS = ("k1", "k2", "k3", "abs")
 FIRST_MODES = ("prompt", "zero")
 BACKEND_NAMES = ("auto", "torch", "cpp", "triton")
+EPS_MODES = ("add", "max")
+# Options that select a peer's convention; a backend declares those it implements in its
+# `OPTIONS` dict (op -> names) and "auto" falls back to torch for the others.
+OP_OPTIONS = {"gae": ("carry_masked",), "masked_whiten": ("transform_masked", "eps_mode")}
 
 
 def _shape(t: torch.Tensor) -> list:
@@ -77,6 +81,12 @@ def check_choice(name: str, value, choices) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
     return value
+
+
+def check_bool(name: str, flag) -> bool:
+    if not isinstance(flag, bool):
+        raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+    return flag
 
 
 def check_backend(backend) -> str:
@@ -264,7 +274,7 @@ def token_rewards_args(
     return args
 
 
-def gae_args(rewards, values, response_mask, gamma, lam, bootstrap):
+def gae_args(rewards, values, response_mask, gamma, lam, bootstrap, carry_masked=False):
     check_tensor("rewards", rewards, rank=2)
     check_tensor("values", values, rank=2)
     B, L = rewards.shape
@@ -279,10 +289,16 @@ def gae_args(rewards, values, response_mask, gamma, lam, bootstrap):
         gamma=check_unit_interval("gamma", gamma),
         lam=check_unit_interval("lam", lam),
         bootstrap=as_bootstrap(bootstrap, B, device),
-    )
+    ) | _options(carry_masked=(check_bool("carry_masked", carry_masked), False))
 
 
-def masked_whiten_args(x, mask, shift_mean, unbiased, eps, group):
+def _options(**given) -> dict:
+    """Peer-convention options, passed to a backend only when they differ from the default, so a
+    backend that does not know an option is never handed it (see `r3hf._dispatch.choose`)."""
+    return {name: value for name, (value, default) in given.items() if value != default}
+
+
+def masked_whiten_args(x, mask, shift_mean, unbiased, eps, group, transform_masked=False, eps_mode="add"):
     check_tensor("x", x)
     mask = _as_any_mask(mask)
     if _shape(mask) != _shape(x):
@@ -292,9 +308,11 @@ def masked_whiten_args(x, mask, shift_mean, unbiased, eps, group):
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
     for name, flag in (("shift_mean", shift_mean), ("unbiased", unbiased)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
-    return dict(x=x, mask=mask, shift_mean=shift_mean, unbiased=unbiased, eps=eps, group=group)
+        check_bool(name, flag)
+    return dict(x=x, mask=mask, shift_mean=shift_mean, unbiased=unbiased, eps=eps, group=group) | _options(
+        transform_masked=(check_bool("transform_masked", transform_masked), False),
+        eps_mode=(check_choice("eps_mode", eps_mode, EPS_MODES), "add"),
+    )
 
 
 def _as_any_mask(mask) -> torch.Tensor:

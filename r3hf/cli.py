@@ -1,4 +1,4 @@
-"""`r3hf` command line: `r3hf demo` (the main job), `r3hf bench` and `r3hf backends`."""
+"""`r3hf` command line: `r3hf demo` (the main job), `r3hf explain`, `r3hf bench` and `r3hf backends`."""
 
 from __future__ import annotations
 
@@ -15,9 +15,26 @@ def _backends(_args) -> int:
 
 
 def _demo(args) -> int:
-    from .worked_example import run
+    from .demo import run
 
-    run(seed=args.seed)
+    run(seeds=args.seeds, steps=args.steps, out=args.out, device=args.device, quick=args.quick,
+        threads=args.threads, critic_init=args.critic_init)
+    return 0
+
+
+def _explain(args) -> int:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from .viz import explain
+
+    model = AutoModelForSequenceClassification.from_pretrained(args.model).eval()
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    res = explain(model, tokenizer, args.prompt, args.response, out=args.out, first=args.first)
+    print(f"score {res['prompt_score']:+.4f} (prompt only) -> {res['final_score']:+.4f} (full response)")
+    for tok, r in zip(res["response_tokens"], res["rewards"]):
+        print(f"  {r:+.4f}  {tok}")
+    if args.out:
+        print(f"wrote {args.out} and {args.out.rsplit('.', 1)[0]}.png")
     return 0
 
 
@@ -40,8 +57,18 @@ def _bench(args) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="r3hf", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="score a batch with a tiny reward model and turn it into token rewards and GAE")
-    demo.add_argument("--seed", type=int, default=0)
+    demo = sub.add_parser(
+        "demo", help="preference data -> reward model -> PPO, sparse vs R3HF, on a synthetic task (offline, CPU)",
+    )
+    demo.add_argument("--quick", action="store_true", help="a small run (about a minute) for CI and a first look")
+    demo.add_argument("--seeds", type=int, default=None, help="PPO seeds per method (default 3; 1 with --quick)")
+    demo.add_argument("--steps", type=int, default=None, help="PPO steps per run (default 40; 8 with --quick)")
+    demo.add_argument("--out", default="r3hf-demo", help="folder for the plot, JSON and heatmap (default r3hf-demo)")
+    demo.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    demo.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; 0 = torch's default)")
+    demo.add_argument("--critic-init", default=None, choices=["reward-model", "policy"],
+                      help="value model start: a copy of the reward model (default, TRL's convention) or the "
+                           "policy's backbone with a zero head")
     demo.set_defaults(func=_demo)
     bench = sub.add_parser("bench", help="time r3hf against the loops and torch paths users run today")
     bench.add_argument("--quick", action="store_true", help="tiny shapes, seconds (CI)")
@@ -51,6 +78,15 @@ def main(argv=None) -> int:
     bench.add_argument("--min-time", type=float, default=0.5, help="seconds of timing per provider and case")
     bench.add_argument("--out", default="bench-out", help="folder for the JSON and PNG")
     bench.set_defaults(func=_bench)
+    explain = sub.add_parser(
+        "explain", help="colour each response token by its R3HF reward under a local reward model",
+    )
+    explain.add_argument("--model", required=True, help="folder of a causal sequence-classification reward model")
+    explain.add_argument("--prompt", required=True)
+    explain.add_argument("--response", required=True)
+    explain.add_argument("--out", default=None, help="write the heatmap here (HTML) and a PNG beside it")
+    explain.add_argument("--first", default="prompt", choices=["prompt", "zero"])
+    explain.set_defaults(func=_explain)
     sub.add_parser("backends", help="print which backend each op uses and why").set_defaults(func=_backends)
     args = parser.parse_args(argv)
     return args.func(args)

@@ -33,7 +33,8 @@ __all__ = [
 
 
 def _run(op: str, backend: str, device: torch.device, args: dict):
-    return implementation(op, v.check_backend(backend), device)(**args)
+    options = tuple(k for k in v.OP_OPTIONS.get(op, ()) if k in args)  # present only when non-default
+    return implementation(op, v.check_backend(backend), device, options)(**args)
 
 
 def prefix_scores(hidden, weight, bias=None, *, backend="auto") -> torch.Tensor:
@@ -84,24 +85,36 @@ def token_rewards(
     return _run("token_rewards", backend, scores.device, args)
 
 
-def gae(rewards, values, response_mask, gamma=1.0, lam=0.95, bootstrap=None, *, backend="auto"):
+def gae(
+    rewards, values, response_mask, gamma=1.0, lam=0.95, bootstrap=None, *, carry_masked=False, backend="auto"
+):
     """GAE over [B, L] -> (advantages, returns), float32, 0 at masked positions.
 
     Backwards per row: at a generated t, δ = r_t + γ·v' − V_t, a = δ + γλ·a, v' = V_t; masked
     positions carry v' and a unchanged (veRL's multi-turn rule). v' starts at bootstrap (None,
     a float or [B]) or 0. returns = advantages + values.
+
+    carry_masked=True (veRL's recorded values): masked positions hold the carried running
+    advantage instead of 0, and returns = advantages + values everywhere. Backends that do not
+    declare this option leave it to the torch reference.
     """
-    args = v.gae_args(rewards, values, response_mask, gamma, lam, bootstrap)
+    args = v.gae_args(rewards, values, response_mask, gamma, lam, bootstrap, carry_masked)
     return _run("gae", backend, rewards.device, args)
 
 
-def masked_whiten(x, mask, shift_mean=True, unbiased=True, eps=1e-8, group=None, *, backend="auto"):
+def masked_whiten(
+    x, mask, shift_mean=True, unbiased=True, eps=1e-8, group=None, *, transform_masked=False, eps_mode="add",
+    backend="auto",
+):
     """(x − mean)·rsqrt(var + eps) over mask == 1, 0 where masked; float32, shape of x.
 
     unbiased=True as TRL/veRL, False as OpenRLHF; shift_mean=False adds the mean back.
     `group` (a torch.distributed process group) all-reduces the statistics across ranks.
+    transform_masked=True transforms masked positions too instead of writing 0 (veRL, OpenRLHF);
+    eps_mode="max" uses rsqrt(max(var, eps)) (OpenRLHF). Backends that do not declare these
+    options leave them to the torch reference.
     """
-    args = v.masked_whiten_args(x, mask, shift_mean, unbiased, eps, group)
+    args = v.masked_whiten_args(x, mask, shift_mean, unbiased, eps, group, transform_masked, eps_mode)
     return _run("masked_whiten", backend, x.device, args)
 
 

@@ -8,6 +8,7 @@ def gae(
     gamma: float = 1.0,
     lam: float = 0.95,
     bootstrap: torch.Tensor | None = None,
+    carry_masked: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation over [B, L] -> (advantages, returns), float32.
 
@@ -28,6 +29,8 @@ def gae(
         delta = r[:, t] + gamma * next_value - v[:, t]
         running = torch.where(m, delta + gamma * lam * running, running)
         next_value = torch.where(m, v[:, t], next_value)
-        advantages[:, t] = torch.where(m, running, torch.zeros_like(running))
+        advantages[:, t] = running if carry_masked else torch.where(m, running, torch.zeros_like(running))
+    if carry_masked:
+        return advantages, advantages + v
     returns = torch.where(response_mask, advantages + v, torch.zeros_like(v))
     return advantages, returns

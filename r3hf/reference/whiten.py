@@ -16,6 +16,8 @@ def masked_whiten(
     unbiased: bool = True,
     eps: float = 1e-8,
     group=None,
+    transform_masked: bool = False,
+    eps_mode: str = "add",
 ) -> torch.Tensor:
     """Whiten x over the positions where mask is set; any shape, float32 out, 0 where masked.
 
@@ -23,6 +25,10 @@ def masked_whiten(
     OpenRLHF), x' = (x − mean)·rsqrt(var + eps), with the mean added back when shift_mean is
     False. With a torch.distributed `group` the sums are all-reduced first, so every rank
     whitens with the statistics of the whole global batch.
+
+    Peer conventions, off by default: transform_masked=True transforms every position with the
+    statistics of the selected ones instead of writing 0 where masked (veRL, OpenRLHF);
+    eps_mode="max" uses rsqrt(max(var, eps)) instead of rsqrt(var + eps) (OpenRLHF).
     """
     xf = x.float()
     zero = torch.zeros_like(xf)
@@ -37,7 +43,7 @@ def masked_whiten(
     centered = torch.where(mask, xf - mean, zero)
     sq = _all_reduce((centered.double() ** 2).sum().reshape(1), group)
     var = (sq / (n - 1 if unbiased else n)).to(torch.float32)
-    out = (xf - mean) * torch.rsqrt(var + eps)
+    out = (xf - mean) * torch.rsqrt(var.clamp_min(eps) if eps_mode == "max" else var + eps)
     if not shift_mean:
         out = out + mean
-    return torch.where(mask, out, zero)
+    return out if transform_masked else torch.where(mask, out, zero)

@@ -1,0 +1,230 @@
+#!/usr/bin/env python
+"""One command for a CUDA machine: r3hf's test suite on the GPU, then the GPU benchmarks of the
+Triton backend, written as one JSON.
+
+    python benchmarks/gpu_check.py                     # -> benchmarks/results/gpu_check.json
+    python benchmarks/gpu_check.py --out results.json
+    python benchmarks/gpu_check.py --dry-run           # no GPU: tiny shapes under TRITON_INTERPRET=1
+
+Steps, in this order, each in a subprocess with a time limit inside a total budget (default
+450 s), so one slow step cannot push the whole past 8 minutes:
+1. pytest -m gpu on tests/ (dtypes, long rows, B = 1..512, the reverse-scan guard);
+2. pytest-benchmark on benchmarks/test_gpu_targets.py, whose medians give the targets:
+   fused_reward_gae bandwidth vs copy bandwidth (>= 0.85), gae vs a veRL-style Python loop
+   at B=256, T=16384 (>= 1000x), gae vs a one-program-per-row serial walk at B=8, T=16384 (> 1x);
+3. pytest -m "not gpu" on tests/ (the rest of the suite; Triton tests run on CUDA tensors), with
+   whatever budget is left.
+Test steps run with R3HF_TRITON_AUTOTUNE=0 (one launch config: many small test shapes would
+otherwise compile every autotune config); the benchmarks autotune.
+Needs torch, triton, numpy, pytest and pytest-benchmark only; at most --budget seconds plus start-up.
+Exit status: 0 when every step ran and no test failed (targets are reported, not enforced).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGETS = {  # name: (minimum, what it compares)
+    "fused_vs_copy_bandwidth": (0.85, "fused_reward_gae bytes-read bandwidth / device copy bandwidth, bf16 [64, 4096, 4096]"),
+    "gae_vs_verl_loop": (1000.0, "veRL-style Python loop time / Triton gae time, B=256 T=16384"),
+    "gae_vs_serial_per_row": (1.0, "one-program-per-row serial walk (cugae design) time / Triton gae time, B=8 T=16384 (must be > 1)"),
+}
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=None,
+                    help="JSON path (default benchmarks/results/gpu_check.json; a temp file with --dry-run)")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="no GPU needed: tiny shapes under TRITON_INTERPRET=1, a few tests; checks the script, not speed")
+    ap.add_argument("--skip-tests", action="store_true", help="benchmarks only")
+    ap.add_argument("--skip-bench", action="store_true", help="tests only")
+    ap.add_argument("--budget", type=int, default=450, help="seconds for all steps together (default 450)")
+    ap.add_argument("--gpu-tests-timeout", type=int, default=150, help="seconds for pytest -m gpu (default 150)")
+    ap.add_argument("--bench-timeout", type=int, default=170, help="seconds for the benchmarks (default 170)")
+    ap.add_argument("--other-tests-timeout", type=int, default=300,
+                    help="seconds for the rest of the suite, capped by what the budget has left (default 300)")
+    return ap.parse_args(argv)
+
+
+def environment(dry: bool) -> dict:
+    import torch
+
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda_available": torch.cuda.is_available(),
+        "dry_run": dry,
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "scan_mode": os.environ.get("R3HF_TRITON_SCAN", "flip"),
+    }
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError as e:
+        info["triton"] = f"not importable: {e}"
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        info.update(device=p.name, sm_count=p.multi_processor_count, memory_gib=round(p.total_memory / 2**30, 1),
+                    cuda=torch.version.cuda)
+    return info
+
+
+def run_step(name: str, cmd: list, timeout: int, env: dict) -> dict:
+    """Run cmd with a time limit; -> {cmd, returncode, seconds, timed_out, tail}."""
+    print(f"== {name}: {' '.join(cmd)} (limit {timeout}s)", flush=True)
+    start = time.time()
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        rc, out, timed_out = proc.returncode, proc.stdout + proc.stderr, False
+    except subprocess.TimeoutExpired as e:
+        out = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        rc, timed_out = None, True
+    seconds = round(time.time() - start, 1)
+    print(f"   -> rc={rc} in {seconds}s{' (timed out)' if timed_out else ''}", flush=True)
+    return {"cmd": " ".join(cmd), "returncode": rc, "seconds": seconds, "timed_out": timed_out,
+            "tail": out[-3000:]}
+
+
+def junit_summary(path: Path) -> dict:
+    """Counts and failing test ids from a pytest --junitxml file."""
+    if not path.exists():
+        return {"parsed": False}
+    root = ET.parse(path).getroot()
+    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    counts = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
+    failed = []
+    for case in root.iter("testcase"):
+        if case.find("failure") is not None or case.find("error") is not None:
+            failed.append(f"{case.get('classname')}::{case.get('name')}")
+    counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
+    return {"parsed": True, **counts, "failed": failed[:50]}
+
+
+def pytest_step(name, marker, paths, timeout, env, tmp: Path, extra=()) -> dict:
+    xml = tmp / f"{name}.xml"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}", *paths, *extra]
+    if marker:
+        cmd[4:4] = ["-m", marker]
+    step = run_step(name, cmd, timeout, env)
+    step["summary"] = junit_summary(xml)
+    # pytest's 5 = no tests collected (e.g. no gpu-marked tests in a selection): not a failure.
+    step["ok"] = not step["timed_out"] and step["returncode"] in (0, 5)
+    return step
+
+
+def bench_results(path: Path) -> list:
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    rows = []
+    for b in data.get("benchmarks", []):
+        st = b["stats"]
+        info = b.get("extra_info", {})
+        reps = info.get("reps", 1)  # calls per timed round
+        rows.append({"name": b["name"], "median_s": st["median"] / reps, "min_s": st["min"] / reps,
+                     "mean_s": st["mean"] / reps, "rounds": st["rounds"], **info})
+    return rows
+
+
+def targets(rows: list) -> dict:
+    """The three ratios, each from two benchmarks of the same run."""
+    by_case = {r.get("case"): r for r in rows}
+    out = {}
+
+    def put(name, value, detail):
+        minimum, what = TARGETS[name]
+        met = None if value is None else (value > minimum if name == "gae_vs_serial_per_row" else value >= minimum)
+        out[name] = {"value": value, "minimum": minimum, "met": met, "compares": what, **detail}
+
+    copy, fused = by_case.get("copy"), by_case.get("fused")
+    if copy and fused:
+        copy_bw = copy["bytes_moved"] / copy["median_s"]
+        fused_bw = fused["bytes_moved"] / fused["median_s"]
+        put("fused_vs_copy_bandwidth", fused_bw / copy_bw,
+            {"copy_GBps": copy_bw / 1e9, "fused_GBps": fused_bw / 1e9, "fused_ms": fused["median_s"] * 1e3})
+    else:
+        put("fused_vs_copy_bandwidth", None, {"missing": "copy or fused benchmark"})
+    tri, loop = by_case.get("gae_big"), by_case.get("gae_big_verl_loop")
+    if tri and loop:
+        put("gae_vs_verl_loop", loop["median_s"] / tri["median_s"],
+            {"triton_ms": tri["median_s"] * 1e3, "loop_ms": loop["median_s"] * 1e3,
+             "note": "the loop runs at the full T (2 timed rounds), no extrapolation"})
+    else:
+        put("gae_vs_verl_loop", None, {"missing": "gae_big or gae_big_verl_loop benchmark"})
+    tri, ser = by_case.get("gae_few_triton"), by_case.get("gae_few_serial_per_row")
+    if tri and ser:
+        put("gae_vs_serial_per_row", ser["median_s"] / tri["median_s"],
+            {"triton_ms": tri["median_s"] * 1e3, "serial_ms": ser["median_s"] * 1e3})
+    else:
+        put("gae_vs_serial_per_row", None, {"missing": "gae_few_* benchmarks"})
+    return out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    if not args.dry_run and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device; use --dry-run to check the script on CPU", file=sys.stderr)
+        return 2
+    out = args.out
+    if out is None:
+        out = (Path(tempfile.gettempdir()) / "r3hf_gpu_check_dry_run.json" if args.dry_run
+               else ROOT / "benchmarks" / "results" / "gpu_check.json")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "tests"), env.get("PYTHONPATH", "")) if p)
+    if args.dry_run:
+        env["TRITON_INTERPRET"] = "1"
+        env["R3HF_GPU_CHECK_SIZE"] = "dry"
+    report = {"environment": environment(args.dry_run), "steps": {}, "benchmarks": [], "targets": {}}
+    if args.dry_run:
+        report["note"] = "dry run: tiny shapes under Triton's interpreter on CPU; the numbers say nothing about speed"
+    start = time.time()
+    test_env = dict(env, R3HF_TRITON_AUTOTUNE="0")
+
+    def limit(step_timeout: int) -> int:
+        return max(1, min(step_timeout, int(args.budget - (time.time() - start))))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        # In a dry run only a quick selection of tests: the point is the plumbing.
+        gpu_paths = ["tests/test_triton_backend.py"] if args.dry_run else ["tests"]
+        other = (["tests/test_triton_backend.py"], ["-k", "reported or guard or empty"]) if args.dry_run else (["tests"], [])
+        if not args.skip_tests:
+            report["steps"]["tests_gpu"] = pytest_step("tests_gpu", "gpu", gpu_paths, limit(args.gpu_tests_timeout),
+                                                       test_env, tmp)
+        if not args.skip_bench:
+            bench_json = tmp / "bench.json"
+            step = pytest_step("benchmarks", None, ["benchmarks/test_gpu_targets.py"], limit(args.bench_timeout), env,
+                               tmp, extra=[f"--benchmark-json={bench_json}", "--benchmark-disable-gc"])
+            report["steps"]["benchmarks"] = step
+            report["benchmarks"] = bench_results(bench_json)
+            report["targets"] = targets(report["benchmarks"])
+        if not args.skip_tests:
+            report["steps"]["tests_other"] = pytest_step("tests_other", "not gpu", other[0],
+                                                         limit(args.other_tests_timeout), test_env, tmp, extra=other[1])
+    report["seconds"] = round(time.time() - start, 1)
+    ok = all(s["ok"] for s in report["steps"].values())
+    report["ok"] = ok
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(f"== wrote {out} in {report['seconds']}s; steps ok: {ok}")
+    for name, t in report["targets"].items():
+        print(f"   {name}: {t['value']} (minimum {t['minimum']}, met: {t['met']})")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Shared pieces of r3hf's Triton kernels: interpreter detection, launch configs, chunk sizes,
+and the scan direction switch.
+
+Environment variables (also listed in docs/triton.md):
+
+- TRITON_INTERPRET=1 — read by Triton when a kernel is decorated (so it must be set before
+  `r3hf.kernels` is imported): kernels then run on the CPU through Triton's interpreter. One
+  launch config is used then, since autotuning over several configs needs a GPU.
+- R3HF_TRITON_SCAN=flip|reverse — how the backward (GAE-direction) scans run. "flip" (default)
+  loads each chunk in reverse order and runs a forward `tl.associative_scan`; "reverse" loads it in
+  natural order and uses `reverse=True`. Both give the same results where Triton is correct;
+  "flip" is the default because Triton issue #4362 reported wrong reverse scans on GPU (3.0).
+- R3HF_TRITON_AUTOTUNE=0 — read at import: use one GPU config per kernel instead of autotuning
+  (each autotuned kernel variant compiles every config; the GPU check's test steps set this so
+  that many small test shapes do not spend minutes compiling).
+- R3HF_TRITON_CHUNK=N — positions per program along L (a power of two >= 16); read at call
+  time. Tests use a small value to cross chunk boundaries with short rows.
+"""
+
+from __future__ import annotations
+
+import os
+
+import triton
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+AUTOTUNE = os.environ.get("R3HF_TRITON_AUTOTUNE", "1") != "0"
+
+
+def flip_scans() -> bool:
+    mode = os.environ.get("R3HF_TRITON_SCAN", "flip")
+    if mode not in ("flip", "reverse"):
+        raise ValueError(f"R3HF_TRITON_SCAN must be 'flip' or 'reverse', got {mode!r}")
+    return mode == "flip"
+
+
+def configs(gpu: list, interpret: triton.Config) -> list:
+    """The autotune set on a GPU (its first config alone with R3HF_TRITON_AUTOTUNE=0); the single
+    `interpret` config under TRITON_INTERPRET=1."""
+    if INTERPRET:
+        return [interpret]
+    return gpu if AUTOTUNE else gpu[:1]
+
+
+def _env_chunk() -> int | None:
+    raw = os.environ.get("R3HF_TRITON_CHUNK")
+    if not raw:
+        return None
+    n = int(raw)
+    if n < 16 or n & (n - 1):
+        raise ValueError(f"R3HF_TRITON_CHUNK must be a power of two >= 16, got {n}")
+    return n
+
+
+def gae_chunk(B: int, L: int) -> int:
+    """Positions per program for the GAE scans: enough programs to fill a GPU when B is small."""
+    env = _env_chunk()
+    if env:
+        return env
+    if INTERPRET:  # the interpreter pays per program, not per element
+        return max(16, min(1024, triton.next_power_of_2(max(L, 1))))
+    # ~512+ programs in all (several per SM on an H100/H200), chunks of 64..1024 positions.
+    target = triton.next_power_of_2(max(1, (B * L) // 512))
+    return max(64, min(1024, target))
+
+
+def reward_chunk(B: int, L: int) -> int:
+    """Positions per program for token_rewards / fused_reward_gae (a [chunk, BLOCK_D] hidden tile)."""
+    env = _env_chunk()
+    if env:
+        return env
+    if INTERPRET:
+        return max(16, min(256, triton.next_power_of_2(max(L, 1))))
+    return 64

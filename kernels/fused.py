@@ -1,0 +1,164 @@
+"""fused_reward_gae: hidden states -> reward-head projection -> R3HF rewards -> KL -> GAE.
+
+Launches (no Python loop over positions, no host sync, no [B, S, D]-sized intermediate):
+1. `_first_unmasked_kernel` reads the mask only (one int per chunk) — skipped when a row is one chunk;
+2. `_fused_kernel`, one program per (chunk, row): projects the hidden rows of its chunk
+   (a [BLOCK_T, BLOCK_D] tile loop over D, fp32 accumulation; rows no reward needs — masked
+   positions whose successor is masked too, the prompt — are never read), forms rewards and
+   KL in registers, stores rewards [B, L] and either the chunk's GAE map (several chunks) or the
+   final advantages and returns (one chunk per row);
+3. `_gae_final_kernel` (kernels/gae.py) turns the rewards into advantages and returns,
+   carrying the later chunks' maps — skipped when a row is one chunk.
+Besides its own rows, a chunk reads at most three more hidden rows: scores[p + start − 1]
+(before its first position), scores[p + n − 1] for the first generated position n in a later
+chunk, and the prompt score scores[p − 1] (only the chunk holding the row's first token).
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import configs, flip_scans, reward_chunk
+from .gae import gae_final
+from .rewards import BLOCK_C, chunk_mask_facts, finish_rewards, first_unmasked, reward_options
+from .scan import backward_scan5, gae_elements, lane_of, store_chunk_map
+
+_CONFIGS = configs(
+    [
+        triton.Config({"BLOCK_D": bd}, num_warps=w, num_stages=s)
+        # no register spills on sm_90 (ptxas -v) for any of these; the first is the untuned default
+        for bd, w, s in [(64, 8, 3), (32, 4, 4), (64, 4, 3), (64, 8, 4), (128, 8, 3), (128, 8, 4)]
+    ],
+    triton.Config({"BLOCK_D": 32}, num_warps=1),
+)
+
+
+@triton.autotune(configs=_CONFIGS, key=["D", "BLOCK_T"])  # outputs only written: safe to rerun
+@triton.jit
+def _fused_kernel(h_ptr, stride_hb, stride_hs, stride_hd, w_ptr, stride_w, bias_ptr, D,
+                  m_ptr, p_ptr, f_ptr, lp_ptr, ref_ptr, v_ptr, boot_ptr, s_ptr, rew_ptr, adv_ptr, ret_ptr,
+                  B, L, nC, beta_c, one_minus_beta, kl_coef, clip_lo, clip_hi, kl_lo, kl_hi, gamma, lam,
+                  HAS_BIAS: tl.constexpr, FIRST_PROMPT: tl.constexpr, FULL_BETA: tl.constexpr,
+                  HAS_CLIP: tl.constexpr, HAS_KL: tl.constexpr, KL_EST: tl.constexpr,
+                  HAS_KL_CLAMP: tl.constexpr, HAS_BOOT: tl.constexpr, MULTI: tl.constexpr,
+                  BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, FLIP: tl.constexpr, BLOCK_D: tl.constexpr):
+    i_c = tl.program_id(0)
+    i_b = tl.program_id(1)
+    start = i_c * BLOCK_T
+    end = start + BLOCK_T
+    o_t, m_t, b_m, b_mn, own_first, row_first, next_after, nx = chunk_mask_facts(
+        m_ptr, f_ptr, i_b, i_c, L, nC, BLOCK_T, BLOCK_C, FLIP, MULTI)
+    p = tl.load(p_ptr + i_b)
+
+    # Which hidden rows are needed: after_t where t or t + 1 is generated (after_t = before_{t+1}),
+    # and up to three single rows outside the chunk's own (see the module doc).
+    m_need = b_m | b_mn
+    m_start = tl.load(m_ptr + i_b * L + start) != 0
+    q_bs = p + start - 1
+    need_bs = m_start & (start != row_first) & (q_bs >= 0)
+    q_na = p + next_after - 1
+    need_na = (own_first < L) & (next_after < L) & (next_after != end)
+    q_p1 = p - 1
+    if FIRST_PROMPT:  # only the chunk holding the row's first generated token needs scores[p − 1]
+        need_p1 = (row_first >= start) & (row_first < end)
+    else:
+        need_p1 = row_first != row_first  # false: Φ_1 = 0
+
+    p_h = h_ptr + i_b.to(tl.int64) * stride_hb
+    p_rows = p_h + (p + o_t)[:, None] * stride_hs
+    # fp32 products accumulate elementwise over the D loop and are reduced across lanes once.
+    b_acc = tl.zeros((BLOCK_T, BLOCK_D), tl.float32)
+    b_bs = tl.zeros((BLOCK_D,), tl.float32)
+    b_na = tl.zeros((BLOCK_D,), tl.float32)
+    b_p1 = tl.zeros((BLOCK_D,), tl.float32)
+    # Single-row masks as vectors (a scalar-and-vector mask is not accepted everywhere).
+    zero_d = tl.zeros((BLOCK_D,), tl.int32)
+    need_bs = (zero_d + need_bs.to(tl.int32)) != 0
+    need_na = (zero_d + need_na.to(tl.int32)) != 0
+    need_p1 = (zero_d + need_p1.to(tl.int32)) != 0
+    for d0 in range(0, D, BLOCK_D):
+        o_d = d0 + tl.arange(0, BLOCK_D)
+        m_d = o_d < D
+        b_w = tl.load(w_ptr + o_d * stride_w, mask=m_d, other=0.0).to(tl.float32)
+        b_h = tl.load(p_rows + o_d[None, :] * stride_hd, mask=m_need[:, None] & m_d[None, :], other=0.0)
+        b_acc += b_h.to(tl.float32) * b_w[None, :]
+        b_bs += tl.load(p_h + q_bs * stride_hs + o_d * stride_hd, mask=m_d & need_bs, other=0.0).to(tl.float32) * b_w
+        b_na += tl.load(p_h + q_na * stride_hs + o_d * stride_hd, mask=m_d & need_na, other=0.0).to(tl.float32) * b_w
+        b_p1 += tl.load(p_h + q_p1 * stride_hs + o_d * stride_hd, mask=m_d & need_p1, other=0.0).to(tl.float32) * b_w
+    b_after = tl.sum(b_acc, axis=1)  # scores[p + t]
+    s_bs = tl.sum(b_bs, axis=0)
+    s_na = tl.sum(b_na, axis=0)
+    s_p1 = tl.sum(b_p1, axis=0)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr).to(tl.float32)
+        b_after += bias
+        s_bs += bias
+        s_na += bias
+        s_p1 += bias
+
+    b_before = tl.gather(b_after, lane_of(o_t - 1, start, BLOCK_T, FLIP), 0)  # scores[p + t − 1]
+    b_before = tl.where(o_t == start, s_bs, b_before)
+    has_local = nx < L  # next generated position is in this chunk or at its end (then n − 1 is in it)
+    b_local = tl.gather(b_after, lane_of(nx - 1, start, BLOCK_T, FLIP), 0)
+    has_next = has_local | (next_after < L)
+    phi_out = tl.where(has_local, b_local, tl.where(next_after < L, s_na, b_after))
+    if FIRST_PROMPT:
+        phi_1 = s_p1
+    else:
+        phi_1 = 0.0
+    o_bl = i_b * L + o_t
+    b_r = finish_rewards(phi_out, b_before, b_after, has_next, phi_1, o_t, row_first, b_m, m_t, lp_ptr, ref_ptr,
+                         o_bl, beta_c, one_minus_beta, kl_coef, clip_lo, clip_hi, kl_lo, kl_hi, FULL_BETA, HAS_CLIP,
+                         HAS_KL, KL_EST, HAS_KL_CLAMP)
+    tl.store(rew_ptr + o_bl, b_r, mask=m_t)
+
+    b_v = tl.load(v_ptr + o_bl, mask=m_t, other=0.0).to(tl.float32)
+    al, be, mu, ka, kv = gae_elements(b_r, b_v, b_m, gamma, lam)
+    al, be, mu, ka, kv = backward_scan5(al, be, mu, ka, kv, FLIP)
+    if MULTI:
+        store_chunk_map(s_ptr, B * nC, i_b, i_c, nC, al, be, mu, ka, kv, BLOCK_T, FLIP)
+    else:
+        if HAS_BOOT:
+            vn = tl.load(boot_ptr + i_b).to(tl.float32)
+        else:
+            vn = 0.0
+        b_adv = tl.where(b_m, be * vn + ka, 0.0)  # carry a = 0 past the row's end
+        tl.store(adv_ptr + o_bl, b_adv, mask=m_t)
+        tl.store(ret_ptr + o_bl, tl.where(b_m, b_adv + b_v, 0.0), mask=m_t)
+
+
+def fused_reward_gae(hidden, weight, bias, values, response_mask, prompt_len, logprobs=None, ref_logprobs=None,
+                     kl_coef=0.0, kl_estimator="k1", kl_clamp=None, gamma=1.0, lam=0.95, first="prompt",
+                     beta_c=1.0, reward_clip=None, bootstrap=None, *, chunk=None, flip=None):
+    """hidden [B, S, D], weight [D], bias fp32 [1] | None, values [B, L], response_mask bool [B, L],
+    prompt_len int64 [B] -> (rewards, advantages, returns), fp32 [B, L] each."""
+    B, S, D = hidden.shape
+    L = response_mask.shape[1]
+    dev = hidden.device
+    rew = torch.empty((B, L), dtype=torch.float32, device=dev)
+    adv = torch.empty((B, L), dtype=torch.float32, device=dev)
+    ret = torch.empty((B, L), dtype=torch.float32, device=dev)
+    if B == 0 or L == 0:
+        return rew, adv, ret
+    chunk = chunk or reward_chunk(B, L)
+    flip = flip_scans() if flip is None else flip
+    m8 = response_mask.contiguous().view(torch.uint8)
+    f, nC = first_unmasked(m8, chunk)
+    multi = nC > 1
+    s = torch.empty((5, B, nC), dtype=torch.float32, device=dev) if multi else rew
+    scalars, consts = reward_options(first, beta_c, reward_clip, kl_coef, kl_estimator, kl_clamp, logprobs)
+    lp = logprobs.contiguous() if consts["HAS_KL"] else rew
+    ref = ref_logprobs.contiguous() if consts["HAS_KL"] else rew
+    v = values.contiguous()
+    boot = bootstrap.contiguous() if bootstrap is not None else None
+    _fused_kernel[(nC, B)](
+        hidden, hidden.stride(0), hidden.stride(1), hidden.stride(2), weight, weight.stride(0),
+        bias if bias is not None else rew, D, m8, prompt_len.contiguous(), f if f is not None else rew, lp, ref, v,
+        boot if boot is not None else rew, s, rew, adv, ret, B, L, nC, **scalars, gamma=float(gamma),
+        lam=float(lam), HAS_BIAS=bias is not None, **consts, HAS_BOOT=boot is not None, MULTI=multi,
+        BLOCK_T=chunk, BLOCK_C=BLOCK_C, FLIP=flip,
+    )
+    if multi:
+        adv, ret = gae_final(rew, v, m8, boot, s, nC, gamma, lam, chunk, flip)
+    return rew, adv, ret
+

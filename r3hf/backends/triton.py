@@ -1,0 +1,71 @@
+"""Triton backend of r3hf.ops (kernels in `r3hf.kernels`, source folder kernels/).
+
+Available for CUDA tensors when Triton imports, and for CPU tensors only when TRITON_INTERPRET=1
+was set before r3hf.kernels was imported (Triton's interpreter; slow, meant for tests), so
+backend="auto" never picks the interpreter for CPU tensors unless asked to.
+Functions take the normalised arguments of r3hf._validate and follow r3hf.reference exactly.
+masked_whiten is not implemented here (the dispatcher falls back to another backend).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+from r3hf.kernels import _common
+from r3hf.kernels import fused as _fused
+from r3hf.kernels import gae as _gae
+from r3hf.kernels import projection as _projection
+from r3hf.kernels import rewards as _rewards
+
+OPS = ("prefix_scores", "redistribute", "kl_penalty", "token_rewards", "gae", "fused_reward_gae")
+
+
+def unavailable_reason(device: torch.device) -> str | None:
+    if device.type == "cuda":
+        return None
+    if device.type == "cpu":
+        if _common.INTERPRET:
+            return None
+        return "Triton kernels run on CUDA tensors (set TRITON_INTERPRET=1 before importing r3hf to run them on CPU)"
+    return f"Triton kernels do not run on {device.type} tensors"
+
+
+def describe() -> str:
+    mode = "interpreter (TRITON_INTERPRET=1)" if _common.INTERPRET else "compiled for CUDA"
+    return f"Triton {triton.__version__} kernels, {mode}"
+
+
+def build_info() -> dict:
+    return {"triton": triton.__version__, "interpret": _common.INTERPRET,
+            "scan": "flip" if _common.flip_scans() else "reverse"}
+
+
+def prefix_scores(hidden, weight, bias):
+    return _projection.prefix_scores(hidden, weight, bias)
+
+
+def redistribute(scores, response_mask, prompt_len, first="prompt", beta_c=1.0):
+    # token_rewards without clip or KL is exactly mask · redistribute.
+    return _rewards.token_rewards(scores, response_mask, prompt_len, first=first, beta_c=beta_c)
+
+
+def kl_penalty(logprobs, ref_logprobs, estimator="k1", clamp=None):
+    return _rewards.kl_penalty(logprobs, ref_logprobs, estimator, clamp)
+
+
+def token_rewards(scores, response_mask, prompt_len, logprobs=None, ref_logprobs=None, kl_coef=0.0,
+                  kl_estimator="k1", kl_clamp=None, first="prompt", beta_c=1.0, reward_clip=None):
+    return _rewards.token_rewards(scores, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator,
+                                  kl_clamp, first, beta_c, reward_clip)
+
+
+def gae(rewards, values, response_mask, gamma=1.0, lam=0.95, bootstrap=None):
+    return _gae.gae(rewards, values, response_mask, gamma, lam, bootstrap)
+
+
+def fused_reward_gae(hidden, weight, bias, values, response_mask, prompt_len, logprobs=None, ref_logprobs=None,
+                     kl_coef=0.0, kl_estimator="k1", kl_clamp=None, gamma=1.0, lam=0.95, first="prompt", beta_c=1.0,
+                     reward_clip=None, bootstrap=None):
+    return _fused.fused_reward_gae(hidden, weight, bias, values, response_mask, prompt_len, logprobs, ref_logprobs,
+                                   kl_coef, kl_estimator, kl_clamp, gamma, lam, first, beta_c, reward_clip, bootstrap)

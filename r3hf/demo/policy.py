@@ -1,0 +1,60 @@
+"""The demo's policy: a tiny GPT-2 LM pre-trained on the reference policy's samples, and sampling."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import task
+from .reward_model import tiny_gpt2_config
+
+
+def make_policy(seed: int = 0):
+    from transformers import GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(tiny_gpt2_config())
+
+
+def pretrain(policy, reference: task.ReferencePolicy, *, steps: int, batch_size: int = 64, lr: float = 3e-3,
+             generator: torch.Generator, device: str = "cpu", progress=None) -> list[float]:
+    """Teach the policy the reference language: next-token loss on the response part of
+    prompt ⊕ reference-sample sequences. Returns the loss per step."""
+    policy.train()
+    opt = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=0.0)
+    losses = []
+    P = task.PROMPT_LEN
+    for _ in range(steps):
+        prompts = task.sample_prompts(batch_size, generator)
+        ids = torch.cat([prompts, reference.sample(batch_size, generator)], 1).to(device)
+        logits = policy(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, P - 1:-1]
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, P:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if progress is not None:
+            progress.update(1)
+    policy.eval()
+    return losses
+
+
+@torch.no_grad()
+def sample(policy, prompts: torch.Tensor, length: int, generator: torch.Generator, temperature: float = 1.0):
+    """Sample `length` tokens after each prompt (left-aligned, equal lengths, no EOS) with the KV
+    cache -> ([B, P + length] query_responses, [B, length] log-probs of the sampled tokens)."""
+    ids = prompts
+    attention = torch.ones_like(ids)
+    out = policy(input_ids=ids, attention_mask=attention, use_cache=True)
+    cache, logits = out.cache, out.logits[:, -1]
+    tokens, logprobs = [], []
+    for _ in range(length):
+        logp = F.log_softmax(logits.float() / temperature, dim=-1)
+        # sample on the CPU generator so runs are reproducible on every device
+        tok = torch.multinomial(logp.exp().cpu(), 1, generator=generator).to(ids.device)
+        tokens.append(tok)
+        logprobs.append(logp.gather(1, tok))
+        attention = torch.cat([attention, torch.ones_like(tok)], 1)
+        out = policy(input_ids=tok, attention_mask=attention, cache=cache, use_cache=True)
+        cache, logits = out.cache, out.logits[:, -1]
+    return torch.cat([ids, *tokens], 1), torch.cat(logprobs, 1)

@@ -1,0 +1,105 @@
+"""The demo's reward model: a tiny GPT-2 sequence classifier trained with TRL's RewardTrainer,
+and its score at every prefix (what R3HF redistributes)."""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+
+import torch
+
+from . import task
+
+
+def tiny_gpt2_config(num_labels: int | None = None, n_embd: int = 64, n_layer: int = 2):
+    from transformers import GPT2Config
+
+    kw = dict(
+        vocab_size=len(task.VOCAB), n_positions=32, n_embd=n_embd, n_layer=n_layer, n_head=4,
+        pad_token_id=task.PAD_ID, bos_token_id=task.EOS_ID, eos_token_id=task.EOS_ID,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    )
+    if num_labels is not None:
+        kw["num_labels"] = num_labels
+    return GPT2Config(**kw)
+
+
+def make_reward_model(seed: int = 0):
+    from transformers import GPT2ForSequenceClassification
+
+    torch.manual_seed(seed)
+    return GPT2ForSequenceClassification(tiny_gpt2_config(num_labels=1))
+
+
+def train_reward_model(train_pairs, *, epochs: float = 2.0, batch_size: int = 32, lr: float = 3e-3, seed: int = 0,
+                       device: str = "cpu", callbacks=None, model=None):
+    """Train a tiny GPT-2 reward model on `train_pairs` (see `task.preference_pairs`) with TRL's
+    RewardTrainer (Bradley–Terry loss). Returns (model in eval mode, the trainer's log history)."""
+    from transformers.trainer_callback import PrinterCallback
+    from trl import RewardConfig, RewardTrainer
+
+    model = model if model is not None else make_reward_model(seed)
+    with tempfile.TemporaryDirectory() as out, warnings.catch_warnings():
+        # transformers 5 warns about a deprecated field that TRL's config sets itself, not us.
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        args = RewardConfig(
+            output_dir=out, num_train_epochs=epochs, per_device_train_batch_size=batch_size, learning_rate=lr,
+            lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0, seed=seed, report_to="none", save_strategy="no",
+            logging_steps=10, disable_tqdm=True, use_cpu=(device == "cpu"), dataloader_num_workers=0,
+            max_length=None,
+        )
+        trainer = RewardTrainer(
+            model=model, args=args, train_dataset=train_pairs, processing_class=task.make_tokenizer(),
+            callbacks=callbacks,
+        )
+        trainer.remove_callback(PrinterCallback)  # the demo shows its own progress bar
+        trainer.train()
+        history = list(trainer.state.log_history)
+    model = trainer.model.to(device).eval()
+    return model, history
+
+
+@torch.no_grad()
+def sequence_scores(model, input_ids: torch.Tensor) -> torch.Tensor:
+    """The model's own score of each full (unpadded) sequence -> [B] float32."""
+    return model(input_ids=input_ids).logits[:, 0].float()
+
+
+@torch.no_grad()
+def pairwise_accuracy(model, pairs, device: str = "cpu") -> dict:
+    """Held-out accuracy: the fraction of pairs whose chosen response the RM scores higher, against
+    the (noisy) labels and against the noise-free ground truth (pairs with equal quality skipped)."""
+    chosen = torch.tensor(pairs["chosen_ids"], device=device)
+    rejected = torch.tensor(pairs["rejected_ids"], device=device)
+    sc, sr = sequence_scores(model, chosen), sequence_scores(model, rejected)
+    gc, gr = torch.tensor(pairs["gt_chosen"], device=device), torch.tensor(pairs["gt_rejected"], device=device)
+    distinct = gc != gr
+    rm_prefers_gt_better = ((sc > sr) == (gc > gr))[distinct]
+    return {
+        "label_accuracy": (sc > sr).float().mean().item(),
+        "ground_truth_accuracy": rm_prefers_gt_better.float().mean().item(),
+        "label_agreement_with_ground_truth": torch.tensor(pairs["agrees"]).float().mean().item(),
+        "n_pairs": len(pairs),
+    }
+
+
+@torch.no_grad()
+def credit_diagnostic(model, prompts: torch.Tensor, responses: torch.Tensor) -> dict:
+    """How well the RM's redistributed rewards match the hidden per-token credit: mean R3HF reward
+    of tokens that earn ground-truth credit and of those that do not, and the fraction of tokens
+    whose reward sign agrees (> 0 exactly for credited tokens). prompts [B, P], responses [B, L]."""
+    from .. import ops
+    from ..models import prefix_scores
+
+    device = next(model.parameters()).device
+    ids = torch.cat([prompts, responses], 1).to(device)
+    scores = prefix_scores(model, ids)
+    mask = torch.ones(responses.shape, dtype=torch.bool, device=device)
+    dense = ops.redistribute(scores, mask, prompts.shape[1]).cpu()
+    credit = task.token_credit(prompts, responses).bool()
+    return {
+        "mean_reward_credited_tokens": dense[credit].mean().item(),
+        "mean_reward_other_tokens": dense[~credit].mean().item(),
+        "sign_agreement": ((dense > 0) == credit).float().mean().item(),
+        "n_tokens": int(credit.numel()),
+    }

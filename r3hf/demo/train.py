@@ -1,0 +1,123 @@
+"""One PPO run of the demo (sparse or R3HF) with r3hf.ppo, and the evaluation of a policy."""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+
+from .. import ppo
+from . import task
+from .policy import sample
+from ..models import reward_hidden_states
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def rm_hidden_and_head(rm, query_responses):
+    """Reward-model hidden states [B, S, D] and head (weight [D], bias) for r3hf's fused path."""
+    return reward_hidden_states(rm, query_responses)
+
+
+@torch.no_grad()
+def evaluate(policy, ref_policy, rm, prompts: torch.Tensor, generator: torch.Generator, batch_size: int = 256) -> dict:
+    """Sample one response per prompt; mean ground truth, mean RM score (the head at the last
+    token) and mean KL to the reference (Σ_t logπ − logπ_ref over the response, a k1 estimate)."""
+    P, L = task.PROMPT_LEN, task.RESPONSE_LEN
+    gts, rms, kls = [], [], []
+    for start in range(0, len(prompts), batch_size):
+        p = prompts[start:start + batch_size]
+        qr, _ = sample(policy, p, L, generator)
+        logprobs, _ = ppo.response_logprobs(policy, qr, P, L)
+        ref_logprobs, _ = ppo.response_logprobs(ref_policy, qr, P, L)
+        hidden, w, b = rm_hidden_and_head(rm, qr)
+        score = hidden[:, -1].float() @ w.float().reshape(-1) + (b.float() if b is not None else 0.0)
+        gts.append(task.ground_truth(qr[:, :P].cpu(), qr[:, P:].cpu()))
+        rms.append(score.cpu())
+        kls.append((logprobs - ref_logprobs).sum(1).cpu())
+    return {
+        "gt_score": torch.cat(gts).mean().item(),
+        "rm_score": torch.cat(rms).mean().item(),
+        "kl_to_ref": torch.cat(kls).mean().item(),
+    }
+
+
+CRITIC_INITS = ("reward-model", "policy")
+
+
+def make_critic(rm, init_policy, critic_init: str):
+    """The value model. "reward-model": a copy of the RM (TRL's convention), so its values start
+    at the RM's prefix scores; "policy": the pre-trained policy's backbone with a zero scalar
+    head (values start at 0), as trainers that initialise the critic from the actor do."""
+    if critic_init == "reward-model":
+        return copy.deepcopy(rm)
+    if critic_init == "policy":
+        from transformers import GPT2ForSequenceClassification
+
+        critic = GPT2ForSequenceClassification(copy.deepcopy(rm.config))
+        critic.transformer.load_state_dict(init_policy.transformer.state_dict())
+        torch.nn.init.zeros_(critic.score.weight)
+        return critic
+    raise ValueError(f"critic_init must be one of {list(CRITIC_INITS)}, got {critic_init!r}")
+
+
+def run_ppo(method: str, seed: int, *, init_policy, rm, steps: int, batch_size: int = 64, lr: float = 1e-3,
+            config: ppo.PPOConfig | None = None, device: str = "cpu", eval_prompts=None, progress=None,
+            critic_init: str = "reward-model") -> dict:
+    """PPO from `init_policy` (also the frozen reference) with the critic from `make_critic`;
+    `method` "sparse" or "r3hf" only flips PPOConfig.reward. Returns per-step history (rollout
+    ground truth, RM score, KL, losses, timings) and the final evaluation."""
+    config = copy.deepcopy(config) if config is not None else ppo.PPOConfig()
+    config.reward = method
+    torch.manual_seed(seed)
+    if critic_init not in CRITIC_INITS:
+        raise ValueError(f"critic_init must be one of {list(CRITIC_INITS)}, got {critic_init!r}")
+    gen = torch.Generator().manual_seed(seed)
+    policy = copy.deepcopy(init_policy).to(device).train()
+    ref_policy = copy.deepcopy(init_policy).to(device).eval()
+    critic = make_critic(rm, init_policy, critic_init).to(device).train()
+    rm = rm.to(device).eval()
+    optimizer = torch.optim.Adam(list(policy.parameters()) + list(critic.parameters()), lr=lr, eps=1e-5)
+    P, L = task.PROMPT_LEN, task.RESPONSE_LEN
+    history = []
+    for step in range(steps):
+        _sync(device)
+        t_step = time.perf_counter()
+        prompts = task.sample_prompts(batch_size, gen).to(device)
+        with torch.no_grad():
+            qr, _ = sample(policy, prompts, L, gen, config.temperature)
+            logprobs, _ = ppo.response_logprobs(policy, qr, P, L, temperature=config.temperature)
+            ref_logprobs, _ = ppo.response_logprobs(ref_policy, qr, P, L, temperature=config.temperature)
+            values = ppo.response_values(critic, qr, P, L)
+            hidden, w, b = rm_hidden_and_head(rm, qr)
+        mask = torch.ones(batch_size, L, dtype=torch.bool, device=device)
+        rollout = ppo.Rollout(qr, P, mask, logprobs, ref_logprobs, values, rm_hidden=hidden, rm_weight=w, rm_bias=b)
+        _sync(device)
+        t_ops = time.perf_counter()
+        adv = ppo.compute_advantages(rollout, config)  # r3hf.ops: fused_reward_gae + masked_whiten
+        _sync(device)
+        t_ops = time.perf_counter() - t_ops
+        metrics = ppo.ppo_update(policy, critic, optimizer, rollout, adv, config, generator=gen)
+        _sync(device)
+        t_step = time.perf_counter() - t_step
+        with torch.no_grad():
+            rm_final = hidden[:, -1].float() @ w.float().reshape(-1) + (b.float() if b is not None else 0.0)
+        history.append({
+            "step": step + 1,
+            "gt_score": task.ground_truth(qr[:, :P].cpu(), qr[:, P:].cpu()).mean().item(),
+            "rm_score": rm_final.mean().item(),
+            "time_r3hf_ops_s": t_ops,
+            "time_step_s": t_step,
+            **metrics,
+        })
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(gt=f"{history[-1]['gt_score']:.2f}", kl=f"{metrics['kl_to_ref']:.2f}")
+    policy.eval()
+    final = evaluate(policy, ref_policy, rm, eval_prompts.to(device), torch.Generator().manual_seed(10_000 + seed)) \
+        if eval_prompts is not None else {}
+    return {"method": method, "seed": seed, "history": history, "final": final, "policy": policy}

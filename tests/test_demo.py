@@ -1,0 +1,255 @@
+"""r3hf demo: the synthetic task, reward-model training wiring, heatmaps, report, and the CLI end to end."""
+
+import json
+import os
+import subprocess
+import sys
+from html.parser import HTMLParser
+
+import pytest
+import torch
+
+from r3hf.demo import report, task
+
+W = {w: i for i, w in enumerate(task.VOCAB)}
+
+
+def ids(words: str) -> list[int]:
+    return [W[w] for w in words.split()]
+
+
+# --- the task --------------------------------------------------------------------------------
+
+def test_ground_truth_hand_computed():
+    prompts = torch.tensor([ids("sky sea leaf moss"), ids("sun sun sun sun")])
+    # L = 8: first half wants red (cherry ruby rose wine), second half wants blue (sky sea jay ink)
+    responses = torch.tensor([
+        ids("cherry ruby sky rose   sea ink cherry jay"),  # credit 1 1 0 1 | 1 1 0 1
+        ids("sky sea jay ink        cherry ruby rose wine"),  # right colours, wrong halves: 0
+    ])
+    credit = task.token_credit(prompts, responses)
+    assert credit.tolist() == [[1, 1, 0, 1, 1, 1, 0, 1], [0] * 8]
+    assert task.ground_truth(prompts, responses).tolist() == [0.75, 0.0]
+    assert task.group_of(torch.tensor([W["<pad>"], W["cherry"], W["frog"], W["ink"], W["honey"]])).tolist() == [
+        -1, 0, 1, 2, 3]
+
+
+def test_tokenizer_round_trip_and_specials():
+    tok = task.make_tokenizer()
+    assert tok("cherry sky honey", add_special_tokens=False)["input_ids"] == ids("cherry sky honey")
+    assert tok.pad_token_id == task.PAD_ID and tok.eos_token_id == task.EOS_ID
+    assert tok.convert_ids_to_tokens(ids("lime ink")) == ["lime", "ink"]
+
+
+def test_reference_policy_and_prompts():
+    g = torch.Generator().manual_seed(0)
+    ref = task.ReferencePolicy.make()
+    assert torch.allclose(ref.transition.sum(1), torch.ones(len(task.WORD_IDS)))
+    r = ref.sample(500, g)
+    p = task.sample_prompts(500, g)
+    assert r.shape == (500, task.RESPONSE_LEN) and p.shape == (500, task.PROMPT_LEN)
+    for t in (r, p):
+        assert t.min() >= task.WORD_IDS[0] and t.max() <= task.WORD_IDS[-1]
+    q = task.ground_truth(p, r).mean().item()
+    assert 0.1 < q < 0.45  # the reference is far from the optimum (1.0)
+    # the same task seed gives the same world
+    assert torch.equal(task.ReferencePolicy.make().transition, ref.transition)
+
+
+def test_preference_pairs_labels_follow_ground_truth():
+    g = torch.Generator().manual_seed(1)
+    sharp = task.preference_pairs(400, g, noise=1e-3)
+    assert set(sharp.column_names) >= {"chosen_ids", "rejected_ids", "gt_chosen", "gt_rejected", "agrees"}
+    gc, gr = torch.tensor(sharp["gt_chosen"]), torch.tensor(sharp["gt_rejected"])
+    assert bool((gc >= gr).all())  # with (almost) no noise, the better response is always chosen
+    c, r = torch.tensor(sharp["chosen_ids"]), torch.tensor(sharp["rejected_ids"])
+    P = task.PROMPT_LEN
+    assert torch.equal(c[:, :P], r[:, :P])  # one prompt per pair
+    assert torch.allclose(task.ground_truth(c[:, :P], c[:, P:]), gc)
+    assert sharp[0]["prompt"].split() == task.decode(c[0, :P])
+    noisy = task.preference_pairs(2000, g, noise=1e3)
+    agree = torch.tensor(noisy["gt_chosen"]) > torch.tensor(noisy["gt_rejected"])
+    differ = torch.tensor(noisy["gt_chosen"]) != torch.tensor(noisy["gt_rejected"])
+    assert 0.4 < agree[differ].float().mean().item() < 0.6  # huge noise: coin flips
+    mid = task.preference_pairs(2000, g, noise=1.0)
+    a = torch.tensor(mid["gt_chosen"]) > torch.tensor(mid["gt_rejected"])
+    d = torch.tensor(mid["gt_chosen"]) != torch.tensor(mid["gt_rejected"])
+    assert 0.7 < a[d].float().mean().item() < 0.99
+
+
+# --- reward model training wiring ------------------------------------------------------------
+
+def test_reward_model_trains_with_trl_reward_trainer():
+    from datasets import Dataset
+
+    from r3hf.demo.reward_model import make_reward_model, pairwise_accuracy, train_reward_model
+
+    g = torch.Generator().manual_seed(0)
+    n = 96
+    prompts = task.sample_prompts(n, g)
+    good = torch.tensor(ids("cherry ruby rose wine sky sea jay ink")).expand(n, -1)
+    bad = torch.tensor(ids("leaf lime moss frog sun corn lemon honey")).expand(n, -1)
+    pairs = Dataset.from_dict({
+        "chosen_ids": torch.cat([prompts, good], 1).tolist(),
+        "rejected_ids": torch.cat([prompts, bad], 1).tolist(),
+        "gt_chosen": [1.0] * n, "gt_rejected": [0.0] * n, "agrees": [True] * n,
+    })
+    untrained = make_reward_model(0)
+    before = {k: v.clone() for k, v in untrained.state_dict().items()}
+    model, history = train_reward_model(pairs, epochs=2, batch_size=16, model=untrained)
+    assert not model.training
+    assert any("loss" in h for h in history)
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    acc = pairwise_accuracy(model, pairs)
+    assert acc["label_accuracy"] == 1.0 and acc["ground_truth_accuracy"] == 1.0 and acc["n_pairs"] == n
+
+
+# --- heatmaps --------------------------------------------------------------------------------
+
+class _Checker(HTMLParser):
+    VOID = {"meta", "br", "img", "link"}
+
+    def __init__(self):
+        super().__init__()
+        self.stack, self.tok_spans, self.errors = [], 0, []
+
+    def handle_starttag(self, tag, attrs):
+        if tag in self.VOID:
+            return
+        self.stack.append(tag)
+        if tag == "span" and ("class", "tok") in attrs:
+            self.tok_spans += 1
+            style = dict(attrs)["style"]
+            assert "background:rgb(" in style
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack.pop() != tag:
+            self.errors.append(tag)
+
+
+def _check_html(page: str) -> _Checker:
+    assert page.startswith("<!DOCTYPE html>")
+    c = _Checker()
+    c.feed(page)
+    c.close()
+    assert not c.errors and not c.stack, (c.errors, c.stack)
+    return c
+
+
+def test_heatmap_html_valid_and_escaped():
+    from r3hf.viz import heatmap_html
+
+    rows = [
+        {"prompt_tokens": ["a", "<b>"], "response_tokens": ["x", "<script>", "&"], "rewards": [0.5, -1.0, 0.0],
+         "label": "row <1>", "marks": [True, False, False]},
+        {"prompt_tokens": ["c"], "response_tokens": ["y"], "rewards": [2.0]},
+    ]
+    page = heatmap_html(rows, note="n & m")
+    c = _check_html(page)
+    assert c.tok_spans == 4
+    assert "<script>" not in page and "&lt;script&gt;" in page and "&lt;b&gt;" in page
+    assert 'title="-1.0000"' in page and "underline" in page
+    # one colour scale: the largest |reward| saturates (2.0 -> the deepest green), 0 is white
+    assert "rgb(100,215,100)" in page and "rgb(255,255,255)" in page
+
+
+def test_heatmap_png_opens(tmp_path):
+    import matplotlib.image as mpimg
+
+    from r3hf.viz import heatmap_png
+
+    rows = [{"prompt_tokens": ["p"], "response_tokens": ["a", "b", "c"], "rewards": [0.1, -0.2, 0.3]},
+            {"prompt_tokens": ["q"], "response_tokens": ["d"], "rewards": [1.0], "name": "short row"}]
+    path = heatmap_png(rows, tmp_path / "h.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    img = mpimg.imread(path)
+    assert img.ndim == 3 and img.shape[0] > 50 and img.shape[1] > 50
+
+
+def test_explain_rewards_are_prefix_score_differences(tmp_path):
+    from r3hf.demo.reward_model import make_reward_model
+    from r3hf.viz import explain
+
+    model = make_reward_model(3).eval()
+    tok = task.make_tokenizer()
+    res = explain(model, tok, "sky sea leaf", "cherry ruby honey ink", out=tmp_path / "e.html")
+    full = torch.tensor(ids("sky sea leaf cherry ruby honey ink"))
+    with torch.no_grad():  # the model's own score of each truncated sequence
+        own = [model(input_ids=full[None, : t + 1]).logits[0, 0].item() for t in range(len(full))]
+    expected = [own[3 + j] - own[2 + j] for j in range(4)]
+    assert res["rewards"] == pytest.approx(expected, abs=1e-5)
+    assert res["response_tokens"] == ["cherry", "ruby", "honey", "ink"]
+    assert res["final_score"] == pytest.approx(own[-1], abs=1e-5)
+    assert sum(res["rewards"]) == pytest.approx(own[-1] - own[2], abs=1e-5)
+    _check_html((tmp_path / "e.html").read_text())
+    assert (tmp_path / "e.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# --- report ----------------------------------------------------------------------------------
+
+def _runs(curves, finals):
+    return [{"seed": i, "history": [{"gt_score": x, "rm_score": x, "time_r3hf_ops_s": 0.001, "time_step_s": 0.1}
+                                    for x in c], "final": {"gt_score": f, "rm_score": f, "kl_to_ref": 1.0}}
+            for i, (c, f) in enumerate(zip(curves, finals))]
+
+
+def test_report_steps_to_reach_and_verdict():
+    assert report.smooth([0, 2, 4, 6], k=2) == [0, 1, 3, 5]
+    assert report.steps_to_reach([0.1, 0.3, 0.5], 0.3) == 2
+    assert report.steps_to_reach([0.1, 0.2], 0.3) is None
+    flat = [0.5] * 10
+    rising = [0.05 * i for i in range(10)]
+    runs = {"sparse": _runs([rising, rising], [0.40, 0.42]), "r3hf": _runs([flat, flat], [0.80, 0.82])}
+    s = report.summarise(runs)
+    target = sum(rising[-5:]) / 5
+    assert s["target_gt_for_steps_to_reach"] == pytest.approx(target)
+    assert s["methods"]["r3hf"]["steps_to_reach_sparse_final_gt"] == 1
+    assert s["methods"]["sparse"]["steps_to_reach_sparse_final_gt"] == 10
+    assert s["methods"]["sparse"]["r3hf_ops_fraction"] == pytest.approx(0.01)
+    assert s["verdict"].startswith("R3HF beat sparse")
+    assert "R3HF faster than sparse" in s["verdict"]
+    assert s["methods"]["r3hf"]["steps_to_reach_per_seed"] == [1, 1]
+    runs["r3hf"] = _runs([[0.0] * 10, [0.0] * 10], [0.10, 0.12])
+    assert "did NOT beat sparse" in report.summarise(runs)["verdict"]
+    assert "R3HF never reached" in report.summarise(runs)["verdict"]
+    runs["r3hf"] = _runs([flat, flat], [0.30, 0.52])
+    assert report.summarise(runs)["verdict"].startswith("No clear difference")
+    one = {"sparse": _runs([rising], [0.4]), "r3hf": _runs([flat], [0.8])}
+    assert "single seed" in report.summarise(one)["verdict"]
+    text = report.table(report.summarise(one))
+    assert "sparse" in text and "r3hf" in text and "not reached" not in text
+
+
+# --- the command, end to end -----------------------------------------------------------------
+
+def test_r3hf_demo_quick_writes_outputs_that_parse(tmp_path):
+    import matplotlib.image as mpimg
+
+    out = tmp_path / "demo"
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "r3hf", "demo", "--quick", "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "GT score (final)" in proc.stdout and "sparse" in proc.stdout and "r3hf" in proc.stdout
+    result = json.loads((out / "results.json").read_text())
+    assert result["settings"]["seeds"] == 1 and result["settings"]["steps"] == 8
+    for method in ("sparse", "r3hf"):
+        row = result["summary"]["methods"][method]
+        for key in ("gt_score", "rm_score", "kl_to_ref"):
+            assert isinstance(row[key]["mean"], float)
+        assert 0.0 <= row["gt_score"]["mean"] <= 1.0
+        assert len(result["runs"][method][0]["history"]) == 8
+        assert row["time_r3hf_ops_ms_per_step"] > 0
+    assert 0.0 <= result["reward_model"]["held_out"]["label_accuracy"] <= 1.0
+    assert result["summary"]["verdict"] in proc.stdout
+    for png in ("scores.png", "heatmap.png"):
+        assert mpimg.imread(out / png).ndim == 3
+    c = _check_html((out / "heatmap.html").read_text())
+    assert c.tok_spans == len(result["samples"]) * task.RESPONSE_LEN
+    # the saved reward model works with `r3hf explain`
+    html_out = tmp_path / "x.html"
+    proc = subprocess.run([sys.executable, "-m", "r3hf", "explain", "--model", str(out / "reward_model"),
+                           "--prompt", "sky sea leaf moss", "--response", "cherry ruby sky ink",
+                           "--out", str(html_out)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "full response" in proc.stdout and html_out.exists() and html_out.with_suffix(".png").exists()

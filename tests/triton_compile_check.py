@@ -1,0 +1,87 @@
+"""Compile every r3hf Triton kernel for NVIDIA GPUs without a GPU (Triton's ahead-of-time path).
+
+Run in a process without TRITON_INTERPRET (the interpreter replaces kernels by Python). Prints
+one line per kernel variant and exits 1 if any fails; exits 3 when this machine's Triton cannot
+compile for CUDA at all (no NVIDIA backend or ptxas), so callers can skip.
+Used by tests/test_triton_compile.py; catches what the interpreter cannot (types of loop-carried
+values, tl.gather and scan lowering).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+assert os.environ.get("TRITON_INTERPRET", "0") in ("", "0"), "run without TRITON_INTERPRET"
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+POINTERS = {"m_ptr": "*u8", "p_ptr": "*i64", "f_ptr": "*i32", "h_ptr": "*bf16", "w_ptr": "*bf16",
+            "v_ptr": "*bf16", "lp_ptr": "*fp16", "ref_ptr": "*fp16", "s_ptr": "*fp32"}
+FLOATS = {"gamma", "lam", "beta_c", "one_minus_beta", "kl_coef", "clip_lo", "clip_hi", "kl_lo", "kl_hi"}
+
+
+def signature(fn, consts):
+    sig = {}
+    for p in fn.params:
+        if p.is_constexpr:
+            sig[p.name] = "constexpr"
+        elif p.name.endswith("_ptr"):
+            sig[p.name] = POINTERS.get(p.name, "*fp32")
+        elif p.name in FLOATS:
+            sig[p.name] = "fp32"
+        else:
+            sig[p.name] = "i32"
+    missing = [k for k, v in sig.items() if v == "constexpr" and k not in consts]
+    assert not missing, f"{fn.__name__}: give constexpr values for {missing}"
+    return sig
+
+
+def cases():
+    from r3hf.kernels import fused, gae, projection, rewards
+
+    reward_consts = dict(FIRST_PROMPT=True, FULL_BETA=False, HAS_CLIP=True, HAS_KL=True, KL_EST=2,
+                         HAS_KL_CLAMP=True, MULTI=True, BLOCK_T=64, BLOCK_C=16, FLIP=True)
+    for flip in (True, False):
+        yield "gae_summary", gae._gae_summary_kernel, dict(BLOCK_T=256, FLIP=flip), 2
+        yield "gae_final", gae._gae_final_kernel, dict(HAS_BOOT=flip, BLOCK_T=1024, BLOCK_C=16, FLIP=flip), 8
+        yield "token_rewards", rewards._token_rewards_kernel, {**reward_consts, "FLIP": flip, "MULTI": flip,
+                                                               "FIRST_PROMPT": flip, "KL_EST": 1 + flip}, 1
+        for cfg in fused._CONFIGS:
+            yield "fused", fused._fused_kernel, {
+                **reward_consts, "HAS_BIAS": flip, "HAS_BOOT": flip, "MULTI": flip, "FLIP": flip,
+                "FIRST_PROMPT": not flip, **cfg.kwargs}, cfg.num_warps
+    yield "first_unmasked", rewards._first_unmasked_kernel, dict(BLOCK_T=64), 4
+    yield "kl", rewards._kl_kernel, dict(KL_EST=3, HAS_KL_CLAMP=True, BLOCK=1024), 4
+    for cfg in projection._CONFIGS:
+        yield "prefix_scores", projection._prefix_scores_kernel, dict(HAS_BIAS=True, **cfg.kwargs), cfg.num_warps
+
+
+def main() -> int:
+    arch = int(os.environ.get("R3HF_COMPILE_ARCH", "90"))
+    target = GPUTarget("cuda", arch, 32)
+    try:
+        probe = next(c for c in cases() if c[0] == "first_unmasked")
+        fn = probe[1]
+        triton.compile(ASTSource(fn=fn, signature=signature(fn, probe[2]), constexprs=probe[2]), target=target,
+                       options={"num_warps": 4})
+    except Exception as e:  # no CUDA toolchain in this Triton install
+        print(f"cannot compile for CUDA here: {type(e).__name__}: {str(e)[:300]}")
+        return 3
+    failed = 0
+    for name, fn, consts, warps in cases():
+        fn = fn.fn if isinstance(fn, triton.runtime.Autotuner) else fn
+        try:
+            triton.compile(ASTSource(fn=fn, signature=signature(fn, consts), constexprs=consts), target=target,
+                           options={"num_warps": warps})
+            print(f"ok   sm_{arch} {name} {consts}")
+        except Exception as e:
+            failed += 1
+            print(f"FAIL sm_{arch} {name} {consts}: {type(e).__name__}: {str(e)[:2000]}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
