@@ -211,6 +211,9 @@ def test_non_contiguous_inputs():
         )
         for g, w in zip(got, want):
             close(g, w, torch.bfloat16)
+        # strided hidden states are gathered row by row: the same bits as the contiguous tensor
+        assert torch.equal(ops.prefix_scores(h, b["weight"], backend="cpp"),
+                           ops.prefix_scores(b["hidden"], b["weight"], backend="cpp"))
         close(ops.prefix_scores(h, b["weight"], backend="cpp"), ops.prefix_scores(b["hidden"], b["weight"], backend="torch"), torch.bfloat16)
     scores_nc = torch.stack([b["scores"], b["scores"]], dim=2)[:, :, 1]
     close(

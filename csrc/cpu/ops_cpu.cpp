@@ -32,7 +32,8 @@ void check_cpu(const Tensor& t, const char* name) {
 // any grain gives the same bits because a row is never split.
 int64_t grain(int64_t work_per_row) { return std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, work_per_row)); }
 
-// hidden with unit stride over D (copied only when it is not), and the fp32 reward head.
+// The reward head as fp32 [D] and the hidden states as they are (any strides: a hidden state
+// strided over D is gathered into a D-sized per-thread buffer, never copied as a whole tensor).
 struct Projection {
   Tensor hidden;
   Tensor weight;
@@ -40,11 +41,10 @@ struct Projection {
   bool has_bias = false;
   int64_t D = 0;
 
-  Projection(const Tensor& h, const Tensor& w, const c10::optional<Tensor>& b) {
+  Projection(const Tensor& h, const Tensor& w, const c10::optional<Tensor>& b) : hidden(h) {
     TORCH_CHECK_VALUE(h.dim() == 3, "hidden must be [B, S, D], got ", h.sizes());
     D = h.size(2);
     TORCH_CHECK_VALUE(w.numel() == D, "weight must have D = ", D, " elements, got ", w.sizes());
-    hidden = h.stride(2) == 1 ? h : h.contiguous();
     weight = f32(w.reshape({D}));
     if (b.has_value()) {
       TORCH_CHECK_VALUE(b->numel() == 1, "bias must be a [1] tensor, got ", b->sizes());
@@ -53,11 +53,21 @@ struct Projection {
     }
   }
 
-  // Calls fn(row_pointer_of(b, t)) with the typed hidden pointer; score = dot + bias.
+  // hidden[b, t, :] · weight (+ bias). The gathered path converts to fp32 first and then runs the
+  // same lanes in the same order, so it gives the same bits as the unit-stride path.
   template <typename scalar_t>
   float score(const scalar_t* base, int64_t b, int64_t t) const {
     const scalar_t* x = base + b * hidden.stride(0) + t * hidden.stride(1);
-    const float s = cpu::dot(x, weight.data_ptr<float>(), D);
+    const int64_t sd = hidden.stride(2);
+    float s;
+    if (sd == 1 || D == 1) {
+      s = cpu::dot(x, weight.data_ptr<float>(), D);
+    } else {
+      thread_local std::vector<float> row;
+      row.resize(D);
+      for (int64_t d = 0; d < D; ++d) row[d] = static_cast<float>(x[d * sd]);
+      s = cpu::dot(row.data(), weight.data_ptr<float>(), D);
+    }
     return has_bias ? s + bias : s;
   }
 };
