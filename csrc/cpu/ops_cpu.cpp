@@ -1,0 +1,268 @@
+// CPU implementations of torch.ops.r3hf.* (schemas in csrc/library.cpp).
+//
+// Parallel over rows with at::parallel_for; each row is computed by one thread in a fixed order,
+// so results are bitwise identical for any thread count. The per-row math is r3hf_math.h (shared
+// with the CUDA code); the projection is dot.h.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <c10/util/Optional.h>
+#include <torch/library.h>
+
+#include <string>
+#include <vector>
+
+#include "../op_args.h"
+#include "../r3hf_math.h"
+#include "dot.h"
+
+namespace r3hf {
+namespace {
+
+using at::Tensor;
+
+Tensor as_long(const Tensor& t) { return t.to(at::kLong).contiguous(); }
+
+void check_cpu(const Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.device().is_cpu(), name, " must be a CPU tensor for the CPU kernel, got ", t.device());
+}
+
+// Rows per parallel_for task: about 2^18 element-steps per task, so that small batches stay on one
+// thread (an OpenMP region costs more than a [64, 1024] GAE, and far more on a loaded machine);
+// any grain gives the same bits because a row is never split.
+int64_t grain(int64_t work_per_row) { return std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, work_per_row)); }
+
+// The reward head as fp32 [D] and the hidden states as they are (any strides: a hidden state
+// strided over D is gathered into a D-sized per-thread buffer, never copied as a whole tensor).
+struct Projection {
+  Tensor hidden;
+  Tensor weight;
+  float bias = 0.f;
+  bool has_bias = false;
+  int64_t D = 0;
+
+  Projection(const Tensor& h, const Tensor& w, const c10::optional<Tensor>& b) : hidden(h) {
+    TORCH_CHECK_VALUE(h.dim() == 3, "hidden must be [B, S, D], got ", h.sizes());
+    D = h.size(2);
+    TORCH_CHECK_VALUE(w.numel() == D, "weight must have D = ", D, " elements, got ", w.sizes());
+    weight = f32(w.reshape({D}));
+    if (b.has_value()) {
+      TORCH_CHECK_VALUE(b->numel() == 1, "bias must be a [1] tensor, got ", b->sizes());
+      has_bias = true;
+      bias = b->to(at::kFloat).item<float>();
+    }
+  }
+
+  // hidden[b, t, :] · weight (+ bias). The gathered path converts to fp32 first and then runs the
+  // same lanes in the same order, so it gives the same bits as the unit-stride path.
+  template <typename scalar_t>
+  float score(const scalar_t* base, int64_t b, int64_t t) const {
+    const scalar_t* x = base + b * hidden.stride(0) + t * hidden.stride(1);
+    const int64_t sd = hidden.stride(2);
+    float s;
+    if (sd == 1 || D == 1) {
+      s = cpu::dot(x, weight.data_ptr<float>(), D);
+    } else {
+      thread_local std::vector<float> row;
+      row.resize(D);
+      for (int64_t d = 0; d < D; ++d) row[d] = static_cast<float>(x[d * sd]);
+      s = cpu::dot(row.data(), weight.data_ptr<float>(), D);
+    }
+    return has_bias ? s + bias : s;
+  }
+};
+
+#define R3HF_DISPATCH_HIDDEN(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+
+Tensor prefix_scores_cpu(const Tensor& hidden, const Tensor& weight, const c10::optional<Tensor>& bias) {
+  check_cpu(hidden, "hidden");
+  Projection proj(hidden, weight, bias);
+  const int64_t B = hidden.size(0), S = hidden.size(1);
+  Tensor out = at::empty({B, S}, hidden.options().dtype(at::kFloat));
+  float* p_out = out.data_ptr<float>();
+  R3HF_DISPATCH_HIDDEN(proj.hidden.scalar_type(), "r3hf::prefix_scores", [&] {
+    const scalar_t* base = proj.hidden.data_ptr<scalar_t>();
+    at::parallel_for(0, B * S, grain(proj.D), [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) p_out[i] = proj.score(base, i / S, i % S);
+    });
+  });
+  return out;
+}
+
+// s[k] = scores[b, prompt_len − 1 + k] for k in [0, L] (0 where that index is −1).
+void load_row_scores(const float* p_scores, int64_t S, int64_t p, int64_t L, float* s) {
+  for (int64_t k = 0; k <= L; ++k) {
+    const int64_t t = p - 1 + k;
+    s[k] = (t >= 0 && t < S) ? p_scores[t] : 0.f;
+  }
+}
+
+void check_prompt_len(int64_t p, int64_t L, int64_t S, bool first_prompt) {
+  TORCH_CHECK_VALUE(p >= (first_prompt ? 1 : 0) && p + L <= S, "prompt_len ", p, " out of range for S = ", S,
+                    ", L = ", L);
+}
+
+Tensor token_rewards_impl(const Tensor& scores_in, const Tensor& mask_in, const Tensor& prompt_len_in,
+                          const c10::optional<Tensor>& logprobs_in, const c10::optional<Tensor>& ref_in,
+                          const RewardOptions& opt) {
+  check_cpu(scores_in, "scores");
+  TORCH_CHECK_VALUE(scores_in.dim() == 2 && mask_in.dim() == 2, "scores and response_mask must be 2-D");
+  const Tensor scores = f32(scores_in), mask = as_bool(mask_in), prompt_len = as_long(prompt_len_in);
+  const int64_t B = scores.size(0), S = scores.size(1), L = mask.size(1);
+  TORCH_CHECK_VALUE(mask.size(0) == B && prompt_len.numel() == B, "response_mask/prompt_len must have B = ", B,
+                    " rows");
+  Tensor lp, ref;
+  if (opt.use_kl) {
+    TORCH_CHECK_VALUE(logprobs_in.has_value() && ref_in.has_value(), "kl_coef != 0 needs logprobs and ref_logprobs");
+    lp = f32(*logprobs_in);
+    ref = f32(*ref_in);
+    TORCH_CHECK_VALUE(lp.sizes() == mask.sizes() && ref.sizes() == mask.sizes(), "logprobs must be [B, L]");
+  }
+  Tensor out = at::empty({B, L}, scores.options());
+  const float* p_scores = scores.data_ptr<float>();
+  const bool* p_mask = mask.data_ptr<bool>();
+  const int64_t* p_len = prompt_len.data_ptr<int64_t>();
+  const float* p_lp = opt.use_kl ? lp.data_ptr<float>() : nullptr;
+  const float* p_ref = opt.use_kl ? ref.data_ptr<float>() : nullptr;
+  float* p_out = out.data_ptr<float>();
+  for (int64_t b = 0; b < B; ++b) check_prompt_len(p_len[b], L, S, opt.first_prompt);
+  at::parallel_for(0, B, grain(L), [&](int64_t begin, int64_t end) {
+    std::vector<float> s(L + 1);
+    for (int64_t b = begin; b < end; ++b) {
+      load_row_scores(p_scores + b * S, S, p_len[b], L, s.data());
+      token_rewards_row(s.data(), p_mask + b * L, p_lp ? p_lp + b * L : nullptr, p_ref ? p_ref + b * L : nullptr, L,
+                        opt, p_out + b * L);
+    }
+  });
+  return out;
+}
+
+Tensor redistribute_cpu(const Tensor& scores, const Tensor& response_mask, const Tensor& prompt_len,
+                        c10::string_view first, double beta_c) {
+  const RewardOptions opt = reward_options(first, beta_c, 0.0, "k1", c10::nullopt, c10::nullopt);
+  return token_rewards_impl(scores, response_mask, prompt_len, c10::nullopt, c10::nullopt, opt);
+}
+
+Tensor token_rewards_cpu(const Tensor& scores, const Tensor& response_mask, const Tensor& prompt_len,
+                         const c10::optional<Tensor>& logprobs, const c10::optional<Tensor>& ref_logprobs,
+                         double kl_coef, c10::string_view kl_estimator, OptRange kl_clamp,
+                         c10::string_view first, double beta_c, OptRange reward_clip) {
+  const RewardOptions opt = reward_options(first, beta_c, kl_coef, kl_estimator, kl_clamp, reward_clip);
+  return token_rewards_impl(scores, response_mask, prompt_len, logprobs, ref_logprobs, opt);
+}
+
+Tensor kl_penalty_cpu(const Tensor& logprobs_in, const Tensor& ref_in, c10::string_view estimator,
+                      OptRange clamp) {
+  check_cpu(logprobs_in, "logprobs");
+  TORCH_CHECK_VALUE(logprobs_in.sizes() == ref_in.sizes(), "logprobs and ref_logprobs must have the same shape");
+  const int est = parse_estimator(estimator);
+  const Range range = parse_range("clamp", clamp);
+  const Tensor lp = f32(logprobs_in), ref = f32(ref_in);
+  Tensor out = at::empty(lp.sizes(), lp.options());
+  const float* p_lp = lp.data_ptr<float>();
+  const float* p_ref = ref.data_ptr<float>();
+  float* p_out = out.data_ptr<float>();
+  at::parallel_for(0, lp.numel(), int64_t{1} << 18, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) p_out[i] = kl_estimate(p_lp[i], p_ref[i], est, range);
+  });
+  return out;
+}
+
+std::tuple<Tensor, Tensor> gae_cpu(const Tensor& rewards_in, const Tensor& values_in, const Tensor& mask_in,
+                                   double gamma, double lam, const c10::optional<Tensor>& bootstrap_in) {
+  check_cpu(rewards_in, "rewards");
+  TORCH_CHECK_VALUE(rewards_in.dim() == 2 && values_in.sizes() == rewards_in.sizes() &&
+                        mask_in.sizes() == rewards_in.sizes(),
+                    "rewards, values and response_mask must all be [B, L]");
+  const Tensor r = f32(rewards_in), v = f32(values_in), mask = as_bool(mask_in);
+  const int64_t B = r.size(0), L = r.size(1);
+  Tensor boot;
+  if (bootstrap_in.has_value()) {
+    boot = f32(*bootstrap_in);
+    TORCH_CHECK_VALUE(boot.numel() == B, "bootstrap must be [B] = [", B, "]");
+  }
+  const GaeOptions opt = gae_options(gamma, lam);
+  Tensor adv = at::empty({B, L}, r.options()), ret = at::empty({B, L}, r.options());
+  const float* p_r = r.data_ptr<float>();
+  const float* p_v = v.data_ptr<float>();
+  const bool* p_m = mask.data_ptr<bool>();
+  const float* p_boot = boot.defined() ? boot.data_ptr<float>() : nullptr;
+  float* p_adv = adv.data_ptr<float>();
+  float* p_ret = ret.data_ptr<float>();
+  at::parallel_for(0, B, grain(L), [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b)
+      gae_row(p_r + b * L, p_v + b * L, p_m + b * L, L, p_boot ? p_boot[b] : 0.f, opt, p_adv + b * L, p_ret + b * L);
+  });
+  return {adv, ret};
+}
+
+// One pass per row: project only the hidden states the row's rewards read, then rewards, KL and
+// GAE on row-sized buffers. Nothing of size [B, S] is materialised.
+std::tuple<Tensor, Tensor, Tensor> fused_reward_gae_cpu(
+    const Tensor& hidden, const Tensor& weight, const c10::optional<Tensor>& bias, const Tensor& values_in,
+    const Tensor& mask_in, const Tensor& prompt_len_in, const c10::optional<Tensor>& logprobs_in,
+    const c10::optional<Tensor>& ref_in, double kl_coef, c10::string_view kl_estimator,
+    OptRange kl_clamp, double gamma, double lam, c10::string_view first, double beta_c,
+    OptRange reward_clip, const c10::optional<Tensor>& bootstrap_in) {
+  check_cpu(hidden, "hidden");
+  Projection proj(hidden, weight, bias);
+  const RewardOptions ropt = reward_options(first, beta_c, kl_coef, kl_estimator, kl_clamp, reward_clip);
+  const GaeOptions gopt = gae_options(gamma, lam);
+  const Tensor v = f32(values_in), mask = as_bool(mask_in), prompt_len = as_long(prompt_len_in);
+  const int64_t B = hidden.size(0), S = hidden.size(1), L = mask.size(1);
+  TORCH_CHECK_VALUE(mask.size(0) == B && v.sizes() == mask.sizes() && prompt_len.numel() == B,
+                    "values/response_mask must be [B, L] and prompt_len [B] with B = ", B);
+  Tensor lp, ref, boot;
+  if (ropt.use_kl) {
+    TORCH_CHECK_VALUE(logprobs_in.has_value() && ref_in.has_value(), "kl_coef != 0 needs logprobs and ref_logprobs");
+    lp = f32(*logprobs_in);
+    ref = f32(*ref_in);
+    TORCH_CHECK_VALUE(lp.sizes() == mask.sizes() && ref.sizes() == mask.sizes(), "logprobs must be [B, L]");
+  }
+  if (bootstrap_in.has_value()) {
+    boot = f32(*bootstrap_in);
+    TORCH_CHECK_VALUE(boot.numel() == B, "bootstrap must be [B] = [", B, "]");
+  }
+  const int64_t* p_len = prompt_len.data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b) check_prompt_len(p_len[b], L, S, ropt.first_prompt);
+  auto opts = hidden.options().dtype(at::kFloat);
+  Tensor rewards = at::empty({B, L}, opts), adv = at::empty({B, L}, opts), ret = at::empty({B, L}, opts);
+  const bool* p_m = mask.data_ptr<bool>();
+  const float* p_v = v.data_ptr<float>();
+  const float* p_lp = ropt.use_kl ? lp.data_ptr<float>() : nullptr;
+  const float* p_ref = ropt.use_kl ? ref.data_ptr<float>() : nullptr;
+  const float* p_boot = boot.defined() ? boot.data_ptr<float>() : nullptr;
+  float* p_rw = rewards.data_ptr<float>();
+  float* p_adv = adv.data_ptr<float>();
+  float* p_ret = ret.data_ptr<float>();
+  R3HF_DISPATCH_HIDDEN(proj.hidden.scalar_type(), "r3hf::fused_reward_gae", [&] {
+    const scalar_t* base = proj.hidden.data_ptr<scalar_t>();
+    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> s(L + 1);
+      std::vector<char> need(L + 1);
+      for (int64_t b = begin; b < end; ++b) {
+        const bool* m = p_m + b * L;
+        needed_scores(m, L, ropt.first_prompt, reinterpret_cast<bool*>(need.data()));
+        for (int64_t k = 0; k <= L; ++k) s[k] = need[k] ? proj.score(base, b, p_len[b] - 1 + k) : 0.f;
+        float* rw = p_rw + b * L;
+        token_rewards_row(s.data(), m, p_lp ? p_lp + b * L : nullptr, p_ref ? p_ref + b * L : nullptr, L, ropt, rw);
+        gae_row(rw, p_v + b * L, m, L, p_boot ? p_boot[b] : 0.f, gopt, p_adv + b * L, p_ret + b * L);
+      }
+    });
+  });
+  return {rewards, adv, ret};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(r3hf, CPU, m) {
+  m.impl("prefix_scores", &prefix_scores_cpu);
+  m.impl("redistribute", &redistribute_cpu);
+  m.impl("kl_penalty", &kl_penalty_cpu);
+  m.impl("token_rewards", &token_rewards_cpu);
+  m.impl("gae", &gae_cpu);
+  m.impl("fused_reward_gae", &fused_reward_gae_cpu);
+}
+
+}  // namespace r3hf

@@ -1,0 +1,135 @@
+"""The C++/CUDA backend: `torch.ops.r3hf.*` from the compiled extension `r3hf._C` (csrc/).
+
+Follows the protocol of `r3hf._dispatch`: `OPS`, `unavailable_reason(device)`, `describe()`,
+`build_info()` and one function per op with the reference's signature and semantics (arguments
+already normalised by `r3hf._validate`). When `r3hf._C` is missing or fails to load, this module
+still imports, reports why, and warns once; `r3hf.ops` then runs on the torch backend.
+Setting R3HF_NO_EXT=1 at run time ignores a built extension (and does not warn).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+OPS = ("prefix_scores", "redistribute", "kl_penalty", "token_rewards", "gae", "fused_reward_gae")
+
+BUILD_HINT = "build it with `pip install --no-build-isolation -e .` (or `pip install --no-build-isolation .`) with torch installed"
+
+_C = None
+_LOAD_ERROR: str | None = None
+
+if os.environ.get("R3HF_NO_EXT", "0") == "1":
+    _LOAD_ERROR = "disabled by R3HF_NO_EXT=1"
+else:
+    try:
+        from r3hf import _C  # noqa: F811  (registers torch.ops.r3hf.* on import)
+    except (ImportError, OSError) as e:  # not built, or built against another torch
+        _LOAD_ERROR = f"r3hf._C could not be loaded ({e}); {BUILD_HINT}"
+        warnings.warn(f"r3hf: C++ extension unavailable, falling back to torch: {_LOAD_ERROR}", RuntimeWarning, stacklevel=2)
+
+
+def build_info() -> dict:
+    """What the loaded extension was built with: cpu, cuda, cuda_archs, cuda_version, torch_version, debug."""
+    if _C is None:
+        return {"built": False, "reason": _LOAD_ERROR}
+    return {"built": True, **_C.build_info()}
+
+
+def describe() -> str:
+    if _C is None:
+        return f"C++ extension unavailable: {_LOAD_ERROR}"
+    info = _C.build_info()
+    where = "CPU" + (f" + CUDA {info['cuda_version']} (archs {info['cuda_archs']})" if info["cuda"] else "")
+    return f"C++ extension r3hf._C: {where}, built against torch {info['torch_version']}"
+
+
+def unavailable_reason(device: torch.device) -> str | None:
+    if _C is None:
+        return _LOAD_ERROR
+    if device.type == "cpu":
+        return None
+    if device.type == "cuda":
+        if not _C.build_info()["cuda"]:
+            return "r3hf._C was built without CUDA (no CUDA toolkit or CPU-only torch at build time; see docs/ENV.md)"
+        return None
+    return f"r3hf._C has no kernels for {device.type} tensors"
+
+
+def _range(r):
+    return None if r is None else [float(r[0]), float(r[1])]
+
+
+def prefix_scores(hidden, weight, bias):
+    return torch.ops.r3hf.prefix_scores(hidden, weight, bias)
+
+
+def redistribute(scores, response_mask, prompt_len, first="prompt", beta_c=1.0):
+    return torch.ops.r3hf.redistribute(scores, response_mask, prompt_len, first, float(beta_c))
+
+
+def kl_penalty(logprobs, ref_logprobs, estimator="k1", clamp=None):
+    return torch.ops.r3hf.kl_penalty(logprobs, ref_logprobs, estimator, _range(clamp))
+
+
+def token_rewards(
+    scores, response_mask, prompt_len, logprobs=None, ref_logprobs=None, kl_coef=0.0, kl_estimator="k1",
+    kl_clamp=None, first="prompt", beta_c=1.0, reward_clip=None,
+):
+    return torch.ops.r3hf.token_rewards(
+        scores, response_mask, prompt_len, logprobs, ref_logprobs, float(kl_coef), kl_estimator, _range(kl_clamp),
+        first, float(beta_c), _range(reward_clip),
+    )
+
+
+def gae(rewards, values, response_mask, gamma=1.0, lam=0.95, bootstrap=None):
+    return torch.ops.r3hf.gae(rewards, values, response_mask, float(gamma), float(lam), bootstrap)
+
+
+def fused_reward_gae(
+    hidden, weight, bias, values, response_mask, prompt_len, logprobs=None, ref_logprobs=None, kl_coef=0.0,
+    kl_estimator="k1", kl_clamp=None, gamma=1.0, lam=0.95, first="prompt", beta_c=1.0, reward_clip=None,
+    bootstrap=None,
+):
+    return torch.ops.r3hf.fused_reward_gae(
+        hidden, weight, bias, values, response_mask, prompt_len, logprobs, ref_logprobs, float(kl_coef),
+        kl_estimator, _range(kl_clamp), float(gamma), float(lam), first, float(beta_c), _range(reward_clip),
+        bootstrap,
+    )
+
+
+# --- shapes for tracing (torch.compile, FakeTensor, meta) --------------------------------
+
+if _C is not None:
+
+    def _f32(like: torch.Tensor, *shape):
+        return like.new_empty(shape, dtype=torch.float32)
+
+    @torch.library.register_fake("r3hf::prefix_scores")
+    def _(hidden, weight, bias):
+        return _f32(hidden, hidden.shape[0], hidden.shape[1])
+
+    @torch.library.register_fake("r3hf::redistribute")
+    def _(scores, response_mask, prompt_len, first, beta_c):
+        return _f32(scores, *response_mask.shape)
+
+    @torch.library.register_fake("r3hf::kl_penalty")
+    def _(logprobs, ref_logprobs, estimator, clamp):
+        return _f32(logprobs, *logprobs.shape)
+
+    @torch.library.register_fake("r3hf::token_rewards")
+    def _(scores, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp, first,
+          beta_c, reward_clip):
+        return _f32(scores, *response_mask.shape)
+
+    @torch.library.register_fake("r3hf::gae")
+    def _(rewards, values, response_mask, gamma, lam, bootstrap):
+        return _f32(rewards, *rewards.shape), _f32(rewards, *rewards.shape)
+
+    @torch.library.register_fake("r3hf::fused_reward_gae")
+    def _(hidden, weight, bias, values, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator,
+          kl_clamp, gamma, lam, first, beta_c, reward_clip, bootstrap):
+        shape = response_mask.shape
+        return _f32(hidden, *shape), _f32(hidden, *shape), _f32(hidden, *shape)
