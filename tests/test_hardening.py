@@ -81,7 +81,8 @@ def test_nan_stays_in_its_row(backend, op):
 def test_bitwise_deterministic_over_runs_and_thread_counts(backend, op):
     if not supports(backend, op):
         pytest.skip(f"{backend} does not implement {op}")
-    b = make_batch(B=16, L=300, P=6, D=64, seed=23)
+    # The Triton interpreter is slow; its GPU determinism is the GPU check's business.
+    b = make_batch(B=3, L=70, P=6, D=16, seed=23) if backend == "triton" else make_batch(B=16, L=300, P=6, D=64, seed=23)
     threads = torch.get_num_threads()
     try:
         results = []
