@@ -11,7 +11,7 @@ from backends_here import runnable
 
 SCRIPT = textwrap.dedent(
     """
-    import json, resource, sys, torch
+    import json, sys, torch
     import r3hf.ops as ops
     B, T, D, backend = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     g = torch.Generator().manual_seed(0)
@@ -21,11 +21,16 @@ SCRIPT = textwrap.dedent(
     values, lp, ref = (torch.randn(B, T, generator=g) for _ in range(3))
     mask = torch.rand(B, T, generator=g) > 0.1
     inputs_bytes = sum(t.numel() * t.element_size() for t in (hidden, weight, values, lp, ref, mask))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    def status(key):
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
+    with open("/proc/self/clear_refs", "w") as f:  # Linux: resets the peak RSS (VmHWM)
+        f.write("5")
+    before = status("VmRSS:")
     out = ops.fused_reward_gae(hidden, weight, None, values, mask, 1, logprobs=lp, ref_logprobs=ref, kl_coef=0.1,
                                backend=backend)
     adv, ret = ops.gae(out[0], values, mask, 0.99, 0.95, backend=backend)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    after = status("VmHWM:")
     ok = all(bool(torch.isfinite(t).all()) for t in (*out, adv, ret))
     print(json.dumps(dict(peak_growth=after - before, inputs_bytes=inputs_bytes, ok=ok)))
     """
