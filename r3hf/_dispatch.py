@@ -87,14 +87,16 @@ def implementation(op: str, backend: str, device: torch.device, options=()):
 def backends() -> dict:
     """Which backends exist, why the others do not, and which one each op uses per device."""
     report = {}
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     for name in _MODULES:
         module, reason = load(name)
-        entry = {"available": module is not None, "detail": reason}
+        # Available = runs at least one op on a device this machine has.
+        runs = module is not None and any(_why_not(name, op, d) is None for d in devices for op in OP_NAMES)
+        entry = {"available": runs, "detail": reason}
         build = getattr(module, "build_info", None)
         if build is not None:
             entry["build"] = build()
         report[name] = entry
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     report["ops"] = {op: {d.type: choose(op, "auto", d) for d in devices} for op in OP_NAMES}
     report["why_not"] = {
         d.type: {
