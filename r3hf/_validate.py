@@ -42,9 +42,11 @@ def check_tensor(name: str, t, *, rank: int | None = None, floating: bool = True
     return t
 
 
-def check_shape(name: str, t: torch.Tensor, expected: list, letters: str) -> None:
+def check_shape(name: str, t: torch.Tensor, expected: list, letters: str, source: str) -> None:
     if _shape(t) != list(expected):
-        raise ValueError(f"{name} must be [{', '.join(letters)}] = {list(expected)}, got {_shape(t)}")
+        raise ValueError(
+            f"{name} must be [{', '.join(letters)}] = {list(expected)}, got {_shape(t)} ({', '.join(letters)} from {source})"
+        )
 
 
 def check_same_device(**tensors) -> torch.device:
@@ -130,7 +132,9 @@ def as_mask(name: str, mask, B: int | None = None, L: int | None = None) -> torc
     return mask if mask.dtype == torch.bool else mask != 0
 
 
-def as_prompt_len(prompt_len, B: int, S: int, L: int, device: torch.device, first: str) -> torch.Tensor:
+def as_prompt_len(
+    prompt_len, B: int, S: int, L: int, device: torch.device, first: str, scores_name: str = "scores"
+) -> torch.Tensor:
     """int or integer tensor [B] -> int64 [B] on `device`, checked against S and L."""
     lowest = 1 if first == "prompt" else 0
     if isinstance(prompt_len, torch.Tensor):
@@ -159,7 +163,10 @@ def as_prompt_len(prompt_len, B: int, S: int, L: int, device: torch.device, firs
             "got 0 — use first='zero' for rows without a prompt"
         )
     if hi + L > S:
-        raise ValueError(f"scores must cover prompt_len + L positions: S = {S} < prompt_len + L = {hi} + {L}")
+        raise ValueError(
+            f"{scores_name} must cover prompt_len + L positions: S = {S} < prompt_len + L = {hi} + {L} "
+            "(prompt_len too large, or response_mask too long)"
+        )
     return p
 
 
@@ -168,7 +175,7 @@ def as_weight(weight, D: int) -> torch.Tensor:
     if weight.dim() == 2 and weight.shape[0] == 1:
         weight = weight[0]
     if _shape(weight) != [D]:
-        raise ValueError(f"weight must be [D] or [1, D] with D = {D}, got {_shape(weight)}")
+        raise ValueError(f"weight must be [D] or [1, D] with D = {D} (from hidden), got {_shape(weight)}")
     return weight
 
 
@@ -217,8 +224,8 @@ def kl_args(logprobs, ref_logprobs, estimator, clamp, mask_shape=None):
     check_tensor("logprobs", logprobs, rank=2)
     check_tensor("ref_logprobs", ref_logprobs, rank=2)
     if mask_shape is not None:
-        check_shape("logprobs", logprobs, mask_shape, "BL")
-    check_shape("ref_logprobs", ref_logprobs, list(logprobs.shape), "BL")
+        check_shape("logprobs", logprobs, mask_shape, "BL", "response_mask")
+    check_shape("ref_logprobs", ref_logprobs, list(logprobs.shape), "BL", "logprobs")
     check_same_device(logprobs=logprobs, ref_logprobs=ref_logprobs)
     return dict(
         logprobs=logprobs,
@@ -228,28 +235,29 @@ def kl_args(logprobs, ref_logprobs, estimator, clamp, mask_shape=None):
     )
 
 
-def redistribute_args(scores, response_mask, prompt_len, first, beta_c):
-    check_tensor("scores", scores, rank=2)
+def redistribute_args(scores, response_mask, prompt_len, first, beta_c, scores_name="scores"):
+    check_tensor(scores_name, scores, rank=2)
     mask = as_mask("response_mask", response_mask)
     check_same_device(scores=scores, response_mask=mask)
     first = check_choice("first", first, FIRST_MODES)
     B, S = scores.shape
     if mask.shape[0] != B:
-        raise ValueError(f"response_mask must be [B, L] with B = {B} (from scores), got {_shape(mask)}")
+        raise ValueError(f"response_mask must be [B, L] with B = {B} (from {scores_name}), got {_shape(mask)}")
     L = mask.shape[1]
     return dict(
         scores=scores,
         response_mask=mask,
-        prompt_len=as_prompt_len(prompt_len, B, S, L, scores.device, first),
+        prompt_len=as_prompt_len(prompt_len, B, S, L, scores.device, first, scores_name),
         first=first,
         beta_c=check_unit_interval("beta_c", beta_c),
     )
 
 
 def token_rewards_args(
-    scores, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp, first, beta_c, reward_clip
+    scores, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp, first, beta_c, reward_clip,
+    scores_name="scores",
 ):
-    args = redistribute_args(scores, response_mask, prompt_len, first, beta_c)
+    args = redistribute_args(scores, response_mask, prompt_len, first, beta_c, scores_name)
     kl_coef = check_finite_float("kl_coef", kl_coef)
     kl_estimator = check_choice("kl_estimator", kl_estimator, KL_ESTIMATORS)
     kl_clamp = as_range("kl_clamp", kl_clamp)
@@ -258,7 +266,7 @@ def token_rewards_args(
             missing = [n for n, v in (("logprobs", logprobs), ("ref_logprobs", ref_logprobs)) if v is None]
             raise ValueError(f"kl_coef = {kl_coef} needs both logprobs and ref_logprobs; missing {', '.join(missing)}")
         kl = kl_args(logprobs, ref_logprobs, kl_estimator, kl_clamp, list(args["response_mask"].shape))
-        check_same_device(scores=scores, logprobs=logprobs)
+        check_same_device(**{scores_name: scores, "logprobs": logprobs})
         logprobs, ref_logprobs = kl["logprobs"], kl["ref_logprobs"]
     else:
         # Unused when kl_coef == 0; dropping them keeps every backend from reading them.
@@ -278,9 +286,9 @@ def gae_args(rewards, values, response_mask, gamma, lam, bootstrap, carry_masked
     check_tensor("rewards", rewards, rank=2)
     check_tensor("values", values, rank=2)
     B, L = rewards.shape
-    check_shape("values", values, [B, L], "BL")
+    check_shape("values", values, [B, L], "BL", "rewards")
     mask = as_mask("response_mask", response_mask)
-    check_shape("response_mask", mask, [B, L], "BL")
+    check_shape("response_mask", mask, [B, L], "BL", "rewards")
     device = check_same_device(rewards=rewards, values=values, response_mask=mask)
     return dict(
         rewards=rewards,
@@ -331,16 +339,16 @@ def fused_args(
     B, S, _ = hidden.shape
     check_same_device(hidden=hidden, response_mask=as_mask("response_mask", response_mask), values=values,
                       logprobs=logprobs, ref_logprobs=ref_logprobs)
-    # Check the rewards part against a [B, S] stand-in so messages name the same arguments.
+    # Check the rewards part against a [B, S] stand-in for the scores, named after hidden.
     stand_in = hidden.new_empty((B, S))
     rew = token_rewards_args(
         stand_in, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp, first,
-        beta_c, reward_clip,
+        beta_c, reward_clip, scores_name="hidden",
     )
     del rew["scores"]
     mask = rew["response_mask"]
     check_tensor("values", values, rank=2)
-    check_shape("values", values, list(mask.shape), "BL")
+    check_shape("values", values, list(mask.shape), "BL", "response_mask")
     check_same_device(hidden=hidden, values=values)
     gae = dict(
         values=values,
