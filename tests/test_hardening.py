@@ -98,12 +98,13 @@ def test_bitwise_deterministic_over_runs_and_thread_counts(backend, op):
             assert torch.equal(x, y)
 
 
-def test_bf16_projection_error_bound():
-    """fp32 accumulation of bf16 hidden states: |error| ≤ 2⁻²⁰·Σ|h_i·w_i| up to D = 8192 (docs/numerics.md)."""
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_projection_error_bound(dtype):
+    """fp32 accumulation of bf16/fp16 hidden states: |error| ≤ 2⁻²⁰·Σ|h_i·w_i| up to D = 8192 (docs/numerics.md)."""
     gen = torch.Generator().manual_seed(24)
     for D in (1024, 8192):
-        hidden = torch.randn(2, 64, D, generator=gen).to(torch.bfloat16)
-        weight = (torch.randn(D, generator=gen) / D**0.5).to(torch.bfloat16)
+        hidden = torch.randn(2, 64, D, generator=gen).to(dtype)
+        weight = (torch.randn(D, generator=gen) / D**0.5).to(dtype)
         exact = hidden.double() @ weight.double()
         budget = 2.0**-20 * (hidden.double().abs() @ weight.double().abs())
         for backend in BACKENDS:
