@@ -5,6 +5,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import r3hf.ops as ops
+# The TRL/OpenRLHF loop (padding zeroed, every position visited), as benchmarked against.
+from r3hf.bench.baselines import plain_loop_gae as _plain_loop
 
 
 @st.composite
@@ -105,21 +107,6 @@ def test_gamma_lambda_one_is_reward_to_go_minus_value(batch, bootstrap):
     to_go = torch.where(mask, r, 0).flip(1).cumsum(1).flip(1) + bootstrap
     torch.testing.assert_close(adv, torch.where(mask, to_go - v, 0), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ret, torch.where(mask, to_go, 0), atol=1e-5, rtol=1e-5)
-
-
-def _plain_loop(rewards, values, mask, gamma, lam):
-    """The TRL/OpenRLHF loop: padding zeroed, every position visited, next value 0 after the end."""
-    values, rewards = values * mask, rewards * mask
-    B, L = rewards.shape
-    last = torch.zeros(B)
-    out = []
-    for t in reversed(range(L)):
-        next_values = values[:, t + 1] if t < L - 1 else 0.0
-        delta = rewards[:, t] + gamma * next_values - values[:, t]
-        last = delta + gamma * lam * last
-        out.append(last)
-    adv = torch.stack(out[::-1], 1)
-    return adv, adv + values
 
 
 @given(batches(), st.floats(0, 1), st.floats(0, 1))
