@@ -14,14 +14,6 @@ def b():
     return make_batch(B=B, L=L, P=P, D=D, per_row_prompt=False, seed=1)
 
 
-def _fused(b, **over):
-    args = dict(hidden=b["hidden"], weight=b["weight"], bias=b["bias"], values=b["values"],
-                response_mask=b["response_mask"], prompt_len=b["prompt_len"])
-    args.update(over)
-    pos = [args.pop(k) for k in ("hidden", "weight", "bias", "values", "response_mask", "prompt_len")]
-    return ops.fused_reward_gae(*pos, **args)
-
-
 CASES = [
     # (op, overrides, exception, words the message must contain)
     ("gae", dict(values=lambda b: b["values"][:, :-1]), ValueError, ["values must be [B, L] = [4, 37], got [4, 36]"]),
@@ -74,34 +66,24 @@ CASES = [
 ]
 
 
+# op -> its required arguments, as keys of the batch
+REQUIRED = {
+    "gae": dict(rewards="rewards", values="values", response_mask="response_mask"),
+    "redistribute": dict(scores="scores", response_mask="response_mask", prompt_len="prompt_len"),
+    "kl_penalty": dict(logprobs="logprobs", ref_logprobs="ref_logprobs"),
+    "token_rewards": dict(scores="scores", response_mask="response_mask", prompt_len="prompt_len",
+                          logprobs="logprobs", ref_logprobs="ref_logprobs"),
+    "prefix_scores": dict(hidden="hidden", weight="weight", bias="bias"),
+    "masked_whiten": dict(x="values", mask="response_mask"),
+    "fused": dict(hidden="hidden", weight="weight", bias="bias", values="values", response_mask="response_mask",
+                  prompt_len="prompt_len"),
+}
+
+
 def _call(op, b, over):
-    over = {k: (v(b) if callable(v) else v) for k, v in over.items()}
-    if op == "gae":
-        args = dict(rewards=b["rewards"], values=b["values"], response_mask=b["response_mask"])
-        args.update(over)
-        return ops.gae(**args)
-    if op == "redistribute":
-        args = dict(scores=b["scores"], response_mask=b["response_mask"], prompt_len=b["prompt_len"])
-        args.update(over)
-        return ops.redistribute(**args)
-    if op == "kl_penalty":
-        args = dict(logprobs=b["logprobs"], ref_logprobs=b["ref_logprobs"])
-        args.update(over)
-        return ops.kl_penalty(**args)
-    if op == "token_rewards":
-        args = dict(scores=b["scores"], response_mask=b["response_mask"], prompt_len=b["prompt_len"],
-                    logprobs=b["logprobs"], ref_logprobs=b["ref_logprobs"])
-        args.update(over)
-        return ops.token_rewards(**args)
-    if op == "prefix_scores":
-        args = dict(hidden=b["hidden"], weight=b["weight"], bias=b["bias"])
-        args.update(over)
-        return ops.prefix_scores(**args)
-    if op == "masked_whiten":
-        args = dict(x=b["values"], mask=b["response_mask"])
-        args.update(over)
-        return ops.masked_whiten(**args)
-    return _fused(b, **over)
+    args = {name: b[key] for name, key in REQUIRED[op].items()}
+    args.update({k: (v(b) if callable(v) else v) for k, v in over.items()})
+    return getattr(ops, "fused_reward_gae" if op == "fused" else op)(**args)
 
 
 @pytest.mark.parametrize("op, over, exc, words", CASES, ids=[f"{c[0]}-{'-'.join(c[1])}-{i}" for i, c in enumerate(CASES)])
