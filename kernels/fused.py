@@ -33,17 +33,16 @@ _CONFIGS = configs(
 )
 
 
-@triton.autotune(configs=_CONFIGS, key=["D", "BLOCK_T"])  # outputs only written: safe to rerun
 @triton.jit
-def _fused_kernel(h_ptr, stride_hb, stride_hs, stride_hd, w_ptr, stride_w, bias_ptr, D,
-                  m_ptr, p_ptr, f_ptr, lp_ptr, ref_ptr, v_ptr, boot_ptr, s_ptr, rew_ptr, adv_ptr, ret_ptr,
-                  B, L, nC, beta_c, one_minus_beta, kl_coef, clip_lo, clip_hi, kl_lo, kl_hi, gamma, lam,
-                  HAS_BIAS: tl.constexpr, FIRST_PROMPT: tl.constexpr, FULL_BETA: tl.constexpr,
-                  HAS_CLIP: tl.constexpr, HAS_KL: tl.constexpr, KL_EST: tl.constexpr,
-                  HAS_KL_CLAMP: tl.constexpr, HAS_BOOT: tl.constexpr, MULTI: tl.constexpr,
-                  BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, FLIP: tl.constexpr, BLOCK_D: tl.constexpr):
-    i_c = tl.program_id(0)
-    i_b = tl.program_id(1)
+def project_chunk_rewards(h_ptr, stride_hb, stride_hs, stride_hd, w_ptr, stride_w, bias_ptr, D,
+                          m_ptr, p_ptr, f_ptr, lp_ptr, ref_ptr, rew_ptr, i_b, i_c, L, nC,
+                          beta_c, one_minus_beta, kl_coef, clip_lo, clip_hi, kl_lo, kl_hi,
+                          HAS_BIAS: tl.constexpr, FIRST_PROMPT: tl.constexpr, FULL_BETA: tl.constexpr,
+                          HAS_CLIP: tl.constexpr, HAS_KL: tl.constexpr, KL_EST: tl.constexpr,
+                          HAS_KL_CLAMP: tl.constexpr, MULTI: tl.constexpr, BLOCK_T: tl.constexpr,
+                          BLOCK_C: tl.constexpr, FLIP: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Project the hidden rows chunk i_c of row i_b needs, form its rewards in registers and store
+    them; -> (o_t, m_t, b_m, b_r, o_bl). Shared by fused_reward_gae and the fused group advantages."""
     start = i_c * BLOCK_T
     end = start + BLOCK_T
     o_t, m_t, b_m, b_mn, own_first, row_first, next_after, nx = chunk_mask_facts(
@@ -111,6 +110,24 @@ def _fused_kernel(h_ptr, stride_hb, stride_hs, stride_hd, w_ptr, stride_w, bias_
                          o_bl, beta_c, one_minus_beta, kl_coef, clip_lo, clip_hi, kl_lo, kl_hi, FULL_BETA, HAS_CLIP,
                          HAS_KL, KL_EST, HAS_KL_CLAMP)
     tl.store(rew_ptr + o_bl, b_r, mask=m_t)
+    return o_t, m_t, b_m, b_r, o_bl
+
+
+@triton.autotune(configs=_CONFIGS, key=["D", "BLOCK_T"])  # outputs only written: safe to rerun
+@triton.jit
+def _fused_kernel(h_ptr, stride_hb, stride_hs, stride_hd, w_ptr, stride_w, bias_ptr, D,
+                  m_ptr, p_ptr, f_ptr, lp_ptr, ref_ptr, v_ptr, boot_ptr, s_ptr, rew_ptr, adv_ptr, ret_ptr,
+                  B, L, nC, beta_c, one_minus_beta, kl_coef, clip_lo, clip_hi, kl_lo, kl_hi, gamma, lam,
+                  HAS_BIAS: tl.constexpr, FIRST_PROMPT: tl.constexpr, FULL_BETA: tl.constexpr,
+                  HAS_CLIP: tl.constexpr, HAS_KL: tl.constexpr, KL_EST: tl.constexpr,
+                  HAS_KL_CLAMP: tl.constexpr, HAS_BOOT: tl.constexpr, MULTI: tl.constexpr,
+                  BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, FLIP: tl.constexpr, BLOCK_D: tl.constexpr):
+    i_c = tl.program_id(0)
+    i_b = tl.program_id(1)
+    o_t, m_t, b_m, b_r, o_bl = project_chunk_rewards(
+        h_ptr, stride_hb, stride_hs, stride_hd, w_ptr, stride_w, bias_ptr, D, m_ptr, p_ptr, f_ptr, lp_ptr, ref_ptr,
+        rew_ptr, i_b, i_c, L, nC, beta_c, one_minus_beta, kl_coef, clip_lo, clip_hi, kl_lo, kl_hi, HAS_BIAS,
+        FIRST_PROMPT, FULL_BETA, HAS_CLIP, HAS_KL, KL_EST, HAS_KL_CLAMP, MULTI, BLOCK_T, BLOCK_C, FLIP, BLOCK_D)
 
     b_v = tl.load(v_ptr + o_bl, mask=m_t, other=0.0).to(tl.float32)
     al, be, mu, ka, kv = gae_elements(b_r, b_v, b_m, gamma, lam)

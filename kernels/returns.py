@@ -1,0 +1,298 @@
+"""Masked reward-to-go as a chunked backward associative scan, and the two backend passes of the
+group advantages around r3hf/_group_stats.py (semantics: r3hf.reference.reward_to_go and
+group_advantages; the row statistics' format is _group_stats' docstring).
+
+The scan. Walking a row backwards, position t maps the running return R arriving from t + 1 to
+the one it hands to t − 1:
+
+    holes="skip"      generated t: R ← γ·R + r_t;   masked t: identity (R carried unchanged)
+    holes="discount"  every t:     R ← γ·R + m_t·r_t
+
+so each position is a pair (a, b) of R ← a·R + b, and positions past the row's end are the
+identity. Compositions keep this form; with x = the later positions (the scan's accumulator, see
+kernels/scan.py for the argument order Triton uses) and y = the earlier one:
+
+    y ∘ x = (a_y·a_x,  a_y·b_x + b_y)
+
+The scan value at t is the map of positions t..chunk end, and G_t = a_t·R_carry + b_t with
+R_carry the return arriving from the later chunks. G is written 0 at masked positions.
+
+Launches (one program per (chunk, row); no host sync; any L):
+- `_rtg_row_kernel`: scans its chunk and stores the chunk's composed map [2, B, nC] — or, when a
+  row is one chunk, writes G at once. With STATS it also stores the chunk's moments of r (and of G
+  when the row is one chunk): count, sum, M2 about the chunk mean, fp32 [6, B, nC];
+- `_rtg_final_kernel` (rows of several chunks): composes the later chunks' maps into the carry
+  (16 per step), rescans its chunk, writes G, and with STATS stores G's chunk moments;
+- `_row_stats_kernel`, one program per row: merges the chunk moments around the row mean (Chan
+  et al.) in float64 into _group_stats' stats [B, 5];
+- finish: `_affine_kernel` A = m·(G − shift_i)·scale_i, or (grpo_process) the scan again on
+  x = m·(r − shift_i)·scale_i, transformed as it is loaded (TRANSFORM).
+With TRANSFORM the map kernels read per-row coefficients coef [2, B] (shift, scale).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import INTERPRET, flip_scans, gae_chunk
+from .scan import chunk_offsets, first_lane, lane_value
+
+BLOCK_C = 16  # chunk maps composed per step when gathering the carry (tests cross it)
+N_MOMENTS = 6  # planes of the chunk moments: (count, sum, M2) of r, then of G
+N_STATS = 5  # _group_stats.N_STATS: COUNT, SUM_R, M2_R, SUM_G, M2_G
+
+
+@triton.jit
+def rtg_combine(a_x, b_x, a_y, b_y):
+    # x = acc (later positions), y = new (earlier position): y ∘ x (see the module doc).
+    return a_y * a_x, a_y * b_x + b_y
+
+
+@triton.jit
+def rtg_elements(x, m, m_t, gamma, SKIP: tl.constexpr):
+    """(a, b) of each lane from rewards x (fp32), generated mask m and in-row mask m_t."""
+    one = tl.full(x.shape, 1.0, tl.float32)
+    if SKIP:
+        a = tl.where(m, one * gamma, one)
+    else:
+        a = tl.where(m_t, one * gamma, one)
+    b = tl.where(m, x, 0.0)  # where, not m·x: a masked NaN/inf never leaks in
+    return a, b
+
+
+@triton.jit
+def backward_scan2(a, b, FLIP: tl.constexpr):
+    if FLIP:
+        return tl.associative_scan((a, b), 0, rtg_combine)
+    else:
+        return tl.associative_scan((a, b), 0, rtg_combine, reverse=True)
+
+
+@triton.jit
+def rtg_carry(s_ptr, plane, i_b, i_c, nC, BLOCK_C: tl.constexpr):
+    """The return arriving at chunk i_c of row i_b: the maps of chunks nC − 1 … i_c + 1 (later
+    first; s_ptr fp32 [2, B, nC], `plane` = B·nC) applied to 0, BLOCK_C maps per step composed
+    with a forward scan of the same combine, so any number of chunks works."""
+    R = tl.zeros((), tl.float32)
+    lane = tl.arange(0, BLOCK_C)
+    for blk in range(0, nC - 1 - i_c, BLOCK_C):
+        cid = nC - 1 - blk - lane
+        ok = cid > i_c
+        p = s_ptr + i_b * nC + cid
+        sa = tl.load(p, mask=ok, other=1.0)
+        sb = tl.load(p + plane, mask=ok, other=0.0)
+        sa, sb = tl.associative_scan((sa, sb), 0, rtg_combine)
+        R = lane_value(sa, BLOCK_C - 1, BLOCK_C) * R + lane_value(sb, BLOCK_C - 1, BLOCK_C)
+    return R
+
+
+@triton.jit
+def store_moments(st_ptr, plane, i_b, i_c, nC, x, m):
+    """Chunk moments of x over the lanes where m is set: count, sum, M2 about the chunk mean."""
+    n = tl.sum(m.to(tl.float32), axis=0)
+    s = tl.sum(tl.where(m, x, 0.0), axis=0)
+    d = tl.where(m, x - s / tl.maximum(n, 1.0), 0.0)
+    p = st_ptr + i_b * nC + i_c
+    tl.store(p, n)
+    tl.store(p + plane, s)
+    tl.store(p + 2 * plane, tl.sum(d * d, axis=0))
+
+
+@triton.jit
+def rtg_chunk_tail(b_x, b_m, m_t, o_bl, s_ptr, st_ptr, out_ptr, i_b, i_c, B, nC, gamma, SKIP: tl.constexpr,
+                   MULTI: tl.constexpr, STATS: tl.constexpr, BLOCK_T: tl.constexpr, FLIP: tl.constexpr):
+    """Row pass of one chunk whose rewards b_x (fp32, any value where masked) are in registers:
+    the chunk's map (several chunks) or G itself (one chunk, carry 0), and the moments."""
+    a, b = rtg_elements(b_x, b_m, m_t, gamma, SKIP)
+    a, b = backward_scan2(a, b, FLIP)
+    plane = B * nC
+    if MULTI:
+        k = first_lane(BLOCK_T, FLIP)
+        p_s = s_ptr + i_b * nC + i_c
+        tl.store(p_s, lane_value(a, k, BLOCK_T))
+        tl.store(p_s + plane, lane_value(b, k, BLOCK_T))
+    else:
+        tl.store(out_ptr + o_bl, tl.where(b_m, b, 0.0), mask=m_t)
+    if STATS:
+        store_moments(st_ptr, plane, i_b, i_c, nC, b_x, b_m)
+        if not MULTI:
+            store_moments(st_ptr + 3 * plane, plane, i_b, i_c, nC, b, b_m)
+
+
+@triton.jit
+def _load_chunk(r_ptr, m_ptr, coef_ptr, B, i_b, i_c, L, TRANSFORM: tl.constexpr, BLOCK_T: tl.constexpr,
+                FLIP: tl.constexpr):
+    o_t = chunk_offsets(i_c * BLOCK_T, BLOCK_T, FLIP)
+    m_t = o_t < L
+    o_bl = i_b * L + o_t
+    b_m = (tl.load(m_ptr + o_bl, mask=m_t, other=0) != 0) & m_t
+    b_x = tl.load(r_ptr + o_bl, mask=b_m, other=0.0).to(tl.float32)
+    if TRANSFORM:  # grpo_process: x = (r − shift)·scale, the rewards normalised per row
+        b_x = (b_x - tl.load(coef_ptr + i_b)) * tl.load(coef_ptr + B + i_b)
+    return o_t, m_t, o_bl, b_m, b_x
+
+
+@triton.jit
+def _rtg_row_kernel(r_ptr, m_ptr, coef_ptr, s_ptr, st_ptr, out_ptr, B, L, nC, gamma, SKIP: tl.constexpr,
+                    TRANSFORM: tl.constexpr, MULTI: tl.constexpr, STATS: tl.constexpr, BLOCK_T: tl.constexpr,
+                    FLIP: tl.constexpr):
+    i_c = tl.program_id(0)
+    i_b = tl.program_id(1)
+    o_t, m_t, o_bl, b_m, b_x = _load_chunk(r_ptr, m_ptr, coef_ptr, B, i_b, i_c, L, TRANSFORM, BLOCK_T, FLIP)
+    rtg_chunk_tail(b_x, b_m, m_t, o_bl, s_ptr, st_ptr, out_ptr, i_b, i_c, B, nC, gamma, SKIP, MULTI, STATS,
+                   BLOCK_T, FLIP)
+
+
+@triton.jit
+def _rtg_final_kernel(r_ptr, m_ptr, coef_ptr, s_ptr, st_ptr, out_ptr, B, L, nC, gamma, SKIP: tl.constexpr,
+                      TRANSFORM: tl.constexpr, STATS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+                      FLIP: tl.constexpr):
+    i_c = tl.program_id(0)
+    i_b = tl.program_id(1)
+    R = rtg_carry(s_ptr, B * nC, i_b, i_c, nC, BLOCK_C)
+    o_t, m_t, o_bl, b_m, b_x = _load_chunk(r_ptr, m_ptr, coef_ptr, B, i_b, i_c, L, TRANSFORM, BLOCK_T, FLIP)
+    a, b = rtg_elements(b_x, b_m, m_t, gamma, SKIP)
+    a, b = backward_scan2(a, b, FLIP)
+    b_g = a * R + b
+    tl.store(out_ptr + o_bl, tl.where(b_m, b_g, 0.0), mask=m_t)
+    if STATS:
+        plane = B * nC
+        store_moments(st_ptr + 3 * plane, plane, i_b, i_c, nC, b_g, b_m)
+
+
+@triton.jit
+def _merge_moments(st_ptr, plane, i_b, nC, BLOCK_C: tl.constexpr):
+    """float64 (count, sum, M2) of one row from its chunks' fp32 (count, sum, M2 about the chunk
+    mean): M2 = Σ M2_c + Σ n_c·(mean_c − mean)² (Chan et al.)."""
+    n = tl.zeros((), tl.float64)
+    s = tl.zeros((), tl.float64)
+    for c0 in range(0, nC, BLOCK_C):
+        cid = c0 + tl.arange(0, BLOCK_C)
+        ok = cid < nC
+        n += tl.sum(tl.load(st_ptr + i_b * nC + cid, mask=ok, other=0.0).to(tl.float64), axis=0)
+        s += tl.sum(tl.load(st_ptr + plane + i_b * nC + cid, mask=ok, other=0.0).to(tl.float64), axis=0)
+    mean = s / tl.maximum(n, 1.0)
+    m2 = tl.zeros((), tl.float64)
+    for c0 in range(0, nC, BLOCK_C):
+        cid = c0 + tl.arange(0, BLOCK_C)
+        ok = cid < nC
+        n_c = tl.load(st_ptr + i_b * nC + cid, mask=ok, other=0.0).to(tl.float64)
+        s_c = tl.load(st_ptr + plane + i_b * nC + cid, mask=ok, other=0.0).to(tl.float64)
+        m2_c = tl.load(st_ptr + 2 * plane + i_b * nC + cid, mask=ok, other=0.0).to(tl.float64)
+        d = s_c / tl.maximum(n_c, 1.0) - mean
+        m2 += tl.sum(m2_c + n_c * d * d, axis=0)
+    return n, s, m2
+
+
+@triton.jit
+def _row_stats_kernel(st_ptr, out_ptr, B, nC, BLOCK_C: tl.constexpr):
+    """stats[b] = (COUNT, SUM_R, M2_R, SUM_G, M2_G) float64, from the chunk moments [6, B, nC]."""
+    i_b = tl.program_id(0)
+    plane = B * nC
+    n, s_r, m2_r = _merge_moments(st_ptr, plane, i_b, nC, BLOCK_C)
+    _, s_g, m2_g = _merge_moments(st_ptr + 3 * plane, plane, i_b, nC, BLOCK_C)
+    p = out_ptr + i_b * 5
+    tl.store(p, n)
+    tl.store(p + 1, s_r)
+    tl.store(p + 2, m2_r)
+    tl.store(p + 3, s_g)
+    tl.store(p + 4, m2_g)
+
+
+@triton.jit
+def _affine_kernel(g_ptr, m_ptr, coef_ptr, out_ptr, B, L, BLOCK: tl.constexpr):
+    """A = m·(G − shift_b)·scale_b over one block of a row."""
+    i_t = tl.program_id(0)
+    i_b = tl.program_id(1)
+    o_t = i_t * BLOCK + tl.arange(0, BLOCK)
+    m_t = o_t < L
+    o_bl = i_b * L + o_t
+    b_m = tl.load(m_ptr + o_bl, mask=m_t, other=0) != 0
+    b_g = tl.load(g_ptr + o_bl, mask=m_t, other=0.0)
+    b_a = (b_g - tl.load(coef_ptr + i_b)) * tl.load(coef_ptr + B + i_b)
+    tl.store(out_ptr + o_bl, tl.where(b_m, b_a, 0.0), mask=m_t)
+
+
+# --- launchers -----------------------------------------------------------------------------
+
+
+def _warps(chunk: int) -> int:
+    return 1 if INTERPRET else max(1, min(8, chunk // 128))
+
+
+def _scan_rows(x, m8, gamma, skip, *, coef=None, stats=None, maps=None, chunk, flip, rows_done=False):
+    """G (fp32 [B, L]) of x (transformed by coef when given); with `stats` (fp32 [6, B, nC]) also
+    the chunk moments. rows_done: `maps` (and the r moments) were already filled by a fused row
+    kernel, so only the final pass (rows of several chunks) is left."""
+    B, L = m8.shape
+    nC = triton.cdiv(L, chunk)
+    multi = nC > 1
+    out = torch.empty((B, L), dtype=torch.float32, device=m8.device)
+    if B == 0 or L == 0:
+        return out
+    if multi and maps is None:
+        maps = torch.empty((2, B, nC), dtype=torch.float32, device=m8.device)
+    dummy = out
+    common = dict(SKIP=skip, TRANSFORM=coef is not None, STATS=stats is not None, BLOCK_T=chunk, FLIP=flip,
+                  num_warps=_warps(chunk))
+    args = (x, m8, coef if coef is not None else dummy, maps if multi else dummy,
+            stats if stats is not None else dummy, out, B, L, nC, float(gamma))
+    if not rows_done:
+        _rtg_row_kernel[(nC, B)](*args, MULTI=multi, **common)
+    if multi:
+        _rtg_final_kernel[(nC, B)](*args, BLOCK_C=BLOCK_C, **common)
+    return out
+
+
+def row_stats(moments: torch.Tensor) -> torch.Tensor:
+    """fp32 chunk moments [6, B, nC] -> float64 stats [B, 5] (_group_stats' format)."""
+    _, B, nC = moments.shape
+    out = torch.empty((B, N_STATS), dtype=torch.float64, device=moments.device)
+    if B:
+        _row_stats_kernel[(B,)](moments, out, B, nC, BLOCK_C=BLOCK_C, num_warps=1)
+    return out
+
+
+def reward_to_go(rewards, response_mask, gamma=1.0, holes="skip", *, chunk=None, flip=None):
+    """rewards [B, L] (any float dtype), response_mask bool [B, L] -> G fp32 [B, L], 0 where masked."""
+    B, L = response_mask.shape
+    chunk = chunk or gae_chunk(B, L)
+    flip = flip_scans() if flip is None else flip
+    return _scan_rows(rewards.contiguous(), response_mask.contiguous().view(torch.uint8), gamma, holes == "skip",
+                      chunk=chunk, flip=flip)
+
+
+def row_pass(rewards, response_mask, gamma=1.0, *, chunk=None, flip=None):
+    """_group_stats' row pass: -> (returns G fp32 [B, L] with holes="skip", stats float64 [B, 5])."""
+    B, L = response_mask.shape
+    chunk = chunk or gae_chunk(B, L)
+    flip = flip_scans() if flip is None else flip
+    nC = triton.cdiv(max(L, 1), chunk)
+    alloc = torch.zeros if L == 0 else torch.empty  # L = 0: no kernel writes, stats are all 0
+    moments = alloc((N_MOMENTS, B, nC), dtype=torch.float32, device=rewards.device)
+    G = _scan_rows(rewards.contiguous(), response_mask.contiguous().view(torch.uint8), gamma, True,
+                   stats=moments, chunk=chunk, flip=flip)
+    return G, row_stats(moments)
+
+
+def finish(rewards, returns, response_mask, shift, scale, gamma=1.0, on_rewards=False, *, chunk=None, flip=None):
+    """_group_stats' finish pass -> advantages fp32 [B, L], 0 where masked:
+    m·(G − shift)·scale, or (on_rewards) the skip reward-to-go of m·(r − shift)·scale."""
+    B, L = response_mask.shape
+    m8 = response_mask.contiguous().view(torch.uint8)
+    coef = torch.stack([shift.to(torch.float32), scale.to(torch.float32)]).contiguous()
+    if on_rewards:
+        chunk = chunk or gae_chunk(B, L)
+        flip = flip_scans() if flip is None else flip
+        return _scan_rows(rewards.contiguous(), m8, gamma, True, coef=coef, chunk=chunk, flip=flip)
+    out = torch.empty((B, L), dtype=torch.float32, device=m8.device)
+    if B and L:
+        BLOCK = 1024 if not INTERPRET else max(16, min(1024, triton.next_power_of_2(L)))
+        _affine_kernel[(triton.cdiv(L, BLOCK), B)](returns.contiguous(), m8, coef, out, B, L, BLOCK=BLOCK,
+                                                   num_warps=4)
+    return out
+
+
+__all__ = ["reward_to_go", "row_pass", "finish", "row_stats", "rtg_chunk_tail"]
