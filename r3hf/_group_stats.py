@@ -11,7 +11,12 @@ the contract; `row_pass` and `finish` below are its executable torch form, and
         return _group_stats.group_advantages(my_row_pass, my_finish, rewards, response_mask, index,
                                              estimator, gamma, eps, scale, group)
 
-Inputs are the normalised arguments of `r3hf._validate`: rewards [B, L] any float dtype (read as
+The dispatcher calls a backend's `reward_to_go`, `group_advantages` and
+`fused_reward_group_advantages` with keyword arguments named as in `r3hf.reference` (so `group`
+is always passed; hand it to `affine`). reward_to_go(rewards, response_mask, gamma, holes) is the
+row scan alone (holes "skip" as in step 1 below, or "discount": R = m_t·r_t + γ·R at every
+position, still 0 written at masked positions). Inputs are the normalised arguments of
+`r3hf._validate`: rewards [B, L] any float dtype (read as
 fp32), response_mask bool [B, L], index int64 [B] (global group ids: rows with equal ids form a
 group wherever they are; an int G has already become (global row offset + arange(B)) // G),
 gamma float in [0, 1], eps float > 0, estimator in ESTIMATORS, scale in SCALES, group None or a
