@@ -12,6 +12,8 @@ Steps, in this order, each in a subprocess with a time limit inside a total budg
 2. pytest-benchmark on benchmarks/test_gpu_targets.py, whose medians give the targets:
    fused_reward_gae bandwidth vs copy bandwidth (>= 0.85), gae vs a veRL-style Python loop
    at B=256, T=16384 (>= 1000x), gae vs a one-program-per-row serial walk at B=8, T=16384 (> 1x);
+   fused_reward_group_advantages bf16 [8, 2048, 4096] vs copy bandwidth (>= 0.85), group_advantages
+   (grpo, reinforce_pp) at B=1024 G=8 L=4096 and reward_to_go at B=64 T=1024 vs veRL-style loops;
 3. pytest -m "not gpu" on tests/ (the rest of the suite; Triton tests run on CUDA tensors), with
    whatever budget is left.
 Test steps run with R3HF_TRITON_AUTOTUNE=0 (one launch config: many small test shapes would
@@ -38,6 +40,11 @@ TARGETS = {  # name: (minimum, what it compares)
     "fused_vs_copy_bandwidth": (0.85, "fused_reward_gae bytes-read bandwidth / device copy bandwidth, bf16 [64, 4096, 4096]"),
     "gae_vs_verl_loop": (1000.0, "veRL-style Python loop time / Triton gae time, B=256 T=16384"),
     "gae_vs_serial_per_row": (1.0, "one-program-per-row serial walk (cugae design) time / Triton gae time, B=8 T=16384 (must be > 1)"),
+    # issue 12 (the minimum of the last three is the issue's CPU target; it names none for GPU)
+    "fused_group_vs_copy_bandwidth": (0.85, "fused_reward_group_advantages (grpo) bytes / time over device copy bandwidth, bf16 [8, 2048, 4096]"),
+    "group_grpo_vs_verl": (20.0, "veRL-style grpo (Python loop over rows) time / Triton group_advantages time, B=1024 G=8 L=4096"),
+    "group_reinforce_pp_vs_verl": (20.0, "veRL-style reinforce_plus_plus (loop over positions + whiten) time / Triton time, B=1024 L=4096"),
+    "rtg_vs_verl_loop": (100.0, "veRL-style returns loop time / Triton reward_to_go time, B=64 T=1024"),
 }
 
 
@@ -51,7 +58,7 @@ def parse_args(argv=None):
     ap.add_argument("--skip-bench", action="store_true", help="tests only")
     ap.add_argument("--budget", type=int, default=450, help="seconds for all steps together (default 450)")
     ap.add_argument("--gpu-tests-timeout", type=int, default=150, help="seconds for pytest -m gpu (default 150)")
-    ap.add_argument("--bench-timeout", type=int, default=170, help="seconds for the benchmarks (default 170)")
+    ap.add_argument("--bench-timeout", type=int, default=200, help="seconds for the benchmarks (default 200)")
     ap.add_argument("--other-tests-timeout", type=int, default=300,
                     help="seconds for the rest of the suite, capped by what the budget has left (default 300)")
     return ap.parse_args(argv)
@@ -169,6 +176,26 @@ def targets(rows: list) -> dict:
             {"triton_ms": tri["median_s"] * 1e3, "serial_ms": ser["median_s"] * 1e3})
     else:
         put("gae_vs_serial_per_row", None, {"missing": "gae_few_* benchmarks"})
+    copy, fused, rows = by_case.get("copy_group"), by_case.get("fused_group"), by_case.get("fused_group_row_pass")
+    if copy and fused:
+        copy_bw = copy["bytes_moved"] / copy["median_s"]
+        detail = {"copy_GBps": copy_bw / 1e9, "fused_GBps": fused["bytes_moved"] / fused["median_s"] / 1e9,
+                  "fused_ms": fused["median_s"] * 1e3}
+        if rows:  # the heavy kernels alone, without the group statistics and the finish pass
+            detail.update(row_pass_ms=rows["median_s"] * 1e3,
+                          row_pass_vs_copy=rows["bytes_moved"] / rows["median_s"] / copy_bw)
+        put("fused_group_vs_copy_bandwidth", fused["bytes_moved"] / fused["median_s"] / copy_bw, detail)
+    else:
+        put("fused_group_vs_copy_bandwidth", None, {"missing": "copy_group or fused_group benchmark"})
+    for name, fast, slow in [("group_grpo_vs_verl", "group_grpo_triton", "group_grpo_verl"),
+                             ("group_reinforce_pp_vs_verl", "group_reinforce_pp_triton", "group_reinforce_pp_verl"),
+                             ("rtg_vs_verl_loop", "rtg_triton", "rtg_verl_loop")]:
+        tri, base = by_case.get(fast), by_case.get(slow)
+        if tri and base:
+            put(name, base["median_s"] / tri["median_s"],
+                {"triton_ms": tri["median_s"] * 1e3, "baseline_ms": base["median_s"] * 1e3})
+        else:
+            put(name, None, {"missing": f"{fast} or {slow} benchmark"})
     return out
 
 
@@ -212,8 +239,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         # In a dry run only a quick selection of tests: the point is the plumbing.
-        gpu_paths = ["tests/test_triton_backend.py"] if args.dry_run else ["tests"]
-        other = (["tests/test_triton_backend.py"], ["-k", "reported or guard or empty"]) if args.dry_run else (["tests"], [])
+        gpu_paths = ["tests/test_triton_backend.py", "tests/test_triton_group.py"] if args.dry_run else ["tests"]
+        other = ((["tests/test_triton_backend.py", "tests/test_triton_group.py"],
+                  ["-k", "reported or guard or empty or backends_rows"]) if args.dry_run else (["tests"], []))
         if not args.skip_tests:
             report["steps"]["tests_gpu"] = pytest_step("tests_gpu", "gpu", gpu_paths, limit(args.gpu_tests_timeout),
                                                        test_env, tmp)

@@ -166,3 +166,150 @@ def test_gae_vs_serial_per_row(benchmark, which):
     ra, rg = ops.gae(r, v, m, 0.99, 0.95, backend="torch")
     torch.testing.assert_close(a, ra, rtol=1e-4, atol=1e-4)
     run(benchmark, fn, case=f"gae_few_{which}", B=B, T=T)
+
+
+# --- issue 12: reward_to_go, group advantages, fused group advantages -----------------------
+# Baselines are written here in the style of veRL 0.9.1's Python estimators (a Python loop over
+# rows with a dict of group scores; a per-position loop for the returns), not imported from veRL:
+# the GPU machine needs no veRL. The CPU benchmarks compare with the real veRL functions.
+
+FUSED_GROUP = (2, 40, 32, 8) if DRY else (8, 2048, 4096, 256)  # (B, S, D, prompt_len)
+GROUP = (16, 4, 64) if DRY else (1024, 8, 4096)  # (B, group size, L)
+RTG = (4, 64) if DRY else (64, 1024)  # (B, T)
+
+
+def verl_style_returns(rewards, mask, gamma):
+    """A per-position loop over [B] vectors: veRL's reinforce_plus_plus returns (a masked position
+    carries the running return; its return is 0)."""
+    m = mask.to(rewards.dtype)
+    running = torch.zeros(rewards.shape[0], dtype=rewards.dtype, device=rewards.device)
+    out = torch.zeros_like(rewards)
+    for t in reversed(range(rewards.shape[1])):
+        running = m[:, t] * (rewards[:, t] + gamma * running) + (1 - m[:, t]) * running
+        out[:, t] = running * m[:, t]
+    return out
+
+
+def verl_style_whiten(x, mask, eps=1e-8):
+    m = mask.to(x.dtype)
+    n = m.sum()
+    mean = (x * m).sum() / n
+    var = (((x - mean) * m) ** 2).sum() / (n - 1)
+    return (x - mean) * torch.rsqrt(var + eps) * m
+
+
+def verl_style_reinforce_pp(rewards, mask, gamma):
+    return verl_style_whiten(verl_style_returns(rewards, mask, gamma), mask)
+
+
+def verl_style_grpo(rewards, mask, uids, eps=1e-6):
+    """Sequence scores, then a Python loop over rows collecting each uid's scores, per-group mean and
+    unbiased std (a singleton: 0 and 1), and a loop normalising every row; broadcast × mask."""
+    scores = rewards.sum(-1)
+    by_uid, mean, std = {}, {}, {}
+    for i in range(scores.shape[0]):
+        by_uid.setdefault(uids[i], []).append(scores[i])
+    for uid, vals in by_uid.items():
+        if len(vals) == 1:
+            mean[uid], std[uid] = torch.tensor(0.0, device=scores.device), torch.tensor(1.0, device=scores.device)
+        else:
+            t = torch.stack(vals)
+            mean[uid], std[uid] = t.mean(), t.std()
+    for i in range(scores.shape[0]):
+        scores[i] = (scores[i] - mean[uids[i]]) / (std[uids[i]] + eps)
+    return scores[:, None] * mask
+
+
+def group_inputs(B, L, seed, sparse):
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(L // 2, L + 1, (B,), generator=gen)
+    m = torch.arange(L)[None] < lengths[:, None]
+    r = torch.randn(B, L, generator=gen)
+    if sparse:  # the score at each row's last generated token (the form veRL's grpo sees)
+        r = torch.zeros(B, L).scatter_(1, (lengths - 1)[:, None], torch.randn(B, 1, generator=gen))
+    return r.to(DEV), m.to(DEV)
+
+
+@pytest.mark.parametrize("which", ["triton", "verl"])
+@pytest.mark.parametrize("estimator", ["grpo", "reinforce_pp"])
+def test_group_advantages_vs_verl_style(benchmark, estimator, which):
+    B, G, L = GROUP
+    r, m = group_inputs(B, L, 3, sparse=estimator == "grpo")
+    uids = [i // G for i in range(B)]
+    if which == "triton":
+        fn = lambda: ops.group_advantages(r, m, G, estimator, backend="triton")  # noqa: E731
+    elif estimator == "grpo":
+        fn = lambda: verl_style_grpo(r, m, uids)  # noqa: E731
+    else:
+        fn = lambda: verl_style_reinforce_pp(r, m, 1.0)  # noqa: E731
+    got = fn()
+    # both compute the same advantages (sparse rewards for grpo: the sequence-level form agrees)
+    expect = ops.group_advantages(r, m, G, estimator, backend="torch")
+    torch.testing.assert_close(got.float(), expect, rtol=1e-4, atol=1e-4)
+    run(benchmark, fn, rounds=ROUNDS if which == "triton" else 2, case=f"group_{estimator}_{which}", B=B, G=G, L=L)
+
+
+@pytest.mark.parametrize("which", ["triton", "verl_loop"])
+def test_reward_to_go_vs_verl_loop(benchmark, which):
+    B, T = RTG
+    r, m = gae_inputs(B, T, 4)
+    if which == "triton":
+        fn = lambda: ops.reward_to_go(r, m, 0.99, backend="triton")  # noqa: E731
+    else:
+        fn = lambda: verl_style_returns(r, m, 0.99)  # noqa: E731
+    torch.testing.assert_close(fn(), ops.reward_to_go(r, m, 0.99, backend="torch"), rtol=1e-4, atol=1e-4)
+    run(benchmark, fn, rounds=ROUNDS if which == "triton" else 3, case=f"rtg_{which}", B=B, T=T)
+
+
+@pytest.fixture(scope="module")
+def fused_group_inputs():
+    B, S, D, P = FUSED_GROUP
+    gen = torch.Generator(device=DEV).manual_seed(5)
+    L = S - P
+    return dict(
+        hidden=torch.randn(B, S, D, generator=gen, device=DEV, dtype=torch.bfloat16),
+        weight=(torch.randn(D, generator=gen, device=DEV) / D**0.5).to(torch.bfloat16),
+        mask=torch.ones(B, L, dtype=torch.bool, device=DEV), P=P,
+        logprobs=-torch.rand(B, L, generator=gen, device=DEV), ref=-torch.rand(B, L, generator=gen, device=DEV),
+    )
+
+
+def test_copy_bandwidth_group_shape(benchmark, fused_group_inputs):
+    src = fused_group_inputs["hidden"]
+    dst = torch.empty_like(src)
+    run(benchmark, lambda: dst.copy_(src), reps=REPS, case="copy_group", bytes_moved=2 * src.numel() * src.element_size())
+    assert torch.equal(dst, src)
+
+
+@pytest.mark.parametrize("part", ["op", "row_pass"])
+def test_fused_group_bandwidth(benchmark, fused_group_inputs, part):
+    """The whole op (grpo, groups of 4, k3 KL), and its heavy row pass alone (the kernels, without the
+    group statistics and the finish): where the time goes if the op misses its target."""
+    from r3hf.kernels.group import fused_row_pass
+
+    x = fused_group_inputs
+    B, S, D = x["hidden"].shape
+    L = x["mask"].shape[1]
+    P = torch.full((B,), x["P"], dtype=torch.int64, device=DEV)
+    bias = torch.tensor([0.1], device=DEV)
+    kl = dict(logprobs=x["logprobs"], ref_logprobs=x["ref"], kl_coef=0.05, kl_estimator="k3")
+    if part == "op":
+        def fn():
+            return ops.fused_reward_group_advantages(x["hidden"], x["weight"], 0.1, x["mask"], x["P"], 4, "grpo",
+                                                     backend="triton", **kl)
+
+        rew, adv = fn()
+        ref_rew, ref_adv = ops.fused_reward_group_advantages(x["hidden"], x["weight"], 0.1, x["mask"], x["P"], 4,
+                                                             "grpo", backend="torch", **kl)
+        torch.testing.assert_close(rew, ref_rew, rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(adv, ref_adv, rtol=1e-3, atol=1e-2)
+    else:
+        def fn():
+            return fused_row_pass(x["hidden"], x["weight"], bias, x["mask"], P, x["logprobs"], x["ref"], 0.05, "k3")
+
+        fn()
+    # Bytes the op must move: hidden rows p − 1 … p + L − 1 of every row, mask, logprobs and
+    # ref_logprobs read, rewards and advantages written.
+    need = B * (L + 1) * D * x["hidden"].element_size() + B * L * (4 * 2 + 1) + B * L * 4 * 2
+    run(benchmark, fn, reps=REPS, case="fused_group" if part == "op" else "fused_group_row_pass",
+        bytes_moved=need, shape=[B, S, D])

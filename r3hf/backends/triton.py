@@ -12,13 +12,17 @@ from __future__ import annotations
 import torch
 import triton
 
+from r3hf import _group_stats
 from r3hf.kernels import _common
 from r3hf.kernels import fused as _fused
 from r3hf.kernels import gae as _gae
+from r3hf.kernels import group as _group
 from r3hf.kernels import projection as _projection
+from r3hf.kernels import returns as _returns
 from r3hf.kernels import rewards as _rewards
 
-OPS = ("prefix_scores", "redistribute", "kl_penalty", "token_rewards", "gae", "fused_reward_gae")
+OPS = ("prefix_scores", "redistribute", "kl_penalty", "token_rewards", "gae", "fused_reward_gae",
+       "reward_to_go", "group_advantages", "fused_reward_group_advantages")
 
 
 def unavailable_reason(device: torch.device) -> str | None:
@@ -69,3 +73,22 @@ def fused_reward_gae(hidden, weight, bias, values, response_mask, prompt_len, lo
                      reward_clip=None, bootstrap=None):
     return _fused.fused_reward_gae(hidden, weight, bias, values, response_mask, prompt_len, logprobs, ref_logprobs,
                                    kl_coef, kl_estimator, kl_clamp, gamma, lam, first, beta_c, reward_clip, bootstrap)
+
+
+def reward_to_go(rewards, response_mask, gamma=1.0, holes="skip"):
+    return _returns.reward_to_go(rewards, response_mask, gamma, holes)
+
+
+# The group estimators: the kernels' row pass and finish around the shared group statistics.
+def group_advantages(rewards, response_mask, index, estimator="grpo", gamma=1.0, eps=1e-6, scale="group", group=None):
+    return _group_stats.group_advantages(_returns.row_pass, _returns.finish, rewards, response_mask, index,
+                                         estimator, gamma, eps, scale, group)
+
+
+def fused_reward_group_advantages(hidden, weight, bias, response_mask, prompt_len, index, estimator="grpo",
+                                  logprobs=None, ref_logprobs=None, kl_coef=0.0, kl_estimator="k1", kl_clamp=None,
+                                  first="prompt", beta_c=1.0, reward_clip=None, gamma=1.0, eps=1e-6, scale="group",
+                                  group=None):
+    return _group_stats.fused_reward_group_advantages(
+        _group.fused_row_pass, _returns.finish, hidden, weight, bias, response_mask, prompt_len, index, estimator,
+        logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp, first, beta_c, reward_clip, gamma, eps, scale, group)
