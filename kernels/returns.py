@@ -187,13 +187,13 @@ def _merge_moments(st_ptr, plane, i_b, nC, BLOCK_C: tl.constexpr):
 
 
 @triton.jit
-def _row_stats_kernel(st_ptr, out_ptr, B, nC, BLOCK_C: tl.constexpr):
+def _row_stats_kernel(st_ptr, stats_ptr, B, nC, BLOCK_C: tl.constexpr):
     """stats[b] = (COUNT, SUM_R, M2_R, SUM_G, M2_G) float64, from the chunk moments [6, B, nC]."""
     i_b = tl.program_id(0)
     plane = B * nC
     n, s_r, m2_r = _merge_moments(st_ptr, plane, i_b, nC, BLOCK_C)
     _, s_g, m2_g = _merge_moments(st_ptr + 3 * plane, plane, i_b, nC, BLOCK_C)
-    p = out_ptr + i_b * 5
+    p = stats_ptr + i_b * 5
     tl.store(p, n)
     tl.store(p + 1, s_r)
     tl.store(p + 2, m2_r)

@@ -19,7 +19,8 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 POINTERS = {"m_ptr": "*u8", "p_ptr": "*i64", "f_ptr": "*i32", "h_ptr": "*bf16", "w_ptr": "*bf16",
-            "v_ptr": "*bf16", "lp_ptr": "*fp16", "ref_ptr": "*fp16", "s_ptr": "*fp32"}
+            "v_ptr": "*bf16", "lp_ptr": "*fp16", "ref_ptr": "*fp16", "s_ptr": "*fp32", "r_ptr": "*bf16",
+            "stats_ptr": "*fp64"}
 FLOATS = {"gamma", "lam", "beta_c", "one_minus_beta", "kl_coef", "clip_lo", "clip_hi", "kl_lo", "kl_hi"}
 
 
@@ -40,7 +41,7 @@ def signature(fn, consts):
 
 
 def cases():
-    from r3hf.kernels import fused, gae, projection, rewards
+    from r3hf.kernels import fused, gae, group, projection, returns, rewards
 
     reward_consts = dict(FIRST_PROMPT=True, FULL_BETA=False, HAS_CLIP=True, HAS_KL=True, KL_EST=2,
                          HAS_KL_CLAMP=True, MULTI=True, BLOCK_T=64, BLOCK_C=16, FLIP=True)
@@ -53,6 +54,16 @@ def cases():
             yield "fused", fused._fused_kernel, {
                 **reward_consts, "HAS_BIAS": flip, "HAS_BOOT": flip, "MULTI": flip, "FLIP": flip,
                 "FIRST_PROMPT": not flip, **cfg.kwargs}, cfg.num_warps
+        for skip, transform, stats in [(True, False, True), (False, False, False), (True, True, False)]:
+            scan = dict(SKIP=skip, TRANSFORM=transform, STATS=stats, FLIP=flip)
+            yield "rtg_row", returns._rtg_row_kernel, dict(**scan, MULTI=stats, BLOCK_T=256), 2
+            yield "rtg_final", returns._rtg_final_kernel, dict(**scan, BLOCK_T=1024, BLOCK_C=16), 8
+        for cfg in group._CONFIGS:
+            yield "fused_group", group._fused_group_kernel, {
+                **reward_consts, "HAS_BIAS": flip, "MULTI": flip, "FLIP": flip, "FIRST_PROMPT": not flip,
+                **cfg.kwargs}, cfg.num_warps
+    yield "row_stats", returns._row_stats_kernel, dict(BLOCK_C=16), 1
+    yield "affine", returns._affine_kernel, dict(BLOCK=1024), 4
     yield "first_unmasked", rewards._first_unmasked_kernel, dict(BLOCK_T=64), 4
     yield "kl", rewards._kl_kernel, dict(KL_EST=3, HAS_KL_CLAMP=True, BLOCK=1024), 4
     for cfg in projection._CONFIGS:
