@@ -174,6 +174,7 @@ def test_gae_vs_serial_per_row(benchmark, which):
 # the GPU machine needs no veRL. The CPU benchmarks compare with the real veRL functions.
 
 FUSED_GROUP = (2, 40, 32, 8) if DRY else (8, 2048, 4096, 256)  # (B, S, D, prompt_len)
+FUSED_GROUP_G = 2 if DRY else 4  # rows per group
 GROUP = (16, 4, 64) if DRY else (1024, 8, 4096)  # (B, group size, L)
 RTG = (4, 64) if DRY else (64, 1024)  # (B, T)
 
@@ -252,7 +253,7 @@ def test_group_advantages_vs_verl_style(benchmark, estimator, which):
 @pytest.mark.parametrize("which", ["triton", "verl_loop"])
 def test_reward_to_go_vs_verl_loop(benchmark, which):
     B, T = RTG
-    r, m = gae_inputs(B, T, 4)
+    r, _, m = gae_inputs(B, T, 4)
     if which == "triton":
         fn = lambda: ops.reward_to_go(r, m, 0.99, backend="triton")  # noqa: E731
     else:
@@ -295,12 +296,12 @@ def test_fused_group_bandwidth(benchmark, fused_group_inputs, part):
     kl = dict(logprobs=x["logprobs"], ref_logprobs=x["ref"], kl_coef=0.05, kl_estimator="k3")
     if part == "op":
         def fn():
-            return ops.fused_reward_group_advantages(x["hidden"], x["weight"], 0.1, x["mask"], x["P"], 4, "grpo",
-                                                     backend="triton", **kl)
+            return ops.fused_reward_group_advantages(x["hidden"], x["weight"], 0.1, x["mask"], x["P"], FUSED_GROUP_G,
+                                                     "grpo", backend="triton", **kl)
 
         rew, adv = fn()
-        ref_rew, ref_adv = ops.fused_reward_group_advantages(x["hidden"], x["weight"], 0.1, x["mask"], x["P"], 4,
-                                                             "grpo", backend="torch", **kl)
+        ref_rew, ref_adv = ops.fused_reward_group_advantages(x["hidden"], x["weight"], 0.1, x["mask"], x["P"],
+                                                             FUSED_GROUP_G, "grpo", backend="torch", **kl)
         torch.testing.assert_close(rew, ref_rew, rtol=1e-3, atol=1e-3)
         torch.testing.assert_close(adv, ref_adv, rtol=1e-3, atol=1e-2)
     else:
