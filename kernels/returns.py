@@ -27,7 +27,7 @@ Launches (one program per (chunk, row); no host sync; any L):
   et al.) in float64 into _group_stats' stats [B, 5];
 - finish: `_affine_kernel` A = m·(G − shift_i)·scale_i, or (grpo_process) the scan again on
   x = m·(r − shift_i)·scale_i, transformed as it is loaded (TRANSFORM).
-With TRANSFORM the map kernels read per-row coefficients coef [2, B] (shift, scale).
+With TRANSFORM the map kernels read the per-row shift and scale (fp32 [B] each).
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def rtg_chunk_tail(b_x, b_m, m_t, o_bl, s_ptr, st_ptr, out_ptr, i_b, i_c, B, nC,
 
 
 @triton.jit
-def _load_chunk(r_ptr, m_ptr, coef_ptr, B, i_b, i_c, L, TRANSFORM: tl.constexpr, BLOCK_T: tl.constexpr,
+def _load_chunk(r_ptr, m_ptr, shift_ptr, scale_ptr, i_b, i_c, L, TRANSFORM: tl.constexpr, BLOCK_T: tl.constexpr,
                 FLIP: tl.constexpr):
     o_t = chunk_offsets(i_c * BLOCK_T, BLOCK_T, FLIP)
     m_t = o_t < L
@@ -130,29 +130,29 @@ def _load_chunk(r_ptr, m_ptr, coef_ptr, B, i_b, i_c, L, TRANSFORM: tl.constexpr,
     b_m = (tl.load(m_ptr + o_bl, mask=m_t, other=0) != 0) & m_t
     b_x = tl.load(r_ptr + o_bl, mask=b_m, other=0.0).to(tl.float32)
     if TRANSFORM:  # grpo_process: x = (r − shift)·scale, the rewards normalised per row
-        b_x = (b_x - tl.load(coef_ptr + i_b)) * tl.load(coef_ptr + B + i_b)
+        b_x = (b_x - tl.load(shift_ptr + i_b)) * tl.load(scale_ptr + i_b)
     return o_t, m_t, o_bl, b_m, b_x
 
 
 @triton.jit
-def _rtg_row_kernel(r_ptr, m_ptr, coef_ptr, s_ptr, st_ptr, out_ptr, B, L, nC, gamma, SKIP: tl.constexpr,
+def _rtg_row_kernel(r_ptr, m_ptr, shift_ptr, scale_ptr, s_ptr, st_ptr, out_ptr, B, L, nC, gamma, SKIP: tl.constexpr,
                     TRANSFORM: tl.constexpr, MULTI: tl.constexpr, STATS: tl.constexpr, BLOCK_T: tl.constexpr,
                     FLIP: tl.constexpr):
     i_c = tl.program_id(0)
     i_b = tl.program_id(1)
-    o_t, m_t, o_bl, b_m, b_x = _load_chunk(r_ptr, m_ptr, coef_ptr, B, i_b, i_c, L, TRANSFORM, BLOCK_T, FLIP)
+    o_t, m_t, o_bl, b_m, b_x = _load_chunk(r_ptr, m_ptr, shift_ptr, scale_ptr, i_b, i_c, L, TRANSFORM, BLOCK_T, FLIP)
     rtg_chunk_tail(b_x, b_m, m_t, o_bl, s_ptr, st_ptr, out_ptr, i_b, i_c, B, nC, gamma, SKIP, MULTI, STATS,
                    BLOCK_T, FLIP)
 
 
 @triton.jit
-def _rtg_final_kernel(r_ptr, m_ptr, coef_ptr, s_ptr, st_ptr, out_ptr, B, L, nC, gamma, SKIP: tl.constexpr,
+def _rtg_final_kernel(r_ptr, m_ptr, shift_ptr, scale_ptr, s_ptr, st_ptr, out_ptr, B, L, nC, gamma, SKIP: tl.constexpr,
                       TRANSFORM: tl.constexpr, STATS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
                       FLIP: tl.constexpr):
     i_c = tl.program_id(0)
     i_b = tl.program_id(1)
     R = rtg_carry(s_ptr, B * nC, i_b, i_c, nC, BLOCK_C)
-    o_t, m_t, o_bl, b_m, b_x = _load_chunk(r_ptr, m_ptr, coef_ptr, B, i_b, i_c, L, TRANSFORM, BLOCK_T, FLIP)
+    o_t, m_t, o_bl, b_m, b_x = _load_chunk(r_ptr, m_ptr, shift_ptr, scale_ptr, i_b, i_c, L, TRANSFORM, BLOCK_T, FLIP)
     a, b = rtg_elements(b_x, b_m, m_t, gamma, SKIP)
     a, b = backward_scan2(a, b, FLIP)
     b_g = a * R + b
@@ -202,7 +202,7 @@ def _row_stats_kernel(st_ptr, stats_ptr, B, nC, BLOCK_C: tl.constexpr):
 
 
 @triton.jit
-def _affine_kernel(g_ptr, m_ptr, coef_ptr, out_ptr, B, L, BLOCK: tl.constexpr):
+def _affine_kernel(g_ptr, m_ptr, shift_ptr, scale_ptr, out_ptr, L, BLOCK: tl.constexpr):
     """A = m·(G − shift_b)·scale_b over one block of a row."""
     i_t = tl.program_id(0)
     i_b = tl.program_id(1)
@@ -211,7 +211,7 @@ def _affine_kernel(g_ptr, m_ptr, coef_ptr, out_ptr, B, L, BLOCK: tl.constexpr):
     o_bl = i_b * L + o_t
     b_m = tl.load(m_ptr + o_bl, mask=m_t, other=0) != 0
     b_g = tl.load(g_ptr + o_bl, mask=m_t, other=0.0)
-    b_a = (b_g - tl.load(coef_ptr + i_b)) * tl.load(coef_ptr + B + i_b)
+    b_a = (b_g - tl.load(shift_ptr + i_b)) * tl.load(scale_ptr + i_b)
     tl.store(out_ptr + o_bl, tl.where(b_m, b_a, 0.0), mask=m_t)
 
 
@@ -223,9 +223,9 @@ def _warps(chunk: int) -> int:
 
 
 def _scan_rows(x, m8, gamma, skip, *, coef=None, stats=None, maps=None, chunk, flip, rows_done=False):
-    """G (fp32 [B, L]) of x (transformed by coef when given); with `stats` (fp32 [6, B, nC]) also
-    the chunk moments. rows_done: `maps` (and the r moments) were already filled by a fused row
-    kernel, so only the final pass (rows of several chunks) is left."""
+    """G (fp32 [B, L]) of x (transformed by coef = (shift, scale), fp32 [B] each, when given); with
+    `stats` (fp32 [6, B, nC]) also the chunk moments. rows_done: `maps` (and the r moments) were
+    already filled by a fused row kernel, so only the final pass (rows of several chunks) is left."""
     B, L = m8.shape
     nC = triton.cdiv(L, chunk)
     multi = nC > 1
@@ -237,7 +237,8 @@ def _scan_rows(x, m8, gamma, skip, *, coef=None, stats=None, maps=None, chunk, f
     dummy = out
     common = dict(SKIP=skip, TRANSFORM=coef is not None, STATS=stats is not None, BLOCK_T=chunk, FLIP=flip,
                   num_warps=_warps(chunk))
-    args = (x, m8, coef if coef is not None else dummy, maps if multi else dummy,
+    shift, scale = coef if coef is not None else (dummy, dummy)
+    args = (x, m8, shift, scale, maps if multi else dummy,
             stats if stats is not None else dummy, out, B, L, nC, float(gamma))
     if not rows_done:
         _rtg_row_kernel[(nC, B)](*args, MULTI=multi, **common)
@@ -282,7 +283,7 @@ def finish(rewards, returns, response_mask, shift, scale, gamma=1.0, on_rewards=
     m·(G − shift)·scale, or (on_rewards) the skip reward-to-go of m·(r − shift)·scale."""
     B, L = response_mask.shape
     m8 = response_mask.contiguous().view(torch.uint8)
-    coef = torch.stack([shift.to(torch.float32), scale.to(torch.float32)]).contiguous()
+    coef = (shift.to(torch.float32).contiguous(), scale.to(torch.float32).contiguous())
     if on_rewards:
         chunk = chunk or gae_chunk(B, L)
         flip = flip_scans() if flip is None else flip
@@ -290,8 +291,7 @@ def finish(rewards, returns, response_mask, shift, scale, gamma=1.0, on_rewards=
     out = torch.empty((B, L), dtype=torch.float32, device=m8.device)
     if B and L:
         BLOCK = 1024 if not INTERPRET else max(16, min(1024, triton.next_power_of_2(L)))
-        _affine_kernel[(triton.cdiv(L, BLOCK), B)](returns.contiguous(), m8, coef, out, B, L, BLOCK=BLOCK,
-                                                   num_warps=4)
+        _affine_kernel[(triton.cdiv(L, BLOCK), B)](returns.contiguous(), m8, *coef, out, L, BLOCK=BLOCK, num_warps=4)
     return out
 
 
