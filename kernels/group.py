@@ -55,14 +55,14 @@ def fused_row_pass(hidden, weight, bias, response_mask, prompt_len, logprobs=Non
     rew = torch.empty((B, L), dtype=torch.float32, device=dev)
     if B == 0 or L == 0:
         ret = torch.zeros((B, L), dtype=torch.float32, device=dev)
-        return rew, ret, row_stats(torch.zeros((N_MOMENTS, B, 1), dtype=torch.float32, device=dev))
+        return rew, ret, row_stats(torch.zeros((N_MOMENTS, B, 1), dtype=torch.float64, device=dev))
     chunk = chunk or reward_chunk(B, L)
     flip = flip_scans() if flip is None else flip
     m8 = response_mask.contiguous().view(torch.uint8)
     f, nC = first_unmasked(m8, chunk)
     multi = nC > 1
     maps = torch.empty((2, B, nC), dtype=torch.float32, device=dev) if multi else rew
-    moments = torch.empty((N_MOMENTS, B, nC), dtype=torch.float32, device=dev)
+    moments = torch.empty((N_MOMENTS, B, nC), dtype=torch.float64, device=dev)
     ret = rew if multi else torch.empty((B, L), dtype=torch.float32, device=dev)  # multi: written below
     scalars, consts = reward_options(first, beta_c, reward_clip, kl_coef, kl_estimator, kl_clamp, logprobs)
     lp = logprobs.contiguous() if consts["HAS_KL"] else rew

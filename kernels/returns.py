@@ -20,7 +20,7 @@ R_carry the return arriving from the later chunks. G is written 0 at masked posi
 Launches (one program per (chunk, row); no host sync; any L):
 - `_rtg_row_kernel`: scans its chunk and stores the chunk's composed map [2, B, nC] — or, when a
   row is one chunk, writes G at once. With STATS it also stores the chunk's moments of r (and of G
-  when the row is one chunk): count, sum, M2 about the chunk mean, fp32 [6, B, nC];
+  when the row is one chunk): count, sum, M2 about the chunk mean, float64 [6, B, nC];
 - `_rtg_final_kernel` (rows of several chunks): composes the later chunks' maps into the carry
   (16 per step), rescans its chunk, writes G, and with STATS stores G's chunk moments;
 - `_row_stats_kernel`, one program per row: merges the chunk moments around the row mean (Chan
@@ -90,8 +90,11 @@ def rtg_carry(s_ptr, plane, i_b, i_c, nC, BLOCK_C: tl.constexpr):
 
 @triton.jit
 def store_moments(st_ptr, plane, i_b, i_c, nC, x, m):
-    """Chunk moments of x over the lanes where m is set: count, sum, M2 about the chunk mean."""
-    n = tl.sum(m.to(tl.float32), axis=0)
+    """Chunk moments of x over the lanes where m is set: count, sum, M2 about the chunk mean, in
+    float64 (a row's score s_i = Σ r then matches the reference's float64 sum, which matters where
+    a group's scores are nearly equal and their std is divided by)."""
+    x = x.to(tl.float64)
+    n = tl.sum(m.to(tl.float64), axis=0)
     s = tl.sum(tl.where(m, x, 0.0), axis=0)
     d = tl.where(m, x - s / tl.maximum(n, 1.0), 0.0)
     p = st_ptr + i_b * nC + i_c
@@ -164,7 +167,7 @@ def _rtg_final_kernel(r_ptr, m_ptr, shift_ptr, scale_ptr, s_ptr, st_ptr, out_ptr
 
 @triton.jit
 def _merge_moments(st_ptr, plane, i_b, nC, BLOCK_C: tl.constexpr):
-    """float64 (count, sum, M2) of one row from its chunks' fp32 (count, sum, M2 about the chunk
+    """float64 (count, sum, M2) of one row from its chunks' (count, sum, M2 about the chunk
     mean): M2 = Σ M2_c + Σ n_c·(mean_c − mean)² (Chan et al.)."""
     n = tl.zeros((), tl.float64)
     s = tl.zeros((), tl.float64)
@@ -224,7 +227,7 @@ def _warps(chunk: int) -> int:
 
 def _scan_rows(x, m8, gamma, skip, *, coef=None, stats=None, maps=None, chunk, flip, rows_done=False):
     """G (fp32 [B, L]) of x (transformed by coef = (shift, scale), fp32 [B] each, when given); with
-    `stats` (fp32 [6, B, nC]) also the chunk moments. rows_done: `maps` (and the r moments) were
+    `stats` (float64 [6, B, nC]) also the chunk moments. rows_done: `maps` (and the r moments) were
     already filled by a fused row kernel, so only the final pass (rows of several chunks) is left."""
     B, L = m8.shape
     nC = triton.cdiv(L, chunk)
@@ -248,7 +251,7 @@ def _scan_rows(x, m8, gamma, skip, *, coef=None, stats=None, maps=None, chunk, f
 
 
 def row_stats(moments: torch.Tensor) -> torch.Tensor:
-    """fp32 chunk moments [6, B, nC] -> float64 stats [B, 5] (_group_stats' format)."""
+    """float64 chunk moments [6, B, nC] -> float64 stats [B, 5] (_group_stats' format)."""
     _, B, nC = moments.shape
     out = torch.empty((B, N_STATS), dtype=torch.float64, device=moments.device)
     if B:
@@ -272,7 +275,7 @@ def row_pass(rewards, response_mask, gamma=1.0, *, chunk=None, flip=None):
     flip = flip_scans() if flip is None else flip
     nC = triton.cdiv(max(L, 1), chunk)
     alloc = torch.zeros if L == 0 else torch.empty  # L = 0: no kernel writes, stats are all 0
-    moments = alloc((N_MOMENTS, B, nC), dtype=torch.float32, device=rewards.device)
+    moments = alloc((N_MOMENTS, B, nC), dtype=torch.float64, device=rewards.device)
     G = _scan_rows(rewards.contiguous(), response_mask.contiguous().view(torch.uint8), gamma, True,
                    stats=moments, chunk=chunk, flip=flip)
     return G, row_stats(moments)

@@ -20,7 +20,7 @@ from triton.compiler import ASTSource  # noqa: E402
 
 POINTERS = {"m_ptr": "*u8", "p_ptr": "*i64", "f_ptr": "*i32", "h_ptr": "*bf16", "w_ptr": "*bf16",
             "v_ptr": "*bf16", "lp_ptr": "*fp16", "ref_ptr": "*fp16", "s_ptr": "*fp32", "r_ptr": "*bf16",
-            "stats_ptr": "*fp64"}
+            "stats_ptr": "*fp64", "st_ptr": "*fp64"}
 FLOATS = {"gamma", "lam", "beta_c", "one_minus_beta", "kl_coef", "clip_lo", "clip_hi", "kl_lo", "kl_hi"}
 
 
