@@ -102,6 +102,14 @@ def test_reward_to_go_dtypes_strides_unchanged():
     before = rt.clone(), b["response_mask"].clone()
     check("reward_to_go", rt, b["response_mask"], 0.9, holes="discount")
     assert torch.equal(rt, before[0]) and torch.equal(b["response_mask"], before[1])
+    # values at masked positions are never read: NaN/inf there change nothing
+    dirty = torch.where(b["response_mask"], b["rewards"], torch.tensor(float("nan"), device=DEV))
+    dirty[0, -1] = float("inf") if not b["response_mask"][0, -1] else dirty[0, -1]
+    for holes in ("skip", "discount"):
+        close(ops.reward_to_go(dirty, b["response_mask"], 0.9, holes=holes, backend="triton"),
+              ops.reward_to_go(b["rewards"], b["response_mask"], 0.9, holes=holes, backend="torch"))
+    G, stats = _kreturns.row_pass(dirty, b["response_mask"], 0.9)
+    assert torch.isfinite(G).all() and torch.isfinite(stats).all()
 
 
 # --- the passes vs _group_stats' torch form ---------------------------------------------
