@@ -314,3 +314,22 @@ def test_fused_group_bandwidth(benchmark, fused_group_inputs, part):
     need = B * (L + 1) * D * x["hidden"].element_size() + B * L * (4 * 2 + 1) + B * L * 4 * 2
     run(benchmark, fn, reps=REPS, case="fused_group" if part == "op" else "fused_group_row_pass",
         bytes_moved=need, shape=[B, S, D])
+
+
+def test_fused_group_bandwidth_big(benchmark, fused_inputs):
+    """The same op on fused_reward_gae's [64, 4096, 4096] tensor (vs the `copy` case): at 4 GiB the host
+    work of a call (validation, launches, the group statistics' small torch ops and syncs) is
+    amortised, so this shows the kernels' own bandwidth next to the target shape's."""
+    x = fused_inputs
+    B, S, D = x["hidden"].shape
+    L = x["values"].shape[1]
+    G = 2 if DRY else 8
+
+    def fn():
+        return ops.fused_reward_group_advantages(x["hidden"], x["weight"], 0.1, x["mask"], x["P"], G, "grpo",
+                                                 logprobs=x["logprobs"], ref_logprobs=x["ref"], kl_coef=0.05,
+                                                 kl_estimator="k3", backend="triton")
+
+    fn()
+    need = B * (L + 1) * D * x["hidden"].element_size() + B * L * (4 * 2 + 1) + B * L * 4 * 2
+    run(benchmark, fn, reps=REPS, case="fused_group_big", bytes_moved=need, shape=[B, S, D])
