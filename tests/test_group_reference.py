@@ -142,6 +142,17 @@ def test_equal_scores_give_zero_grpo_advantage_in_the_sparse_case():
     assert torch.equal(a, torch.zeros(4, 3))
 
 
+def test_tied_group_divides_the_dense_shaping_by_eps():
+    """Documented hazard (docs/group.md): equal scores give σ_g = 0; sparse advantages are 0 but
+    the dense part −(Φ_t − Φ_1) is divided by eps. scale="none"/"batch" keep it at its scale."""
+    dense = _t([[0.5, 0.5], [1.5, -0.5]])  # both rows score 1
+    m = torch.ones(2, 2, dtype=torch.bool)
+    # G = [[1, 0.5], [1, −0.5]], s = (1, 1)
+    _close(ops.group_advantages(dense, m, 2, "grpo"), [[0, -0.5 / EPS], [0, -1.5 / EPS]], rtol=1e-4)
+    _close(ops.group_advantages(dense, m, 2, "grpo", scale="none"), [[0, -0.5], [0, -1.5]])
+    _close(ops.group_advantages(dense, m, 2, "rloo"), [[0, -0.5], [0, -1.5]])
+
+
 # --- properties ---------------------------------------------------------------------------------
 
 
