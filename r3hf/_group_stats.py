@@ -32,6 +32,9 @@ torch.distributed process group.
        2 M2_R   Σ_t m·(r_t − s_i/n_i)²               (0 when n_i = 0);
        3 SUM_G  Σ_t m·G_t;
        4 M2_G   Σ_t m·(G_t − SUM_G/n_i)²             (0 when n_i = 0).
+     `affine` reads only the columns the estimator needs (COLUMNS below: COUNT and SUM_R for
+     grpo/rloo, + M2_R for grpo_process, COUNT/SUM_G/M2_G for reinforce_pp, + SUM_R for
+     reinforce_pp_baseline); a row pass told the estimator may fill the others with NaN.
      Sums are over generated tokens only. Compute them in float64 (C++: double accumulators,
      two passes over the row for the M2 columns, the second one around the row mean). A GPU
      kernel may accumulate in fp32 per block if it combines blocks around the row mean (Chan et
@@ -81,6 +84,14 @@ ESTIMATORS = ("grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "grpo_pro
 SCALES = ("group", "batch", "none")
 N_STATS = 5
 STAT_COUNT, STAT_SUM_R, STAT_M2_R, STAT_SUM_G, STAT_M2_G = range(N_STATS)
+# The stats columns each estimator's group statistics read (the others may be NaN).
+COLUMNS = {
+    "grpo": (STAT_COUNT, STAT_SUM_R),
+    "rloo": (STAT_COUNT, STAT_SUM_R),
+    "reinforce_pp": (STAT_COUNT, STAT_SUM_G, STAT_M2_G),
+    "reinforce_pp_baseline": (STAT_COUNT, STAT_SUM_R, STAT_SUM_G, STAT_M2_G),
+    "grpo_process": (STAT_COUNT, STAT_SUM_R, STAT_M2_R),
+}
 
 
 # --- 1 and 3: the torch form of the backend passes --------------------------------------------
