@@ -200,9 +200,9 @@ FUSED_OPTIONS = [
 
 
 @pytest.mark.parametrize("L,estimator", [(L, e) for L in (1, 47) for e in ESTIMATORS]
-                         + [(280, "reinforce_pp"), (280, "grpo_process")])  # 280: 18 chunks of 16
+                         + [(150, "reinforce_pp"), (150, "grpo_process")])  # 150: 10 chunks of 16
 def test_fused_reward_group_advantages(L, estimator, monkeypatch):
-    if L == 280:
+    if L == 150:
         monkeypatch.setenv("R3HF_TRITON_CHUNK", "16")
     B = 6
     b = make_batch(B, L, D=16, seed=L + 70, device=DEV)
