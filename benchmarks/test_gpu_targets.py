@@ -175,7 +175,7 @@ def test_gae_vs_serial_per_row(benchmark, which):
 
 FUSED_GROUP = (2, 40, 32, 8) if DRY else (8, 2048, 4096, 256)  # (B, S, D, prompt_len)
 FUSED_GROUP_G = 2 if DRY else 4  # rows per group
-GROUP = (16, 4, 64) if DRY else (1024, 8, 4096)  # (B, group size, L)
+GROUP = (8, 4, 32) if DRY else (1024, 8, 4096)  # (B, group size, L)
 RTG = (4, 64) if DRY else (64, 1024)  # (B, T)
 
 
