@@ -25,6 +25,7 @@ MODULES = (
     "openrlhf.models.model",
     "openrlhf.trainer.ppo_utils.experience",
     "openrlhf.trainer.ppo_utils.experience_maker",
+    "openrlhf.models.loss",
 )
 REQUIRED = bool(os.environ.get("R3HF_REQUIRE_OPENRLHF"))
 

@@ -28,4 +28,5 @@ if [ -n "$changed" ]; then
 fi
 echo "veRL installed in $(( $(date +%s) - start ))s"
 # R3HF_REQUIRE_VERL makes the tests fail, not skip, if veRL does not import.
-R3HF_REQUIRE_VERL=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_integrations_verl.py tests/test_verl_group.py
+R3HF_REQUIRE_VERL=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_integrations_verl.py tests/test_verl_group.py \
+  tests/test_integrations_docs_peers.py::test_verl_example
