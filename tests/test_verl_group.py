@@ -258,7 +258,9 @@ def test_warns_once_naming_the_r3hf_estimator():
 
 # --- the dense reward manager -----------------------------------------------------------------
 
-verl_reward = _import("r3hf.integrations.verl_reward")  # veRL's reward loop imports aiohttp (ray[default])
+@pytest.fixture(scope="module")
+def verl_reward():
+    return _import("r3hf.integrations.verl_reward")  # veRL's reward loop imports aiohttp (ray[default])
 
 
 def _tiny_rm():
@@ -314,7 +316,7 @@ def _by_definition(rm, data, n_p, n_r, first="prompt"):
     return out
 
 
-def _manager(compute_score, adv_estimator="r3hf_grpo"):
+def _manager(verl_reward, compute_score, adv_estimator="r3hf_grpo"):
     from omegaconf import OmegaConf
 
     config = OmegaConf.create({"algorithm": {"adv_estimator": adv_estimator}, "reward": {}})
@@ -330,16 +332,16 @@ def _rm_scores(manager, data):
 
 @pytest.mark.parametrize("padding", ["left", "right"])
 @pytest.mark.parametrize("holes", [False, True])
-def test_reward_manager_prefix_route_hf_model(padding, holes):
+def test_reward_manager_prefix_route_hf_model(verl_reward, padding, holes):
     rm = _tiny_rm()
     data, n_p, n_r = _rollout(padding, holes)
-    rm_scores, outputs = _rm_scores(_manager(verl_reward.hf_prefix_scorer(rm)), data)
+    rm_scores, outputs = _rm_scores(_manager(verl_reward, verl_reward.hf_prefix_scorer(rm)), data)
     assert rm_scores.shape == data.batch["responses"].shape and rm_scores.dtype == torch.float32
     assert_close(rm_scores, _by_definition(rm, data, n_p, n_r), "rm_scores")
     assert all("score" in o["reward_extra_info"] for o in outputs)
 
 
-def test_reward_manager_server_route_all_pooling():
+def test_reward_manager_server_route_all_pooling(verl_reward):
     """A reward server pooling ALL positions (vLLM's /pooling answer format), faked in process:
     it returns the model's head at every position, as a vLLM reward model with ALL pooling does."""
     rm = _tiny_rm()
@@ -358,12 +360,12 @@ def test_reward_manager_server_route_all_pooling():
         answer = await fake_server_post({"model": "rm", "input": prompt_ids + response_ids})
         return {"prefix_scores": verl_reward.pooling_prefix_scores(answer)}
 
-    rm_scores, _ = _rm_scores(_manager(compute_score), data)
+    rm_scores, _ = _rm_scores(_manager(verl_reward, compute_score), data)
     assert len(requests) == len(data)
     assert_close(rm_scores, _by_definition(rm, data, n_p, n_r), "rm_scores")
 
 
-def test_reward_manager_token_scores_and_floats():
+def test_reward_manager_token_scores_and_floats(verl_reward):
     data, n_p, n_r = _rollout("left", holes=False)
     payload = [{"token_scores": torch.arange(n, dtype=torch.float32)} for n in n_r[:3]] + [{"score": 2.5}]
     rm_scores = verl_reward.R3HFRewardManager.assemble_rm_scores(data, payload)
@@ -378,15 +380,15 @@ def test_reward_manager_token_scores_and_floats():
         verl_reward._payload({"prefix_scores": [1.0], "token_scores": [1.0]})
 
 
-def test_reward_manager_warns_on_summing_estimator_and_loads_through_verl():
+def test_reward_manager_warns_on_summing_estimator_and_loads_through_verl(verl_reward):
     from omegaconf import OmegaConf
     from verl.trainer.ppo.reward import resolve_reward_manager_cls
 
     est._warned.clear()
     with pytest.warns(UserWarning, match="r3hf_reinforce_pp_baseline"):
-        _manager(lambda **kw: 0.0, adv_estimator="reinforce_plus_plus_baseline")
+        _manager(verl_reward, lambda **kw: 0.0, adv_estimator="reinforce_plus_plus_baseline")
     with pytest.raises(ValueError, match="compute_score"):
-        _manager(None)
+        _manager(verl_reward, None)
     config = OmegaConf.create({"reward": {"reward_manager": {
         "source": "importlib", "name": "R3HFRewardManager",
         "module": {"path": "pkg://r3hf.integrations.verl_reward"},
@@ -394,11 +396,11 @@ def test_reward_manager_warns_on_summing_estimator_and_loads_through_verl():
     assert resolve_reward_manager_cls(config) is verl_reward.R3HFRewardManager
 
 
-def test_dense_end_to_end_through_verl():
+def test_dense_end_to_end_through_verl(verl_reward):
     """rm_scores from the manager -> veRL's apply_kl_penalty -> compute_advantage("r3hf_grpo")."""
     rm = _tiny_rm()
     data, n_p, n_r = _rollout("right", holes=True, seed=2)
-    rm_scores, _ = _rm_scores(_manager(verl_reward.hf_prefix_scorer(rm)), data)
+    rm_scores, _ = _rm_scores(_manager(verl_reward, verl_reward.hf_prefix_scorer(rm)), data)
     gen = torch.Generator().manual_seed(5)
     B, L = rm_scores.shape
     batch = DataProto.from_dict(
