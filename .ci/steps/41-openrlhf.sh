@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # OpenRLHF 0.11's source in CI's venv, then the OpenRLHF adapter's tests against it.
 #
-# (40-verl.sh already installs the same source for tests/test_group_verl.py; this step owns the
-# adapter tests and fails if the install changed anything.) OpenRLHF pins CUDA-only packages (deepspeed, flash-attn, vllm) and exact torch/transformers
-# versions, so it is installed without dependency resolution: only its source. What its modules
-# import and the tests use (ray, peft, datasets, aiohttp) comes from the veRL step (40-verl.sh),
-# which runs first; its unused heavy imports are stubbed by tests/openrlhf_real.py. The step
-# fails if installing it changed any package already in the venv.
+# 40-verl.sh already installs the same source (for tests/test_group_verl.py); this step owns the
+# adapter tests. OpenRLHF pins CUDA-only packages (deepspeed, flash-attn, vllm) and exact
+# torch/transformers versions, so it is installed without dependency resolution: only its source.
+# What its modules import and the tests use (ray, peft, datasets, aiohttp) comes from the veRL
+# step, which runs first; its unused heavy imports are stubbed by tests/openrlhf_real.py. The
+# step fails if installing it changed any package already in the venv.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 VENV=${VENV:-.venv}
