@@ -413,3 +413,21 @@ def test_dense_end_to_end_through_verl(verl_reward):
     mask = data.batch["response_mask"] != 0
     want = ops.group_advantages(batch.batch["token_level_rewards"], mask, torch.tensor([0, 0, 1, 1]), "grpo")
     assert_close(adv, want)
+
+
+def test_colocated_path_without_response_mask_gives_the_same_advantages(verl_reward):
+    """veRL's colocated reward path passes no response_mask: the manager then scores observation
+    tokens too, and the r3hf estimators credit those rewards to the generated token before them,
+    R3HF's rule for observation spans (holes here are inside the rows, none trailing)."""
+    rm = _tiny_rm()
+    data, n_p, n_r = _rollout("right", holes=True, seed=3)
+    with_mask, _ = _rm_scores(_manager(verl_reward, verl_reward.hf_prefix_scorer(rm)), data)
+    bare = DataProto.from_dict(tensors={k: v for k, v in data.batch.items() if k != "response_mask"},
+                               non_tensors=dict(data.non_tensor_batch))
+    without_mask, _ = _rm_scores(_manager(verl_reward, verl_reward.hf_prefix_scorer(rm)), bare)
+    assert not torch.allclose(with_mask, without_mask)
+    uid = np.array(["x", "x", "y", "y"], dtype=object)
+    mask = data.batch["response_mask"]
+    a, _ = est.r3hf_grpo(with_mask, mask, index=uid)
+    b, _ = est.r3hf_grpo(without_mask, mask, index=uid)
+    assert_close(b, a, "advantages")
