@@ -26,6 +26,8 @@ rule, γ-discounted through holes). The scalar reward still counts: r − (final
 added on the last action token, so length penalties, rule-based rewards or a different final
 reward are kept and a row's rewards sum to r − (prompt-only score) (potential-based shaping of
 r with the prefix scores as potential). With r equal to the RM's final score that residual is 0.
+reward.clip_range bounds each token's reward-model part (as in `compute_dense_reward`), not the
+residual; info["return"] sums the dense rewards and the KL term (no baseline: it is per token).
 """
 
 from __future__ import annotations
