@@ -5,7 +5,6 @@ Runs against the real veRL (CI installs it in .ci/steps/40-verl.sh, with R3HF_RE
 that a broken install fails instead of skipping).
 """
 
-import asyncio
 import importlib
 import os
 import warnings
@@ -202,11 +201,9 @@ def test_dense_keeps_token_level_returns(name):
     if name != "r3hf_reinforce_pp_baseline":  # whitening statistics differ once returns vary in a row
         assert_close(ours[rows, first], summed[rows, first], "first generated token")
     assert not torch.allclose(ours[mask], summed[mask])
-    G = ops.reward_to_go(data.batch["token_level_rewards"], mask, 1.0)
     assert_close(ours, ops.group_advantages(data.batch["token_level_rewards"], mask,
                                             est.group_ids(data.non_tensor_batch["uid"], 12, "cpu"),
                                             name[5:], eps=1e-6 if name != "r3hf_reinforce_pp_baseline" else 1e-8))
-    assert G.shape == ours.shape
 
 
 def test_grpo_process_through_the_trainer():
