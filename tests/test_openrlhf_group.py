@@ -43,16 +43,16 @@ def peer_compute_advantages_and_returns(experiences, args, kl_coef):
     r = {e.index[k]: float(e.rewards[k]) for e, k in flat}
     groups = {i: [j for j in r if j // n == i // n] for i in r}
     shaped = {}
-    for i, members in groups.items():
-        vals = torch.tensor([r[j] for j in members], dtype=torch.float64)
+    for i, members in groups.items():  # float32 tensor arithmetic, as OpenRLHF's
+        vals = torch.tensor([r[j] for j in members], dtype=torch.float32)
+        x = torch.tensor(r[i], dtype=torch.float32)
         if est == "rloo":
-            shaped[i] = r[i] - (vals.sum().item() - r[i]) / (n - 1)
+            x = x - (vals.sum() - x) / (n - 1)
         elif est in ("reinforce_baseline", "dr_grpo"):
-            shaped[i] = r[i] - vals.mean().item()
+            x = x - vals.mean()
         elif est == "group_norm":
-            shaped[i] = (r[i] - vals.mean().item()) / (vals.std().item() + 1e-9)
-        else:
-            shaped[i] = r[i]
+            x = (x - vals.mean()) / (vals.std() + 1e-9)
+        shaped[i] = float(x)
     gamma = 1.0 if est in GROUP else args.algo.advantage.gamma
     lam = args.algo.advantage.lambd
     clip = args.reward.clip_range
@@ -378,3 +378,18 @@ def test_compute_approx_kl_passes_gradients():
     assert lp.grad is not None
     d = (lp - base).detach()
     torch.testing.assert_close(lp.grad, (1 - torch.exp(-d)).to(lp.grad.dtype), atol=1e-6, rtol=1e-6)
+
+
+def test_group_norm_on_a_tied_group_is_zero_where_openrlhf_rounds():
+    """A prompt whose 8 samples all score 0.1: the group-normalised reward is 0/(0 + 1e-9) = 0.
+    OpenRLHF computes the mean and std in float32, where mean(0.1 × 8) != 0.1 and the rounding
+    error divided by 1e-9 gives every sample about −0.83; r3hf's float64 group statistics give 0.
+    This is the one place the drop-in deliberately differs from the peer."""
+    n, A = 8, 4
+    mask = torch.ones(n, A, dtype=torch.bool)
+    exps = [make_experience(index=list(range(n)), rewards=torch.full((n,), 0.1), action_mask=mask,
+                            kl=torch.zeros(n, A), values=torch.zeros(n, A), info={})]
+    ours = adapter.compute_advantages_and_returns(clone(exps), make_args("group_norm", n), 0.0)
+    theirs = peer(clone(exps), make_args("group_norm", n), 0.0)
+    assert torch.equal(ours[0].advantages, torch.zeros(n, A))
+    assert theirs[0].advantages.abs().min() > 0.5, f"{PEER} no longer rounds here: {theirs[0].advantages}"
