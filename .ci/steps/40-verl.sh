@@ -20,7 +20,7 @@ trap 'rm -rf "$work"' EXIT
 "${PIP[@]}" install -q -c "$work/before.txt" \
   accelerate codetiming datasets dill hydra-core "numpy>=2.0.0" pandas peft "pyarrow>=19.0.0" pybind11 \
   pylatexenc "ray>=2.41.0" torchdata "tensordict>=0.8.0,<=0.10.0,!=0.9.0" packaging \
-  cachetools fastapi uvicorn
+  cachetools fastapi uvicorn aiohttp
 "${PIP[@]}" list --format=freeze --exclude-editable > "$work/after.txt"
 changed=$(comm -23 <(sort "$work/before.txt") <(sort "$work/after.txt"))
 if [ -n "$changed" ]; then
@@ -31,4 +31,5 @@ echo "veRL installed in $(( $(date +%s) - start ))s"
 # compares holes="discount" with its own get_cumulative_returns rather than a transcription.
 "${PIP[@]}" install -q --no-deps "openrlhf==0.11.0"
 # R3HF_REQUIRE_VERL makes the tests fail, not skip, if veRL does not import.
-R3HF_REQUIRE_VERL=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_integrations_verl.py tests/test_group_verl.py
+R3HF_REQUIRE_VERL=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_integrations_verl.py tests/test_group_verl.py \
+  tests/test_verl_group.py tests/test_integrations_docs_peers.py::test_verl_example

@@ -10,6 +10,7 @@ dense variants, replaces the trainer's sparse score with R3HF token-level reward
 
 The submodules import their trainer only where needed (e.g. `verl.register()`), so all three
 import without veRL, OpenRLHF or TRL ≤ 1.12 installed. See docs/integrations.md.
+`r3hf.integrations.verl_reward` (a subclass of veRL's reward-manager base) needs veRL.
 """
 
 __all__ = ["verl", "openrlhf", "trl"]

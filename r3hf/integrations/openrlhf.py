@@ -30,6 +30,9 @@ __all__ = [
     "compute_dense_reward",
     "get_advantages_and_returns",
     "normalize_advantages",
+    "compute_advantages_and_returns",
+    "advantages_and_returns",
+    "prefix_values",
 ]
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
@@ -86,7 +89,8 @@ def compute_reward(r, kl_coef, kl, action_mask=None, reward_clip_range=None) -> 
 
 
 def compute_dense_reward(
-    scores, kl_coef, kl, action_mask, reward_clip_range=None, *, first="prompt", beta_c=1.0, backend="auto"
+    scores, kl_coef, kl, action_mask, reward_clip_range=None, *, advantage_estimator, first="prompt", beta_c=1.0,
+    backend="auto",
 ) -> torch.Tensor:
     """R3HF dense rewards in OpenRLHF's layout, minus kl_coef·kl: the drop-in for `compute_reward`.
 
@@ -98,7 +102,19 @@ def compute_dense_reward(
     beta_c < 1 mixes in the final score on the last action token; reward_clip_range bounds each
     token's reward-model part. Non-action positions get only the (unmasked) KL term, as in
     `compute_reward`; a row without an action token gets no score.
+
+    advantage_estimator (required): OpenRLHF's `algo.advantage.estimator`. Only "gae" and
+    "reinforce" use these rewards as they are; rloo, reinforce_baseline, group_norm and dr_grpo
+    apply a group baseline to the scalar reward before `compute_reward`, which per-experience
+    rewards cannot carry, so they raise: use `compute_advantages_and_returns` for them.
     """
+    estimator = _check_estimator(advantage_estimator)
+    if estimator not in ("gae", "reinforce"):
+        raise ValueError(
+            f"compute_dense_reward cannot apply the group baseline of advantage_estimator={estimator!r} (OpenRLHF "
+            "subtracts it from the scalar reward before compute_reward); use "
+            "r3hf.integrations.openrlhf.compute_advantages_and_returns(experiences, args, kl_coef, prefix_scores=...)"
+        )
     kl_reward = _kl_reward(kl_coef, kl)
     B, A = kl.shape
     m = _mask(action_mask, kl)
@@ -122,6 +138,12 @@ def compute_dense_reward(
     )
     dense = torch.zeros(B, A, dtype=torch.float32, device=m.device).scatter_add_(1, src, dense_w * inside)
     return dense + kl_reward
+
+
+def _check_estimator(advantage_estimator):
+    from ._openrlhf_advantages import check_estimator
+
+    return check_estimator(advantage_estimator)
 
 
 def get_advantages_and_returns(values, rewards, action_mask, gamma=1.0, lambd=1.0, *, backend="auto"):
@@ -157,3 +179,7 @@ def normalize_advantages(advantages, action_mask, *, backend="auto"):
         advantages, _mask(action_mask, advantages), unbiased=False, eps=1e-8, transform_masked=True, eps_mode="max",
         backend=backend,
     )
+
+
+from ._openrlhf_advantages import advantages_and_returns, compute_advantages_and_returns  # noqa: E402
+from ._openrlhf_prefix import prefix_values  # noqa: E402

@@ -21,6 +21,8 @@ import importlib
 import torch
 
 from .. import ops
+from ._verl_estimators import ESTIMATORS as GROUP_ESTIMATORS
+from ._verl_estimators import warn_if_summing
 
 __all__ = [
     "compute_gae_advantage_return",
@@ -31,6 +33,8 @@ __all__ = [
     "register",
     "unregister",
     "ESTIMATOR_NAME",
+    "GROUP_ESTIMATORS",
+    "warn_if_summing",
 ]
 
 ESTIMATOR_NAME = "r3hf"
@@ -151,6 +155,9 @@ def register(name: str = ESTIMATOR_NAME, *, replace_gae: bool = False) -> bool:
 
     - Adds `r3hf_advantage_estimator` to veRL's registry under `name` (`register_adv_est`), for
       `algorithm.adv_estimator=<name>` (critic-free in stock veRL 0.9, see that function).
+    - Adds the token-level group estimators `GROUP_ESTIMATORS` (r3hf_grpo, r3hf_rloo,
+      r3hf_reinforce_pp, r3hf_reinforce_pp_baseline, r3hf_grpo_process; see
+      r3hf/integrations/_verl_estimators.py) under their own names.
     - replace_gae=True also points `core_algos.compute_gae_advantage_return` at this module's
       (same outputs, r3hf kernels): veRL 0.9's trainer calls that function directly for
       `adv_estimator=gae`, the PPO-with-critic path. `unregister()` restores veRL's.
@@ -163,6 +170,9 @@ def register(name: str = ESTIMATOR_NAME, *, replace_gae: bool = False) -> bool:
         return False
     if core.ADV_ESTIMATOR_REGISTRY.get(name) is not r3hf_advantage_estimator:
         core.register_adv_est(name)(r3hf_advantage_estimator)
+    for group_name, fn in GROUP_ESTIMATORS.items():
+        if core.ADV_ESTIMATOR_REGISTRY.get(group_name) is not fn:
+            core.register_adv_est(group_name)(fn)
     if replace_gae and core.compute_gae_advantage_return is not compute_gae_advantage_return:
         _replaced_gae = core.compute_gae_advantage_return
         core.compute_gae_advantage_return = compute_gae_advantage_return
@@ -177,6 +187,9 @@ def unregister(name: str = ESTIMATOR_NAME) -> None:
         return
     if core.ADV_ESTIMATOR_REGISTRY.get(name) is r3hf_advantage_estimator:
         del core.ADV_ESTIMATOR_REGISTRY[name]
+    for group_name, fn in GROUP_ESTIMATORS.items():
+        if core.ADV_ESTIMATOR_REGISTRY.get(group_name) is fn:
+            del core.ADV_ESTIMATOR_REGISTRY[group_name]
     if _replaced_gae is not None:
         core.compute_gae_advantage_return = _replaced_gae
         _replaced_gae = None

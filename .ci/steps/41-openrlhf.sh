@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# OpenRLHF 0.11's source in CI's venv, then the OpenRLHF adapter's tests against it.
+#
+# 40-verl.sh already installs the same source (for tests/test_group_verl.py); this step owns the
+# adapter tests. OpenRLHF pins CUDA-only packages (deepspeed, flash-attn, vllm) and exact
+# torch/transformers versions, so it is installed without dependency resolution: only its source.
+# What its modules import and the tests use (ray, peft, datasets, aiohttp) comes from the veRL
+# step, which runs first; its unused heavy imports are stubbed by tests/openrlhf_real.py. The
+# step fails if installing it changed any package already in the venv.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+VENV=${VENV:-.venv}
+PIP=("$VENV/bin/python" -m pip)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+"${PIP[@]}" list --format=freeze --exclude-editable > "$work/before.txt"
+"${PIP[@]}" install -q --no-deps "openrlhf==0.11.0"
+# pip then prints "ERROR: ... dependency conflicts" for OpenRLHF's pins; that is expected here.
+"${PIP[@]}" list --format=freeze --exclude-editable > "$work/after.txt"
+changed=$(comm -23 <(sort "$work/before.txt") <(sort "$work/after.txt"))
+if [ -n "$changed" ]; then
+  echo "installing OpenRLHF changed packages that were already installed:"; echo "$changed"; exit 1
+fi
+# R3HF_REQUIRE_OPENRLHF makes the tests fail instead of falling back to the transcription.
+R3HF_REQUIRE_OPENRLHF=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
+  tests/test_openrlhf_group.py tests/test_integrations_openrlhf.py \
+  tests/test_integrations_docs_peers.py::test_openrlhf_example tests/test_integrations_docs_peers.py::test_there_are_runnable_peer_examples

@@ -1,0 +1,53 @@
+"""Every position's value from OpenRLHF 0.11's RewardModel, from the forward it already runs.
+
+OpenRLHF's `RewardModel.forward` (openrlhf/models/model.py) applies its value head to the last
+hidden state at every position, then keeps only the last attended one (normalised by the
+model's mean/std in eval mode when `normalize_reward` is set). `prefix_values` runs that same
+forward once and also keeps the head's output at every position: the score of every prefix,
+which is what R3HF differences (`compute_dense_reward`, `compute_advantages_and_returns`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def prefix_values(reward_model, sequences, attention_mask, *, return_reward=False, **forward_kwargs):
+    """OpenRLHF RewardModel -> values float32 [B, S] (and its reward [B] with return_reward=True).
+
+    values[b, t] is the reward the model gives the truncation sequences[b, :t + 1] (its last
+    attended token at or before t), the same normalisation applied; positions before a row's
+    first attended token (left padding) are 0. One forward: the model's own, with a hook on its
+    value head (`value_head_prefix`). Packed samples (`packing_samples=True`) are not supported:
+    their head output is in the flash-attention unpadded layout.
+    """
+    if getattr(reward_model, "packing_samples", False):
+        raise NotImplementedError("prefix_values: a RewardModel with packing_samples=True is not supported")
+    if not isinstance(sequences, torch.Tensor) or sequences.dim() != 2:
+        raise ValueError(f"sequences must be [B, S], got {getattr(sequences, 'shape', type(sequences).__name__)}")
+    if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != sequences.shape:
+        raise ValueError(f"attention_mask must be [B, S] = {list(sequences.shape)}, got "
+                         f"{getattr(attention_mask, 'shape', type(attention_mask).__name__)}")
+    prefix = getattr(reward_model, "value_head_prefix", None)
+    head = getattr(reward_model, prefix, None) if prefix else None
+    if not isinstance(head, torch.nn.Module):
+        raise ValueError("reward_model must be OpenRLHF's RewardModel (a value head named by value_head_prefix)")
+    captured = []
+    hook = head.register_forward_hook(lambda module, args, out: captured.append(out))
+    try:
+        reward = reward_model(sequences, attention_mask=attention_mask, **forward_kwargs)
+    finally:
+        hook.remove()
+    if isinstance(reward, tuple):  # return_output=True
+        reward = reward[0]
+    values = captured[-1].squeeze(-1).float()
+    if not reward_model.training and getattr(reward_model, "normalize_reward", False):
+        # the model's own reward normalisation, applied to every position as to the last one
+        values = (values - reward_model.mean.float()) / reward_model.std.float()
+    # Padding positions: the value of the last attended token at or before them (what scoring that
+    # truncation returns); 0 before the first attended token.
+    attended = attention_mask != 0
+    pos = torch.arange(values.shape[1], device=values.device).expand_as(values)
+    src = torch.where(attended, pos, torch.full_like(pos, -1)).cummax(1).values
+    values = torch.where(src >= 0, values.gather(1, src.clamp_min(0)), 0.0)
+    return (reward, values) if return_reward else values
