@@ -365,7 +365,7 @@ def test_bad_configuration(policy, root):
     with pytest.raises(ValueError, match="sum_then_normalize"):
         run(R3HFGRPOTrainer, policy, root, [reward_model()], train=False,
             multi_objective_aggregation="normalize_then_sum")
-    with pytest.warns(UserWarning, match="scale_rewards='batch' is not used"):
+    with pytest.raises(ValueError, match="scale_rewards='batch' is not used"):
         run(R3HFGRPOTrainer, policy, root, [reward_model()], train=None, trainer_kw=dict(estimator="rloo"),
             scale_rewards="batch")
 

@@ -36,6 +36,7 @@ from .trl_grpo_advantages import (
     OUTCOME_ESTIMATORS,
     TRL_EPS,
     check_estimator,
+    op_options,
     token_level_advantages,
 )
 from .trl_grpo_align import aligned_completion_scores, completion_char_ends, prompt_boundary
@@ -155,13 +156,7 @@ class R3HFGRPOTrainer(GRPOTrainer):
                 "change nothing. Use a token-level estimator ('grpo', 'rloo', ...) for token-level credit.",
                 stacklevel=3,
             )
-        base = OUTCOME_ESTIMATORS.get(self.r3hf_estimator, self.r3hf_estimator)
-        if base not in ("grpo", "grpo_process") and self.scale_rewards != "group":
-            warnings.warn(
-                f"scale_rewards={self.scale_rewards!r} is not used by estimator={self.r3hf_estimator!r} (only the "
-                "grpo estimators divide by a std)",
-                stacklevel=3,
-            )
+        op_options(self.r3hf_estimator, self.r3hf_eps, self.scale_rewards)  # refuses options the estimator ignores
 
     # --- TRL hooks ------------------------------------------------------------------------
 

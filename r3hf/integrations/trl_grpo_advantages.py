@@ -30,6 +30,26 @@ def check_estimator(estimator) -> str:
     return v.check_choice("estimator", estimator, ESTIMATORS)
 
 
+def op_options(estimator: str, eps: float, scale: str) -> dict:
+    """The keyword options of ops.group_advantages that `estimator` uses (the op refuses unused ones).
+
+    TRL's scale_rewards ("group", its default, "batch", "none") is the op's `scale`, used by the
+    grpo estimators only; eps divides by (std + eps) and is unused by rloo and by scale "none".
+    """
+    base = OUTCOME_ESTIMATORS.get(estimator, estimator)
+    if scale != "group" and base not in ("grpo", "grpo_process"):
+        raise ValueError(
+            f"scale_rewards={scale!r} is not used by estimator={estimator!r} (only the grpo estimators divide by "
+            "a std); leave scale_rewards at 'group' (TRL's default) or choose a grpo estimator"
+        )
+    kw = {} if base not in ("grpo", "grpo_process") else {"scale": scale}
+    if base != "rloo" and scale != "none":
+        kw["eps"] = eps
+    elif eps != TRL_EPS:
+        raise ValueError(f"eps={eps} is not used by estimator={estimator!r} with scale_rewards={scale!r}")
+    return kw
+
+
 def last_generated(response_mask: torch.Tensor) -> torch.Tensor:
     """int64 [B]: index of each row's last generated token, −1 for a row with none."""
     L = response_mask.shape[1]
@@ -86,6 +106,7 @@ def token_level_advantages(
     two scorable completions under an estimator with a group baseline (TRL's rule).
     """
     estimator = check_estimator(estimator)
+    op_options(estimator, eps, scale)
     mask = v.as_mask("response_mask", response_mask)
     B, T = mask.shape
     if not isinstance(num_generations, int) or num_generations < 1:
@@ -115,7 +136,7 @@ def token_level_advantages(
     advantages = torch.zeros((B, T), dtype=torch.float32, device=mask.device)
     if group is not None or bool(keep.any()):
         advantages[keep] = ops.group_advantages(
-            r_adv[keep], mask[keep], index[keep], base, eps=eps, scale=scale, group=group, backend=backend,
+            r_adv[keep], mask[keep], index[keep], base, group=group, backend=backend, **op_options(estimator, eps, scale),
         )
     if estimator in GROUP_BASELINE:
         scorable = torch.zeros(int(ids.max()) + 1 if n_global else 0, device=mask.device).index_add_(
