@@ -41,7 +41,32 @@ from .trl_grpo_advantages import (
 )
 from .trl_grpo_align import aligned_completion_scores, completion_char_ends, prompt_boundary
 
-__all__ = ["R3HFGRPOTrainer", "POSITION_BUCKETS"]
+__all__ = ["R3HFGRPOTrainer", "POSITION_BUCKETS", "SUPPORTED_TRL"]
+
+# The TRL releases this subclass is tested with: it overrides GRPOTrainer internals (_generate's
+# return tuple, _calculate_rewards, _generate_and_score_completions), which change between releases.
+SUPPORTED_TRL = (">=1.16", "<1.17")
+
+
+def trl_supported(version: str) -> bool:
+    from packaging.version import Version
+
+    v_ = Version(version)
+    return Version(SUPPORTED_TRL[0][2:]) <= v_ < Version(SUPPORTED_TRL[1][1:])
+
+
+def _check_trl_version():
+    import trl
+
+    if not trl_supported(trl.__version__):
+        warnings.warn(
+            f"R3HFGRPOTrainer is tested with TRL {','.join(SUPPORTED_TRL)} and overrides GRPOTrainer internals; "
+            f"TRL {trl.__version__} is installed, so check its results (the parity tests in tests/test_trl_grpo.py)",
+            stacklevel=3,
+        )
+
+
+_check_trl_version()
 
 # Token positions of the `r3hf/dense_reward/pos_*` metrics: [0, 1), [1, 2), [2, 4), … , [2^14, ∞).
 POSITION_BUCKETS = (0,) + tuple(2**k for k in range(15))
