@@ -4,6 +4,7 @@ Also pins the contract layer (r3hf._group_stats: row pass -> group statistics ->
 reference, so the C++/Triton backends that plug their passes into it inherit the spec.
 """
 
+import functools
 import math
 
 import pytest
@@ -12,8 +13,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import r3hf._group_stats as gs
-import r3hf.ops as ops
+import r3hf.ops
 import r3hf.reference as ref
+
+
+class _TorchOps:
+    """r3hf.ops pinned to backend="torch": this file checks the spec itself (validated entry points)."""
+
+    def __getattr__(self, name):
+        return functools.partial(getattr(r3hf.ops, name), backend="torch")
+
+
+ops = _TorchOps()
 
 EPS = 1e-6
 ESTIMATORS = gs.ESTIMATORS
@@ -129,6 +140,17 @@ def test_equal_scores_give_zero_grpo_advantage_in_the_sparse_case():
     r[:, -1] = 0.7
     a = ops.group_advantages(r, torch.ones(4, 3, dtype=torch.bool), 4, "grpo")
     assert torch.equal(a, torch.zeros(4, 3))
+
+
+def test_tied_group_divides_the_dense_shaping_by_eps():
+    """Documented hazard (docs/group.md): equal scores give σ_g = 0; sparse advantages are 0 but
+    the dense part −(Φ_t − Φ_1) is divided by eps. scale="none"/"batch" keep it at its scale."""
+    dense = _t([[0.5, 0.5], [1.5, -0.5]])  # both rows score 1
+    m = torch.ones(2, 2, dtype=torch.bool)
+    # G = [[1, 0.5], [1, −0.5]], s = (1, 1)
+    _close(ops.group_advantages(dense, m, 2, "grpo"), [[0, -0.5 / EPS], [0, -1.5 / EPS]], rtol=1e-4)
+    _close(ops.group_advantages(dense, m, 2, "grpo", scale="none"), [[0, -0.5], [0, -1.5]])
+    _close(ops.group_advantages(dense, m, 2, "rloo"), [[0, -0.5], [0, -1.5]])
 
 
 # --- properties ---------------------------------------------------------------------------------
