@@ -384,3 +384,54 @@ def test_token_level_advantages_validates_and_keeps_inputs():
     s = rewards.sum(1)
     loo = torch.stack([s[1], s[0], s[3], s[2]])
     torch.testing.assert_close(adv, (s - loo)[:, None].expand(4, 5))
+
+
+# --- conversational data ----------------------------------------------------------------------
+
+CHAT = "{% for m in messages %}{{ m['content'] }} {% endfor %}"  # words only: the word-level vocabulary
+
+
+def chat_tokenizer():
+    tok = word_tokenizer()
+    tok.chat_template = CHAT
+    return tok
+
+
+def test_conversational_prompts(policy, root):
+    """Chat data: the reward model reads TRL's templated text; parity at beta_c=0 and rows that
+    telescope to the templated text's score minus the templated prompt's."""
+    from datasets import Dataset
+
+    data = Dataset.from_dict({"prompt": [[{"role": "user", "content": p.strip()}] for p in ["the cat", "a dog"] * 4]})
+
+    def go(cls, rm, **kw):
+        args = grpo_config(f"{root}/chat{cls.__name__}")
+        tr = recording(cls)(model=policy, reward_funcs=[rm], args=args, train_dataset=data,
+                            processing_class=chat_tokenizer(), reward_processing_classes=[chat_tokenizer()], **kw)
+        tr.train()
+        return tr.recorded[0]
+
+    stock = go(GRPOTrainer, reward_model())
+    assert_matches_trl(go(R3HFGRPOTrainer, reward_model(), beta_c=0.0), stock)
+    rm = reward_model()
+    rec = go(R3HFGRPOTrainer, rm)
+    tok = word_tokenizer()
+    for b in range(rec["completion_ids"].shape[0]):
+        prompt = tok.decode(rec["prompt_ids"][b][rec["prompt_mask"][b].bool()])  # already templated: "the cat "
+        completion = tok.decode(rec["completion_ids"][b], skip_special_tokens=True)
+        want = own_score(rm, tok, f"{prompt.strip()} {completion} ") - own_score(rm, tok, prompt)
+        torch.testing.assert_close(rec["r3hf"]["rewards"][b].sum(), want, rtol=1e-4, atol=1e-5)
+
+
+def test_completion_char_ends_in_a_rewritten_text():
+    """A template that drops a piece: the token ends where the previous one did; the last
+    generated token always ends at the end of the text."""
+    from r3hf.integrations.trl_grpo_align import completion_char_ends, prompt_boundary
+
+    tok = word_tokenizer()
+    ids = [W["is"], W["very"], W["good"], EOS]
+    assert completion_char_ends("the cat is very good", 8, tok, ids, 3) == [10, 15, 20, 20]
+    assert completion_char_ends("<u>the cat</u> is good!", 14, tok, ids, 3) == [17, 17, 22, 23]
+    assert completion_char_ends("the cat is very good", 8, tok, ids, 2) == [10, 15, 20, 20]
+    assert prompt_boundary("<u>the cat</u> is", "<u>the cat</u>") == 14
+    assert prompt_boundary("<u>the cat</u> is", "<u>the dog") == 7

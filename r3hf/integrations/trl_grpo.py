@@ -207,6 +207,7 @@ class R3HFGRPOTrainer(GRPOTrainer):
         last = [int(r.nonzero().max()) if r.any() else -1 for r in mask]
 
         conversational = B > 0 and is_conversational({"prompt": prompts[0]})
+        tokenizer = getattr(self, "_tokenizer", None) or self.processing_class  # a processor's tokenizer
         weighted = torch.zeros((B, 1 + T), dtype=torch.float32, device=device)
         finals = {}
         for i, scorer in self._r3hf_scorers.items():
@@ -224,7 +225,7 @@ class R3HFGRPOTrainer(GRPOTrainer):
                 prompt_texts = list(prompts)
             prompt_ends = [prompt_boundary(t, p) for t, p in zip(rm_texts, prompt_texts)]
             token_ends = [
-                completion_char_ends(t, pe, self.processing_class, ids, lg)
+                completion_char_ends(t, pe, tokenizer, ids, lg)
                 for t, pe, ids, lg in zip(rm_texts, prompt_ends, ids_list, last)
             ]
             rm_device = next(scorer.model.parameters()).device
