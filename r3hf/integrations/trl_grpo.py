@@ -116,6 +116,10 @@ class R3HFGRPOTrainer(GRPOTrainer):
         self.r3hf_backend = v.check_backend(backend)
 
         config = kwargs.get("args", args[2] if len(args) > 2 else None)
+        if config is not None:  # fail before TRL loads models; checked again on the trainer below
+            self._r3hf_check_aggregation(config.multi_objective_aggregation)
+            scale = {True: "group", False: "none"}.get(config.scale_rewards, config.scale_rewards)
+            op_options(self.r3hf_estimator, self.r3hf_eps, scale)
         build_ref = self.r3hf_kl_in_reward > 0 and config is not None and config.beta == 0.0
         if self.r3hf_kl_in_reward > 0 and config is None:
             raise ValueError("kl_in_reward needs a reference model: pass args=GRPOConfig(...)")
@@ -133,11 +137,7 @@ class R3HFGRPOTrainer(GRPOTrainer):
             if self.ref_model is None:  # PEFT: TRL takes the reference by disabling the adapter
                 raise ValueError("kl_in_reward with a PEFT model and beta=0 is not supported; set beta > 0")
 
-        if self.multi_objective_aggregation != "sum_then_normalize":
-            raise ValueError(
-                "R3HFGRPOTrainer redistributes the weighted sum of the reward functions, so it needs "
-                f"multi_objective_aggregation='sum_then_normalize', got {self.multi_objective_aggregation!r}"
-            )
+        self._r3hf_check_aggregation(self.multi_objective_aggregation)
         self._r3hf_scorers = {}
         for i, (func, name) in enumerate(zip(self.reward_funcs, self.reward_func_names)):
             if not isinstance(func, nn.Module):
@@ -161,7 +161,15 @@ class R3HFGRPOTrainer(GRPOTrainer):
         self._r3hf_batch = None
         self._r3hf_last = None
 
-    # --- configuration warnings ---------------------------------------------------------
+    # --- configuration checks -----------------------------------------------------------
+
+    @staticmethod
+    def _r3hf_check_aggregation(aggregation):
+        if aggregation != "sum_then_normalize":
+            raise ValueError(
+                "R3HFGRPOTrainer redistributes the weighted sum of the reward functions, so it needs "
+                f"multi_objective_aggregation='sum_then_normalize', got {aggregation!r}"
+            )
 
     def _r3hf_warn_config(self):
         dense = self.r3hf_beta_c > 0 and bool(self._r3hf_scorers)
