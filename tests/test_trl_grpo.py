@@ -119,6 +119,11 @@ def test_sparse_grpo_equals_trl_and_outcome_estimator_trap(scale, policy, root):
         assert_matches_trl(outcome, stock, atol=2e-5)
         # ...while the dense rewards themselves differ from the sparse ones
         assert not torch.allclose(outcome["r3hf"]["rewards"], ours.recorded[0]["r3hf"]["rewards"])
+    if scale == "group":  # token-level grpo on dense rewards: TRL's advantage at the first token only
+        dense = run(R3HFGRPOTrainer, policy, root, [reward_model(), plain_reward], **cfg).recorded[0]
+        assert_same_batch(dense, stock)
+        torch.testing.assert_close(dense["advantages"][:, 0], stock["advantages"], rtol=1e-4, atol=2e-5)
+        assert not torch.allclose(dense["advantages"], stock["advantages"][:, None] * loss_mask(dense))
 
 
 def test_token_level_grpo_is_the_op_on_r3hf_rewards(policy, root):
