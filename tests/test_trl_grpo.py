@@ -370,6 +370,8 @@ def test_bad_configuration(policy, root):
     with pytest.raises(ValueError, match="sum_then_normalize"):
         run(R3HFGRPOTrainer, policy, root, [reward_model()], train=False,
             multi_objective_aggregation="normalize_then_sum")
+    with pytest.warns(UserWarning, match="token-level credit assignment is lost"):
+        run(R3HFGRPOTrainer, policy, root, [reward_model()], train=None, importance_sampling_level="sequence")
     with pytest.raises(ValueError, match="scale_rewards='batch' is not used"):
         run(R3HFGRPOTrainer, policy, root, [reward_model()], train=None, trainer_kw=dict(estimator="rloo"),
             scale_rewards="batch")

@@ -189,6 +189,13 @@ class R3HFGRPOTrainer(GRPOTrainer):
                 "change nothing. Use a token-level estimator ('grpo', 'rloo', ...) for token-level credit.",
                 stacklevel=3,
             )
+        if self.importance_sampling_level == "sequence" and self.r3hf_estimator not in OUTCOME_ESTIMATORS:
+            warnings.warn(
+                "importance_sampling_level='sequence' (GSPO) shares one importance ratio per completion, so the "
+                "gradient sees each completion's token advantages only through their sum: token-level credit "
+                "assignment is lost (use importance_sampling_level='token' for R3HF's per-token advantages)",
+                stacklevel=3,
+            )
         op_options(self.r3hf_estimator, self.r3hf_eps, self.scale_rewards)  # refuses options the estimator ignores
 
     # --- TRL hooks ------------------------------------------------------------------------
