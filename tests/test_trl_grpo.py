@@ -162,14 +162,20 @@ def test_one_reward_model_forward_per_batch(policy, root):
 
 
 def test_reward_model_with_its_own_tokenizer(policy, root):
-    """A character-level reward model: TRL's rewards unchanged (beta_c=0 parity), and each policy
-    token's dense reward is the change of the model's own score of the text up to its end."""
+    """A character-level reward model next to a word-level one (reward_weights 1 and 0.5): TRL's
+    rewards unchanged (beta_c=0 parity), each model run once per batch; and each policy token's
+    dense reward is the change of the character model's own score of the text up to its end."""
     ctok = char_tokenizer()
     vocab = len(CHARS) + 2
-    stock = run(GRPOTrainer, policy, root, [reward_model(3, vocab, "crm")], rm_tokenizers=[ctok]).recorded[0]
-    sparse = run(R3HFGRPOTrainer, policy, root, [reward_model(3, vocab, "crm")], rm_tokenizers=[ctok],
-                 trainer_kw=dict(beta_c=0.0)).recorded[0]
+    cfg = dict(reward_weights=[1.0, 0.5])
+    stock = run(GRPOTrainer, policy, root, [reward_model(), reward_model(3, vocab, "crm")],
+                rm_tokenizers=[word_tokenizer(), ctok], **cfg).recorded[0]
+    rms = [reward_model(), reward_model(3, vocab, "crm")]
+    counters = [ForwardCounter(m.transformer) for m in rms] + [ForwardCounter(m) for m in rms]
+    sparse = run(R3HFGRPOTrainer, policy, root, rms, rm_tokenizers=[word_tokenizer(), ctok],
+                 trainer_kw=dict(beta_c=0.0), **cfg).recorded[0]
     assert_matches_trl(sparse, stock)
+    assert [c.n for c in counters] == [1, 1, 0, 0]
 
     rm = reward_model(3, vocab, "crm")
     rec = run(R3HFGRPOTrainer, policy, root, [rm], rm_tokenizers=[ctok]).recorded[0]
