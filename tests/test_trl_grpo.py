@@ -346,7 +346,8 @@ def test_train_with_a_reward_trainer_model(trained_rm, policy, root):
                 "r3hf/dense_reward/pos_0", "r3hf/prompt_score", "r3hf/token_reward_sum"):
         assert key in logs[0], key
     # TRL's logged reward is still the weighted mean of the per-function scores
-    assert abs(logs[0]["reward"] - (logs[0]["rewards/trained_rm/mean"] + 0.2 * logs[0]["rewards/plain_reward/mean"])) < 1e-4
+    weighted = logs[0]["rewards/trained_rm/mean"] + 0.2 * logs[0]["rewards/plain_reward/mean"]
+    assert abs(logs[0]["reward"] - weighted) < 1e-4
     # the policy trained, the reward model did not
     assert all(torch.equal(p, before[k]) for k, p in trained_rm.named_parameters())
     from transformers import GPT2LMHeadModel

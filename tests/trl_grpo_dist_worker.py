@@ -12,7 +12,14 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from trl_grpo_harness import deterministic_rollout, grpo_config, prompt_dataset, recording, reward_model, word_tokenizer  # noqa: E402
+from trl_grpo_harness import (  # noqa: E402
+    deterministic_rollout,
+    grpo_config,
+    prompt_dataset,
+    recording,
+    reward_model,
+    word_tokenizer,
+)
 
 # (estimator, scale_rewards, with a reward model)
 CONFIGS = [("grpo", "batch", True), ("reinforce_pp_baseline", "group", True), ("grpo", "group", False)]

@@ -222,7 +222,9 @@ class R3HFGRPOTrainer(GRPOTrainer):
         last = [int(r.nonzero().max()) if r.any() else -1 for r in mask]
 
         conversational = B > 0 and is_conversational({"prompt": prompts[0]})
-        tokenizer = getattr(self, "_tokenizer", None) or self.processing_class  # a processor's tokenizer
+        tokenizer = getattr(self, "_tokenizer", None)  # TRL's text tokenizer (a processor's, for VLMs)
+        if tokenizer is None:
+            tokenizer = self.processing_class
         weighted = torch.zeros((B, 1 + T), dtype=torch.float32, device=device)
         finals = {}
         for i, scorer in self._r3hf_scorers.items():
@@ -292,7 +294,10 @@ class R3HFGRPOTrainer(GRPOTrainer):
         unscorable = torch.isnan(rpf).all(dim=1)
         plain = [i for i in range(len(self.reward_funcs)) if i not in self._r3hf_scorers]
         weights = self.reward_weights.to(rpf.device)
-        sparse_all = (rpf[:, plain] * weights[plain]).nansum(dim=1) if plain else torch.zeros_like(unscorable, dtype=torch.float32)
+        if plain:  # TRL's nansum over the functions: a None score adds nothing
+            sparse_all = (rpf[:, plain] * weights[plain]).nansum(dim=1)
+        else:
+            sparse_all = torch.zeros(rpf.shape[0], dtype=torch.float32, device=rpf.device)
         offset = self.accelerator.process_index * B
         sparse = sparse_all[offset: offset + B].to(device)
 

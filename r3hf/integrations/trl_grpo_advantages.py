@@ -126,7 +126,10 @@ def token_level_advantages(
         r_adv = rewards
 
     n_global = B if unscorable is None else int(unscorable.numel())
-    bad = torch.zeros(n_global, dtype=torch.bool, device=mask.device) if unscorable is None else unscorable.to(mask.device)
+    if unscorable is None:
+        bad = torch.zeros(n_global, dtype=torch.bool, device=mask.device)
+    else:
+        bad = unscorable.to(mask.device)
     rows = torch.arange(n_global, device=mask.device)
     ids = rows // num_generations
     local = slice(row_offset, row_offset + B)
@@ -136,7 +139,8 @@ def token_level_advantages(
     advantages = torch.zeros((B, T), dtype=torch.float32, device=mask.device)
     if group is not None or bool(keep.any()):
         advantages[keep] = ops.group_advantages(
-            r_adv[keep], mask[keep], index[keep], base, group=group, backend=backend, **op_options(estimator, eps, scale),
+            r_adv[keep], mask[keep], index[keep], base, group=group, backend=backend,
+            **op_options(estimator, eps, scale),
         )
     if estimator in GROUP_BASELINE:
         scorable = torch.zeros(int(ids.max()) + 1 if n_global else 0, device=mask.device).index_add_(
