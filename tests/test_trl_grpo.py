@@ -322,7 +322,7 @@ def trained_rm(root):
         prompt = " ".join(words[int(i)] for i in torch.randint(0, len(words), (n,), generator=gen))
         rows["chosen"].append(prompt + " is good")
         rows["rejected"].append(prompt + " is bad")
-    args = RewardConfig(output_dir=f"{root}/rm", max_steps=15, per_device_train_batch_size=8, learning_rate=3e-3,
+    args = RewardConfig(output_dir=f"{root}/rm", max_steps=8, per_device_train_batch_size=8, learning_rate=5e-3,
                         report_to="none", save_strategy="no", logging_strategy="no", use_cpu=True,
                         disable_tqdm=True, seed=0, bf16=False)
     with warnings.catch_warnings():
