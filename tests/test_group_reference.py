@@ -201,6 +201,19 @@ def test_contract_layer_equals_reference(b):
 
 
 @given(batches())
+def test_affine_reads_only_the_estimators_columns(b):
+    """A row pass may leave the columns an estimator does not need as NaN (gs.COLUMNS)."""
+    _, stats = gs.row_pass(b["rewards"], b["mask"], b["gamma"])
+    for est in ESTIMATORS:
+        for scale in (gs.SCALES if est in ("grpo", "grpo_process") else ("group",)):
+            holes = stats.clone()
+            unused = [c for c in range(gs.N_STATS) if c not in gs.COLUMNS[est]]
+            holes[:, unused] = float("nan")
+            for x, y in zip(gs.affine(stats, b["index"], est, EPS, scale), gs.affine(holes, b["index"], est, EPS, scale)):
+                assert x == y if isinstance(x, bool) else torch.equal(x, y), est
+
+
+@given(batches())
 def test_row_pass_statistics(b):
     r, m = b["rewards"], b["mask"]
     returns, stats = gs.row_pass(r, m, b["gamma"])
