@@ -1,6 +1,6 @@
 """TRL ≤ 1.12 adapter: the rewards/GAE block of its PPOTrainer (`trl.experimental.ppo`) on `r3hf.ops`.
 
-For TRL 1.13+ (no PPOTrainer), `R3HFGRPOTrainer` (a `trl.GRPOTrainer` subclass, TRL 1.16, in
+For TRL 1.13+ (no PPOTrainer), `R3HFGRPOTrainer` (a `trl.GRPOTrainer` subclass, TRL 1.13 – 1.16, in
 `trl_grpo.py`) is re-exported here: `from r3hf.integrations.trl import R3HFGRPOTrainer`.
 
 TRL's layout: `queries` [B, C] left-padded (C = context_length), `responses` [B, L];

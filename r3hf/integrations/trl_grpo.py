@@ -1,4 +1,4 @@
-"""TRL 1.16 `GRPOTrainer` with R3HF token-level advantages: `R3HFGRPOTrainer`.
+"""TRL 1.13 – 1.16 `GRPOTrainer` with R3HF token-level advantages: `R3HFGRPOTrainer`.
 
 Swap `trl.GRPOTrainer` for `R3HFGRPOTrainer`, keep every argument, add `estimator=` (and
 `beta_c=`, `first=`, `kl_in_reward=`). What changes, per generation batch:
@@ -43,9 +43,10 @@ from .trl_grpo_align import aligned_completion_scores, completion_char_ends, pro
 
 __all__ = ["R3HFGRPOTrainer", "POSITION_BUCKETS", "SUPPORTED_TRL"]
 
-# The TRL releases this subclass is tested with: it overrides GRPOTrainer internals (_generate's
-# return tuple, _calculate_rewards, _generate_and_score_completions), which change between releases.
-SUPPORTED_TRL = (">=1.16", "<1.17")
+# The TRL releases this subclass is tested with (1.13.0, 1.14.2, 1.15.0, 1.16.0: .ci/steps/45-trl-versions.sh):
+# it overrides GRPOTrainer internals (_generate's return tuple, _calculate_rewards,
+# _generate_and_score_completions), which may change in a later release.
+SUPPORTED_TRL = (">=1.13", "<1.17")
 
 
 def trl_supported(version: str) -> bool:
@@ -83,7 +84,7 @@ def _bucket_name(i: int) -> str:
 
 
 class R3HFGRPOTrainer(GRPOTrainer):
-    """`trl.GRPOTrainer` (TRL 1.16) with R3HF token-level rewards and [B, T] group advantages.
+    """`trl.GRPOTrainer` (TRL 1.13 – 1.16) with R3HF token-level rewards and [B, T] group advantages.
 
     Every positional and keyword argument of GRPOTrainer is accepted unchanged. Keyword-only:
 
