@@ -393,6 +393,10 @@ def test_token_level_advantages_validates_and_keeps_inputs():
         token_level_advantages(scores, sparse, mask, 2, estimator="gae")
     with pytest.raises(ValueError, match="num_generations"):
         token_level_advantages(scores, sparse, mask, 0)
+    with pytest.raises(ValueError, match="sparse"):
+        token_level_advantages(scores, torch.zeros(3), mask, 2)
+    with pytest.raises(ValueError, match="unscorable"):
+        token_level_advantages(scores, sparse, mask, 2, unscorable=torch.zeros(4, dtype=torch.bool), row_offset=2)
     rewards, adv = token_level_advantages(scores, sparse, mask, 2, estimator="rloo_outcome")
     assert torch.equal(scores, copies[0]) and torch.equal(mask, copies[1])
     s = rewards.sum(1)

@@ -111,6 +111,16 @@ def token_level_advantages(
     B, T = mask.shape
     if not isinstance(num_generations, int) or num_generations < 1:
         raise ValueError(f"num_generations must be a positive int, got {num_generations!r}")
+    if not isinstance(sparse, torch.Tensor) or list(sparse.shape) != [B]:
+        got = getattr(sparse, "shape", sparse)
+        raise ValueError(f"sparse must be a tensor [B] = [{B}] (B from response_mask), got {got}")
+    if unscorable is not None and (
+        not isinstance(unscorable, torch.Tensor) or unscorable.dim() != 1 or unscorable.numel() < row_offset + B
+    ):
+        raise ValueError(
+            f"unscorable must be a bool tensor over the global batch (at least row_offset + B = {row_offset + B} "
+            f"rows), got {getattr(unscorable, 'shape', unscorable)}"
+        )
     rewards = ops.token_rewards(
         scores, mask, 1, logprobs=logprobs, ref_logprobs=ref_logprobs, kl_coef=kl_coef, kl_estimator=kl_estimator,
         first=first, beta_c=beta_c, backend=backend,
