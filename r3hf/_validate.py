@@ -435,7 +435,8 @@ def _check_generated(mask: torch.Tensor, group, estimator: str) -> None:
     if group is None:
         from ._group_stats import check_tokens
 
-        check_tokens(int(mask.sum()), estimator)
+        # count_nonzero: torch's bool sum() takes 50 ms at [1024, 4096] on one CPU thread, this 1 ms
+        check_tokens(int(torch.count_nonzero(mask)), estimator)
 
 
 def group_advantages_args(rewards, response_mask, index, estimator, gamma, eps, scale, group):
