@@ -1,5 +1,8 @@
 """TRL ≤ 1.12 adapter: the rewards/GAE block of its PPOTrainer (`trl.experimental.ppo`) on `r3hf.ops`.
 
+For TRL 1.13+ (no PPOTrainer), `R3HFGRPOTrainer` (a `trl.GRPOTrainer` subclass, TRL 1.13 – 1.16, in
+`trl_grpo.py`) is re-exported here: `from r3hf.integrations.trl import R3HFGRPOTrainer`.
+
 TRL's layout: `queries` [B, C] left-padded (C = context_length), `responses` [B, L];
 `sequence_lengths` [B] = index of the last non-pad response token (first pad − 1: L − 1 for a
 truncated row, −1 for a row whose first token is pad). Its conventions, reproduced here:
@@ -162,3 +165,12 @@ def _dense_rewards(
         correction.scatter_(1, seq.clamp_min(0)[:, None], torch.where(has, scores - final, 0.0)[:, None])
         rewards = rewards + correction
     return rewards
+
+
+def __getattr__(name):
+    # TRL 1.13+ GRPO trainer, imported on first use so this module keeps working with TRL <= 1.12.
+    if name == "R3HFGRPOTrainer":
+        from .trl_grpo import R3HFGRPOTrainer
+
+        return R3HFGRPOTrainer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
