@@ -1,4 +1,4 @@
-"""`r3hf` command line: `r3hf demo` (the main job), `r3hf explain`, `r3hf bench` and `r3hf backends`."""
+"""`r3hf` command line: `r3hf demo` (the main job), `r3hf explain`, `r3hf diagnose`, `r3hf bench` and `r3hf backends`."""
 
 from __future__ import annotations
 
@@ -88,6 +88,9 @@ def main(argv=None) -> int:
     explain.add_argument("--first", default="prompt", choices=["prompt", "zero"])
     explain.set_defaults(func=_explain)
     sub.add_parser("backends", help="print which backend each op uses and why").set_defaults(func=_backends)
+    from .diagnose_cli import add_parser as _add_diagnose
+
+    _add_diagnose(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 
