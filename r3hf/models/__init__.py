@@ -6,6 +6,7 @@
 - `RewardRedistributor`: PPO batches -> token rewards (or rewards, advantages, returns), with
   several scorers combined by coefficients and reward models on a different tokenizer.
 - `prefix_diagnostics(...)`: do the prefix scores carry signal (Var(R − Φ_t)/Var(R) per position)?
+- `prefix_pairs(dataset, fraction)`: truncated preference pairs for prefix-aware RM training.
 """
 
 from .align import aligned_prefix_scores, policy_char_ends, rm_prefix_index, same_tokenizer
@@ -13,6 +14,7 @@ from .heads import HEAD_NAMES, Head, UnsupportedModelError, check_causal, find_b
 from .redistributor import RewardRedistributor, Scorer
 from .scoring import position_ids, prefix_scores, reward_hidden_states
 from .diagnostics import plot_diagnostics, prefix_diagnostics, save_diagnostics
+from .prefix_pairs import prefix_pairs
 
 __all__ = [
     "prefix_scores",
@@ -33,4 +35,5 @@ __all__ = [
     "prefix_diagnostics",
     "save_diagnostics",
     "plot_diagnostics",
+    "prefix_pairs",
 ]
