@@ -55,6 +55,9 @@ def redistribute(scores, response_mask, prompt_len, *, first="prompt", beta_c=1.
     the first token is differenced against the prompt-only score (first="prompt") or 0
     (first="zero"). A row's rewards sum to its final score minus that baseline. Mixed as
     β_c·dense + (1 − β_c)·sparse, sparse = the final score at the last generated token.
+    beta_c="auto": potential β(t)·Φ_t instead, β(t) = clip(Cov(R, Φ_t)/Var(Φ_t), 0, 1) estimated
+    leave-one-out over the batch (`r3hf.reference.rewards.auto_beta`; torch backend only, also in
+    token_rewards and fused_reward_gae).
     """
     args = v.redistribute_args(scores, response_mask, prompt_len, first, beta_c)
     return _run("redistribute", backend, scores.device, args)

@@ -36,7 +36,7 @@ class PPOConfig:
     """PPO and reward settings; defaults follow TRL's PPO (γ = 1, λ = 0.95, KL 0.05, clip 0.2)."""
 
     reward: str = "r3hf"  # "r3hf" (dense, mixed by beta_c) or "sparse" (β_c = 0)
-    beta_c: float = 1.0
+    beta_c: float | str = 1.0  # or "auto": β(t)·Φ_t with β estimated on the batch (r3hf.ops)
     first: str = "prompt"
     kl_coef: float = 0.05
     kl_estimator: str = "k1"
@@ -58,9 +58,11 @@ class PPOConfig:
             raise ValueError(f"reward must be one of {list(REWARD_MODES)}, got {self.reward!r}")
 
     @property
-    def effective_beta_c(self) -> float:
-        """β_c handed to r3hf.ops: 0 for sparse rewards, `beta_c` for R3HF."""
-        return 0.0 if self.reward == "sparse" else float(self.beta_c)
+    def effective_beta_c(self) -> float | str:
+        """β_c handed to r3hf.ops: 0 for sparse rewards, `beta_c` (a float or "auto") for R3HF."""
+        if self.reward == "sparse":
+            return 0.0
+        return self.beta_c if isinstance(self.beta_c, str) else float(self.beta_c)
 
 
 @dataclass
