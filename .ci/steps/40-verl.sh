@@ -28,4 +28,4 @@ if [ -n "$changed" ]; then
 fi
 echo "veRL installed in $(( $(date +%s) - start ))s"
 # R3HF_REQUIRE_VERL makes the tests fail, not skip, if veRL does not import.
-R3HF_REQUIRE_VERL=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_integrations_verl.py
+R3HF_REQUIRE_VERL=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_integrations_verl.py tests/test_group_verl.py
