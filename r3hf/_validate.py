@@ -27,7 +27,8 @@ EPS_MODES = ("add", "max")
 # `OPTIONS` dict (op -> names) and "auto" falls back to torch for the others.
 OP_OPTIONS = {"gae": ("carry_masked",), "masked_whiten": ("transform_masked", "eps_mode")}
 # beta_c="auto" reaches the ops as beta_c_auto=True (beta_c then unused): an option like the above.
-OP_OPTIONS.update({op: ("beta_c_auto",) for op in ("redistribute", "token_rewards", "fused_reward_gae")})
+OP_OPTIONS.update({op: ("beta_c_auto",) for op in ("redistribute", "token_rewards", "fused_reward_gae",
+                                                    "fused_reward_group_advantages")})
 BETA_C_AUTO = "auto"
 
 

@@ -185,6 +185,7 @@ def fused_reward_group_advantages(
     hidden [B, S, D], weight [D] or [1, D], bias, response_mask [B, L], index -> (rewards,
     advantages), float32 [B, L] each; equal to
     group_advantages(token_rewards(prefix_scores(hidden, weight, bias), …), response_mask, index, …).
+    beta_c="auto" (torch backend): β(t) is estimated on this process's batch, also with `group`.
     """
     args = v.fused_group_args(
         hidden, weight, bias, response_mask, prompt_len, index, estimator, logprobs, ref_logprobs, kl_coef,

@@ -155,3 +155,19 @@ def test_auto_in_ppo_config_and_redistributor():
     torch.testing.assert_close(fused, expect, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="beta_c"):
         RewardRedistributor(rm, beta_c="sometimes")
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "rloo", "reinforce_pp_baseline"])
+def test_auto_in_the_fused_group_op(estimator):
+    B, L, D, G = 16, 6, 8, 4
+    g = torch.Generator().manual_seed(4)
+    hidden = torch.randn(B, 2 + L, D, generator=g)
+    weight = torch.randn(D, generator=g)
+    mask = torch.ones(B, L, dtype=torch.bool)
+    mask[5, 3:] = False
+    rewards, adv = ops.fused_reward_group_advantages(hidden, weight, None, mask, 2, G, estimator, beta_c="auto")
+    expect = ops.token_rewards(ops.prefix_scores(hidden, weight), mask, 2, beta_c="auto")
+    torch.testing.assert_close(rewards, expect, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(adv, ops.group_advantages(expect, mask, G, estimator), rtol=1e-5, atol=1e-6)
+    with pytest.raises(BackendUnavailableError):
+        ops.fused_reward_group_advantages(hidden, weight, None, mask, 2, G, estimator, beta_c="auto", backend="cpp")
