@@ -17,8 +17,8 @@ import torch
 
 def load_samples(path, tokenizer=None, max_rows: int | None = None):
     """JSONL -> (input_ids [B, S] left-padded prompts ⊕ right-padded responses, attention bool [B, S],
-    prompt_len P, response_mask [B, L])."""
-    prompts, responses = [], []
+    prompt_len P, response_mask [B, L], prompt group ids [B] (equal prompt ids, equal group))."""
+    prompts, responses, keys = [], [], []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -37,6 +37,7 @@ def load_samples(path, tokenizer=None, max_rows: int | None = None):
                 raise ValueError(f"{path}:{n}: empty prompt or response")
             prompts.append(p)
             responses.append(r)
+            keys.append(tuple(p))
             if max_rows is not None and len(prompts) >= max_rows:
                 break
     if len(prompts) < 3:
@@ -48,7 +49,9 @@ def load_samples(path, tokenizer=None, max_rows: int | None = None):
         ids[b, P - len(p):P] = torch.tensor(p)
         ids[b, P:P + len(r)] = torch.tensor(r)
         attention[b, P - len(p):P + len(r)] = True
-    return ids, attention, P, attention[:, P:].clone()
+    groups = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    index = torch.tensor([groups[k] for k in keys])
+    return ids, attention, P, attention[:, P:].clone(), index
 
 
 def table(result: dict) -> str:
@@ -74,10 +77,11 @@ def main(args) -> int:
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
     except (OSError, ValueError):
         tokenizer = None
-    ids, attention, P, rmask = load_samples(args.data, tokenizer, args.max_rows)
+    ids, attention, P, rmask, index = load_samples(args.data, tokenizer, args.max_rows)
     result = prefix_diagnostics(model, ids.to(args.device), attention.to(args.device), P,
                                 response_mask=rmask.to(args.device), buckets=args.buckets,
-                                bootstrap=args.bootstrap, batch_size=args.batch_size)
+                                bootstrap=args.bootstrap, batch_size=args.batch_size,
+                                index=index.to(args.device) if args.group_by_prompt else None)
     result["model"] = str(args.model)
     result["data"] = str(args.data)
     paths = save_diagnostics(result, Path(args.out), title=f"prefix diagnostics of {args.model}")
@@ -99,5 +103,7 @@ def add_parser(sub) -> None:
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the intervals (0: none)")
     p.add_argument("--batch-size", type=int, default=64, help="rows per forward pass")
     p.add_argument("--max-rows", type=int, default=None, help="read at most this many samples")
+    p.add_argument("--group-by-prompt", action="store_true",
+                   help="statistics within groups of samples with the same prompt (what RLOO/GRPO see)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=main)

@@ -81,6 +81,34 @@ def test_buckets_varlen_rows_and_bad_input():
         prefix_diagnostics(None, ids, None, P, scores=scores[:, :-1])
 
 
+def test_grouped_view_removes_the_prompt_term():
+    # 4 responses per prompt; the prompt-only score varies a lot between prompts and Φ_t carries
+    # it: across rows Φ_t adds variance, within groups (what RLOO sees) it reduces it.
+    B, L, P, G = 400, 6, 2, 4
+    g = torch.Generator().manual_seed(5)
+    prompt = (5.0 * torch.randn(B // G, generator=g)).repeat_interleave(G)
+    credit = torch.randn(B, L, generator=g).cumsum(1)
+    scores = torch.zeros(B, P + L)
+    scores[:, P - 1] = 3.0 * prompt
+    scores[:, P:] = 3.0 * prompt[:, None] + credit  # the prompt term over-weighted in Φ
+    scores[:, -1] = prompt + credit[:, -1]  # R
+    ids = torch.ones(B, P + L, dtype=torch.long)
+    plain = prefix_diagnostics(None, ids, None, P, scores=scores, bootstrap=50)
+    grouped = prefix_diagnostics(None, ids, None, P, scores=scores, bootstrap=50, index=G)
+    assert plain["positions"][3]["effect"] == "adds" and grouped["positions"][3]["effect"] == "reduces"
+    assert grouped["grouped"] and "within groups" in grouped["verdict"]
+    ids_index = torch.arange(B) // G * 7  # any integer ids
+    same = prefix_diagnostics(None, ids, None, P, scores=scores, bootstrap=0, index=ids_index)
+    assert same["positions"][3]["var_ratio"] == pytest.approx(grouped["positions"][3]["var_ratio"], rel=1e-9)
+    R = scores[:, -1].double().view(-1, G)
+    phi = scores[:, P + 2].double().view(-1, G)
+    rc, pc = R - R.mean(1, keepdim=True), phi - phi.mean(1, keepdim=True)
+    hand = float(((rc - pc) ** 2).sum() / (rc ** 2).sum())
+    assert grouped["positions"][3]["var_ratio"] == pytest.approx(hand, rel=1e-9)
+    with pytest.raises(ValueError, match="index"):
+        prefix_diagnostics(None, ids, None, P, scores=scores, index=7)
+
+
 def tiny_rm(pad_token_id=0):
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
@@ -126,7 +154,8 @@ def test_cli_diagnose_end_to_end(tmp_path, capsys):
     g = torch.Generator().manual_seed(2)
     with open(tmp_path / "samples.jsonl", "w") as f:
         for i in range(12):
-            prompt = " ".join(f"w{int(x)}" for x in torch.randint(2, 38, (1 + i % 3,), generator=g))
+            prompt = " ".join(f"w{int(x)}" for x in torch.randint(2, 38, (1 + i % 3,), generator=g)) if i % 2 == 0 \
+                else prompt  # noqa: F821 - pairs of samples share a prompt
             response = " ".join(f"w{int(x)}" for x in torch.randint(2, 38, (4 + i % 2,), generator=g))
             f.write(json.dumps({"prompt": prompt, "response": response}) + "\n")
         f.write(json.dumps({"prompt_ids": [3, 4], "response_ids": [5, 6, 7]}) + "\n")
@@ -136,6 +165,9 @@ def test_cli_diagnose_end_to_end(tmp_path, capsys):
     assert "Var(R-Φ)/Var(R)" in out and "13 samples" in out and "wrote" in out
     res = json.loads((tmp_path / "d.json").read_text())
     assert res["rows"] == 13 and res["response_positions"] == 5 and (tmp_path / "d.png").exists()
+    assert main(["diagnose", "--model", str(tmp_path / "rm"), "--data", str(tmp_path / "samples.jsonl"),
+                 "--out", str(tmp_path / "g"), "--bootstrap", "0", "--group-by-prompt"]) == 0
+    assert json.loads((tmp_path / "g.json").read_text())["grouped"] is True
     (tmp_path / "bad.jsonl").write_text('{"text": "x"}\n')
     with pytest.raises(ValueError, match="prompt/response"):
         main(["diagnose", "--model", str(tmp_path / "rm"), "--data", str(tmp_path / "bad.jsonl")])

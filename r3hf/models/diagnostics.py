@@ -45,9 +45,10 @@ def _cov(x, y, w):
 
 
 def _stats(final: torch.Tensor, phi: torch.Tensor, present: torch.Tensor) -> dict:
-    """final [B], phi [B, L] (Φ before each token), present [B, L] 0/1 -> per-position [L] stats."""
+    """final [B] (or [B, L] per position), phi [B, L] (Φ before each token), present [B, L] 0/1 ->
+    per-position [L] stats."""
     w = present.double()
-    R = final.double()[:, None].expand_as(phi)
+    R = final.double() if final.dim() == 2 else final.double()[:, None].expand_as(phi)
     phi = phi.double()
     var_r = _var(R, w)
     var_left = _var(R - phi, w)
@@ -56,6 +57,33 @@ def _stats(final: torch.Tensor, phi: torch.Tensor, present: torch.Tensor) -> dic
     ratio = var_left / var_r.clamp_min(1e-30)
     corr = cov / (var_phi * var_r).clamp_min(1e-30).sqrt()
     return {"var_ratio": ratio, "corr": corr, "var_r": var_r, "var_phi": var_phi, "cov": cov, "n": w.sum(0)}
+
+
+def _group_ids(index, B: int, device):
+    """index None | int G | integer ids [B] -> int64 [B] group ids or None."""
+    if index is None:
+        return None
+    if isinstance(index, int) and not isinstance(index, bool):
+        if index < 1 or B % index:
+            raise ValueError(f"index: a group size G must be >= 1 and divide the batch size {B}, got {index}")
+        return torch.arange(B, device=device) // index
+    if not isinstance(index, torch.Tensor) or index.is_floating_point() or index.dtype == torch.bool:
+        raise TypeError(f"index must be None, an int group size or integer group ids [B], got {type(index).__name__}")
+    if list(index.shape) != [B]:
+        raise ValueError(f"index must be [B] = [{B}], got {list(index.shape)}")
+    return torch.unique(index.to(device), return_inverse=True)[1]
+
+
+def _center(final, phi, present, groups):
+    """-> (R [B, L], Φ [B, L]) as deviations from their group means at each position t (over the
+    rows present at t)."""
+    G = int(groups.max()) + 1
+    w = present.double()
+    R = final.double()[:, None].expand_as(phi)
+    n = torch.zeros(G, phi.shape[1], dtype=torch.float64, device=phi.device).index_add_(0, groups, w).clamp_min(1)
+    mean_r = torch.zeros_like(n).index_add_(0, groups, R * w) / n
+    mean_x = torch.zeros_like(n).index_add_(0, groups, phi.double() * w) / n
+    return R - mean_r[groups], phi.double() - mean_x[groups]
 
 
 def _buckets(L: int, buckets) -> list[tuple[int, int]]:
@@ -72,7 +100,7 @@ def _buckets(L: int, buckets) -> list[tuple[int, int]]:
 @torch.no_grad()
 def prefix_diagnostics(model: nn.Module, input_ids, attention_mask=None, prompt_len=None, *, response_mask=None,
                        buckets=None, bootstrap: int = 200, seed: int = 0, head=None, label=None,
-                       pad_token_id=MODEL_PAD, scores=None, batch_size: int = 64) -> dict:
+                       pad_token_id=MODEL_PAD, scores=None, batch_size: int = 64, index=None) -> dict:
     """How much signal a reward model's prefix scores carry, from sampled responses (no ground truth).
 
     input_ids [B, S] = left-padded prompt ⊕ right-padded response (the PPO layout), attention_mask
@@ -80,8 +108,10 @@ def prefix_diagnostics(model: nn.Module, input_ids, attention_mask=None, prompt_
     position prompt_len[b] + j), response_mask [B, L] (None: every attended response position,
     L = S − min(prompt_len)). scores: precomputed prefix scores [B, S] (then `model` is unused);
     otherwise `prefix_scores` of the model, batch_size rows per forward pass.
-    Needs at least 3 rows; several responses per prompt are fine (the prompt-only score then has
-    less spread).
+    Needs at least 3 rows. index: None, or the group of each row (an int G for contiguous groups
+    of G rows, or integer ids [B]), e.g. several responses per prompt for a group estimator
+    (RLOO, GRPO): R and Φ_t are then taken as deviations from their group means, so the
+    statistics describe what is left after the group baseline (the prompt-only score cancels).
 
     Returns a dict (JSON-ready lists): per response position t
     - var_ratio = Var(R − Φ_t)/Var(R): the return's variance left with the prefix score as a
@@ -131,7 +161,9 @@ def prefix_diagnostics(model: nn.Module, input_ids, attention_mask=None, prompt_
     has = rmask.any(1)
     if int(has.sum()) < 3:
         raise ValueError("at least 3 rows need a response token (response_mask / attention_mask)")
+    groups = _group_ids(index, B, ids.device)
     scores, rmask, p = scores[has], rmask[has], p[has]
+    groups = groups[has] if groups is not None else None
     n_rows = int(has.sum())
 
     last = L - 1 - rmask.flip(1).int().argmax(1)
@@ -140,6 +172,10 @@ def prefix_diagnostics(model: nn.Module, input_ids, attention_mask=None, prompt_
     phi = scores.gather(1, (p[:, None] + j[None, :] - 1).clamp_min(0))  # Φ_t = R(x, y<t)
     prompt_score = phi[:, 0]
     present = rmask & (j[None, :] <= last[:, None])  # rows still generating at t
+    raw_final = final
+    if groups is not None:
+        final, phi = _center(final, phi, present, groups)
+        prompt_score = phi[:, 0]
     stats = _stats(final, phi, present)
 
     # Bootstrap over rows for the variance ratio (the verdict's noise).
@@ -157,8 +193,9 @@ def prefix_diagnostics(model: nn.Module, input_ids, attention_mask=None, prompt_
     mag = dense.abs()
     total = mag.sum(1)
     largest = (mag.max(1).values / total.clamp_min(1e-30))[total > 0]
-    var_r = float(_var(final.double()[:, None], torch.ones(n_rows, 1, dtype=torch.float64, device=final.device)))
-    prompt_stats = _stats(final, prompt_score[:, None], torch.ones(n_rows, 1, dtype=torch.bool, device=final.device))
+    final0 = final[:, :1] if final.dim() == 2 else final[:, None]
+    var_r = float(_var(final0.double(), torch.ones(n_rows, 1, dtype=torch.float64, device=final.device)))
+    prompt_stats = _stats(final0, prompt_score[:, None], torch.ones(n_rows, 1, dtype=torch.bool, device=final.device))
 
     positions = []
     for t in range(L):
@@ -184,7 +221,8 @@ def prefix_diagnostics(model: nn.Module, input_ids, attention_mask=None, prompt_
     result = {
         "rows": n_rows,
         "response_positions": L,
-        "final_score": {"mean": float(final.mean()), "var": var_r},
+        "final_score": {"mean": float(raw_final.mean()), "var": var_r},
+        "grouped": groups is not None,
         "prompt_var_share": float(prompt_stats["var_phi"][0] / max(var_r, 1e-30)),
         "prompt_r2": float(prompt_stats["corr"][0] ** 2),
         "largest_share": {
@@ -259,8 +297,11 @@ def verdict(result: dict) -> str:
     share = result["largest_share"]["mean"]
     text += (f" On average the largest token reward carries {share:.0%} of a row's total |reward| "
              f"(1/L = {result['largest_share']['uniform']:.0%} if spread evenly).")
-    text += (f" The prompt-only score holds {result['prompt_var_share']:.0%} of Var(R) "
-             "(it cancels when several responses per prompt are compared).")
+    if result.get("grouped"):
+        text += " Statistics are within groups (deviations from each group's mean), as a group estimator sees them."
+    else:
+        text += (f" The prompt-only score holds {result['prompt_var_share']:.0%} of Var(R) "
+                 "(it cancels when several responses per prompt are compared: pass index= for that view).")
     return text
 
 
