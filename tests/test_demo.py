@@ -198,8 +198,9 @@ def test_report_metrics_paired_verdicts_and_table():
     assert report.steps_to_reach([0.1, 0.3, 0.5], 0.3) == 2
     assert report.steps_to_reach([0.1, 0.2], 0.3) is None
     rising = [0.1 * i for i in range(10)]  # smoothed (3 steps) reaches 0.6 at step 8
-    m = report.run_metrics(_runs([rising], [0.7])[0])
+    m = report.run_metrics(_runs([rising], [0.7])[0], threshold=0.6)
     assert m == {"auc": pytest.approx(0.45), "final": 0.7, "steps": 8, "reached": True}
+    assert report.run_metrics(_runs([rising], [0.7])[0])["steps"] == 7  # default threshold 0.45
     assert report.run_metrics(_runs([[0.1] * 10], [0.1])[0])["steps"] == 11  # censored: steps + 1
     fast = [min(1.0, 0.2 * i) for i in range(10)]
     runs = {

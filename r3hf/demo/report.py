@@ -18,7 +18,7 @@ import math
 import statistics
 
 SMOOTH = 3
-THRESHOLD = 0.6
+THRESHOLD = 0.45  # reached by most runs within the default 24 steps (0.6 was reached by none)
 METRICS = ("auc", "final", "steps")
 BETTER = {"auc": 1, "final": 1, "steps": -1}  # sign of "better"
 
