@@ -26,6 +26,10 @@ EPS_MODES = ("add", "max")
 # Options that select a peer's convention; a backend declares those it implements in its
 # `OPTIONS` dict (op -> names) and "auto" falls back to torch for the others.
 OP_OPTIONS = {"gae": ("carry_masked",), "masked_whiten": ("transform_masked", "eps_mode")}
+# beta_c="auto" reaches the ops as beta_c_auto=True (beta_c then unused): an option like the above.
+OP_OPTIONS.update({op: ("beta_c_auto",) for op in ("redistribute", "token_rewards", "fused_reward_gae",
+                                                    "fused_reward_group_advantages")})
+BETA_C_AUTO = "auto"
 
 
 def _shape(t: torch.Tensor) -> list:
@@ -249,8 +253,16 @@ def redistribute_args(scores, response_mask, prompt_len, first, beta_c, scores_n
         response_mask=mask,
         prompt_len=as_prompt_len(prompt_len, B, S, L, scores.device, first, scores_name),
         first=first,
-        beta_c=check_unit_interval("beta_c", beta_c),
-    )
+    ) | check_beta_c(beta_c)
+
+
+def check_beta_c(beta_c) -> dict:
+    """beta_c in [0, 1] or "auto" -> {"beta_c": float} (+ {"beta_c_auto": True} for "auto")."""
+    if isinstance(beta_c, str):
+        if beta_c != BETA_C_AUTO:
+            raise ValueError(f'beta_c must be a float in [0, 1] or "auto", got {beta_c!r}')
+        return {"beta_c": 1.0, "beta_c_auto": True}
+    return {"beta_c": check_unit_interval("beta_c", beta_c)}
 
 
 def token_rewards_args(

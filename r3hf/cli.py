@@ -1,4 +1,4 @@
-"""`r3hf` command line: `r3hf demo` (the main job), `r3hf explain`, `r3hf bench` and `r3hf backends`."""
+"""`r3hf` command line: `r3hf demo` (the main job), `r3hf explain`, `r3hf diagnose`, `r3hf bench` and `r3hf backends`."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ def _backends(_args) -> int:
 def _demo(args) -> int:
     from .demo import run
 
-    run(seeds=args.seeds, steps=args.steps, out=args.out, device=args.device, quick=args.quick,
-        threads=args.threads, critic_init=args.critic_init)
+    run(seeds=args.seeds, steps=args.steps, out=args.out, device=args.device, quick=args.quick, full=args.full,
+        threads=args.threads, critic_init=args.critic_init, workers=args.workers)
     return 0
 
 
@@ -58,17 +58,22 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="r3hf", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser(
-        "demo", help="preference data -> reward model -> PPO, sparse vs R3HF, on a synthetic task (offline, CPU)",
+        "demo", help="when does R3HF help? reward models -> RLOO and PPO, sparse vs R3HF vs beta_c=auto, on a "
+                     "synthetic task (offline, CPU)",
     )
-    demo.add_argument("--quick", action="store_true", help="a small run (about a minute) for CI and a first look")
-    demo.add_argument("--seeds", type=int, default=None, help="PPO seeds per method (default 3; 1 with --quick)")
-    demo.add_argument("--steps", type=int, default=None, help="PPO steps per run (default 40; 8 with --quick)")
+    demo.add_argument("--quick", action="store_true", help="a small run (under a minute) for CI and a first look")
+    demo.add_argument("--full", action="store_true",
+                      help="more seeds (8), steps (40), batch and data, and the default-label prefix reward model "
+                           "as a third arm")
+    demo.add_argument("--seeds", type=int, default=None, help="seeds per arm (default 3; 1 with --quick, 8 with --full)")
+    demo.add_argument("--steps", type=int, default=None, help="steps per run (default 24; 5 with --quick, 40 with --full)")
+    demo.add_argument("--workers", type=int, default=None, help="processes running arms in parallel (default 2)")
     demo.add_argument("--out", default="r3hf-demo", help="folder for the plot, JSON and heatmap (default r3hf-demo)")
     demo.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     demo.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; 0 = torch's default)")
     demo.add_argument("--critic-init", default=None, choices=["reward-model", "policy"],
-                      help="value model start: a copy of the reward model (default, TRL's convention) or the "
-                           "policy's backbone with a zero head")
+                      help="PPO's value model start: the policy's backbone with a zero head (default) or a copy of "
+                           "the reward model (TRL's convention; R3HF then counts the prefix score twice)")
     demo.set_defaults(func=_demo)
     bench = sub.add_parser("bench", help="time r3hf against the loops and torch paths users run today")
     bench.add_argument("--quick", action="store_true", help="tiny shapes, seconds (CI)")
@@ -88,6 +93,9 @@ def main(argv=None) -> int:
     explain.add_argument("--first", default="prompt", choices=["prompt", "zero"])
     explain.set_defaults(func=_explain)
     sub.add_parser("backends", help="print which backend each op uses and why").set_defaults(func=_backends)
+    from .diagnose_cli import add_parser as _add_diagnose
+
+    _add_diagnose(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

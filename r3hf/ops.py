@@ -58,6 +58,9 @@ def redistribute(scores, response_mask, prompt_len, *, first="prompt", beta_c=1.
     the first token is differenced against the prompt-only score (first="prompt") or 0
     (first="zero"). A row's rewards sum to its final score minus that baseline. Mixed as
     β_c·dense + (1 − β_c)·sparse, sparse = the final score at the last generated token.
+    beta_c="auto": potential β(t)·Φ_t instead, β(t) = clip(Cov(R, Φ_t)/Var(Φ_t), 0, 1) estimated
+    leave-one-out over the batch (`r3hf.reference.rewards.auto_beta`; torch backend only, also in
+    token_rewards and fused_reward_gae).
     """
     args = v.redistribute_args(scores, response_mask, prompt_len, first, beta_c)
     return _run("redistribute", backend, scores.device, args)
@@ -182,6 +185,7 @@ def fused_reward_group_advantages(
     hidden [B, S, D], weight [D] or [1, D], bias, response_mask [B, L], index -> (rewards,
     advantages), float32 [B, L] each; equal to
     group_advantages(token_rewards(prefix_scores(hidden, weight, bias), …), response_mask, index, …).
+    beta_c="auto" (torch backend): β(t) is estimated on this process's batch, also with `group`.
     """
     args = v.fused_group_args(
         hidden, weight, bias, response_mask, prompt_len, index, estimator, logprobs, ref_logprobs, kl_coef,

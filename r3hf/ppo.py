@@ -36,7 +36,7 @@ class PPOConfig:
     """PPO and reward settings; defaults follow TRL's PPO (γ = 1, λ = 0.95, KL 0.05, clip 0.2)."""
 
     reward: str = "r3hf"  # "r3hf" (dense, mixed by beta_c) or "sparse" (β_c = 0)
-    beta_c: float = 1.0
+    beta_c: float | str = 1.0  # or "auto": β(t)·Φ_t with β estimated on the batch (r3hf.ops)
     first: str = "prompt"
     kl_coef: float = 0.05
     kl_estimator: str = "k1"
@@ -58,9 +58,11 @@ class PPOConfig:
             raise ValueError(f"reward must be one of {list(REWARD_MODES)}, got {self.reward!r}")
 
     @property
-    def effective_beta_c(self) -> float:
-        """β_c handed to r3hf.ops: 0 for sparse rewards, `beta_c` for R3HF."""
-        return 0.0 if self.reward == "sparse" else float(self.beta_c)
+    def effective_beta_c(self) -> float | str:
+        """β_c handed to r3hf.ops: 0 for sparse rewards, `beta_c` (a float or "auto") for R3HF."""
+        if self.reward == "sparse":
+            return 0.0
+        return self.beta_c if isinstance(self.beta_c, str) else float(self.beta_c)
 
 
 @dataclass
@@ -202,8 +204,9 @@ def value_loss(values, old_values, returns, mask, cliprange_value: float):
 def ppo_update(policy, critic, optimizer, rollout: Rollout, adv: Advantages, config: PPOConfig, generator=None) -> dict:
     """`ppo_epochs` passes over `num_minibatches` shuffled minibatches of the rollout: clipped policy
     loss + vf_coef · clipped value loss − ent_coef · entropy. `optimizer` holds the parameters of
-    both models. Returns metrics averaged over minibatches, plus the rollout's KL to the reference
-    (sum over tokens, mean over rows) and mean token reward."""
+    both models. critic=None: critic-free (advantages from a group estimator), policy loss only.
+    Returns metrics averaged over minibatches, plus the rollout's KL to the reference (sum over
+    tokens, mean over rows) and mean token reward."""
     B, L = rollout.response_mask.shape
     mask = rollout.response_mask.bool()
     attention = rollout.attention
@@ -220,19 +223,22 @@ def ppo_update(policy, critic, optimizer, rollout: Rollout, adv: Advantages, con
             logprobs, entropy = response_logprobs(
                 policy, rollout.query_responses[idx], mb_p, L, attention[idx], config.temperature
             )
-            values = response_values(critic, rollout.query_responses[idx], mb_p, L, attention[idx])
             m = mask[idx]
             pg_loss, pg_stats = policy_loss(logprobs, rollout.logprobs[idx], adv.advantages[idx], m, config.cliprange)
-            vf_loss, vf_stats = value_loss(values, rollout.values[idx], adv.returns[idx], m, config.cliprange_value)
             ent = masked_mean(entropy, m)
-            loss = pg_loss + config.vf_coef * vf_loss - config.ent_coef * ent
+            loss = pg_loss - config.ent_coef * ent
+            if critic is not None:
+                values = response_values(critic, rollout.query_responses[idx], mb_p, L, attention[idx])
+                vf_loss, vf_stats = value_loss(values, rollout.values[idx], adv.returns[idx], m, config.cliprange_value)
+                loss = loss + config.vf_coef * vf_loss
+                pg_stats = {**pg_stats, **vf_stats, "vf_loss": vf_loss.item()}
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
-            stats = {"loss": loss.item(), "pg_loss": pg_loss.item(), "vf_loss": vf_loss.item(), "entropy": ent.item()}
-            for k, val in {**stats, **pg_stats, **vf_stats}.items():
+            stats = {"loss": loss.item(), "pg_loss": pg_loss.item(), "entropy": ent.item()}
+            for k, val in {**stats, **pg_stats}.items():
                 sums[k] = sums.get(k, 0.0) + val
             n += 1
     metrics = {k: val / max(n, 1) for k, val in sums.items()}

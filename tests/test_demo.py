@@ -193,31 +193,63 @@ def _runs(curves, finals):
             for i, (c, f) in enumerate(zip(curves, finals))]
 
 
-def test_report_steps_to_reach_and_verdict():
+def test_report_metrics_paired_verdicts_and_table():
     assert report.smooth([0, 2, 4, 6], k=2) == [0, 1, 3, 5]
     assert report.steps_to_reach([0.1, 0.3, 0.5], 0.3) == 2
     assert report.steps_to_reach([0.1, 0.2], 0.3) is None
-    flat = [0.5] * 10
-    rising = [0.05 * i for i in range(10)]
-    runs = {"sparse": _runs([rising, rising], [0.40, 0.42]), "r3hf": _runs([flat, flat], [0.80, 0.82])}
+    rising = [0.1 * i for i in range(10)]  # smoothed (3 steps) reaches 0.6 at step 8
+    m = report.run_metrics(_runs([rising], [0.7])[0], threshold=0.6)
+    assert m == {"auc": pytest.approx(0.45), "final": 0.7, "steps": 8, "reached": True}
+    assert report.run_metrics(_runs([rising], [0.7])[0])["steps"] == 7  # default threshold 0.45
+    assert report.run_metrics(_runs([[0.1] * 10], [0.1])[0])["steps"] == 11  # censored: steps + 1
+    fast = [min(1.0, 0.2 * i) for i in range(10)]
+    runs = {
+        "rloo/full/sparse": _runs([rising, [x + 0.01 for x in rising], [x + 0.02 for x in rising]], [0.70, 0.71, 0.72]),
+        "rloo/full/r3hf": _runs([fast, [x + 0.01 for x in fast], [x + 0.03 for x in fast]], [0.90, 0.92, 0.91]),
+        "rloo/full/auto": _runs([rising, [x + 0.02 for x in rising], [x + 0.01 for x in rising]], [0.71, 0.70, 0.72]),
+    }
     s = report.summarise(runs)
-    target = sum(rising[-5:]) / 5
-    assert s["target_gt_for_steps_to_reach"] == pytest.approx(target)
-    assert s["methods"]["r3hf"]["steps_to_reach_sparse_final_gt"] == 1
-    assert s["methods"]["sparse"]["steps_to_reach_sparse_final_gt"] == 10
-    assert s["methods"]["sparse"]["r3hf_ops_fraction"] == pytest.approx(0.01)
-    assert s["verdict"].startswith("R3HF beat sparse")
-    assert "R3HF faster than sparse" in s["verdict"]
-    assert s["methods"]["r3hf"]["steps_to_reach_per_seed"] == [1, 1]
-    runs["r3hf"] = _runs([[0.0] * 10, [0.0] * 10], [0.10, 0.12])
-    assert "did NOT beat sparse" in report.summarise(runs)["verdict"]
-    assert "R3HF never reached" in report.summarise(runs)["verdict"]
-    runs["r3hf"] = _runs([flat, flat], [0.30, 0.52])
-    assert report.summarise(runs)["verdict"].startswith("No clear difference")
-    one = {"sparse": _runs([rising], [0.4]), "r3hf": _runs([flat], [0.8])}
-    assert "single seed" in report.summarise(one)["verdict"]
-    text = report.table(report.summarise(one))
-    assert "sparse" in text and "r3hf" in text and "not reached" not in text
+    cmp = {c["arm"]: c for c in s["comparisons"]}
+    assert set(cmp) == {"rloo/full/r3hf", "rloo/full/auto"}  # each against the sparse arm of its cell
+    assert cmp["rloo/full/r3hf"]["auc"]["verdict"] == "better" and cmp["rloo/full/r3hf"]["steps"]["verdict"] == "better"
+    assert cmp["rloo/full/auto"]["auc"]["verdict"] == "no clear difference"
+    assert any("R3HF (β_c = 1) BEAT sparse" in v for v in s["verdicts"])
+    runs["rloo/full/r3hf"] = _runs([[0.0] * 10] * 3, [0.10, 0.12, 0.11])
+    s = report.summarise(runs)
+    assert any("LOST to sparse" in v for v in s["verdicts"])
+    assert s["arms"]["rloo/full/r3hf"]["reached_per_seed"] == [False] * 3
+    text = report.table(s)
+    assert "WORSE" in text and "11.0*" in text and "rloo" in text
+    one = {"ppo/prefix/sparse": _runs([rising], [0.4]), "ppo/prefix/r3hf": _runs([fast], [0.8])}
+    assert "single seed" in report.summarise(one)["verdicts"][0]
+    assert report.compare([1.0, 2.0], [1.0, 2.0], "steps")["verdict"] == "no clear difference"
+
+
+def test_restricted_policy_never_samples_pad_or_eos():
+    from r3hf import ppo
+    from r3hf.demo.policy import make_policy, sample
+    from r3hf.demo.train import restrict_vocab
+
+    policy = restrict_vocab(make_policy(0)).eval()
+    with torch.no_grad():
+        policy.get_output_embeddings().weight[task.PAD_ID] += 50.0  # make pad overwhelmingly likely
+    prompts = task.sample_prompts(64, torch.Generator().manual_seed(0))
+    qr, logp = sample(policy, prompts, 6, torch.Generator().manual_seed(1))
+    assert int(qr[:, task.PROMPT_LEN:].min()) >= task.WORD_IDS[0]  # only words
+    again, _ = ppo.response_logprobs(policy, qr, task.PROMPT_LEN, 6)
+    torch.testing.assert_close(again, logp, rtol=1e-4, atol=1e-4)  # sampling and PPO see one distribution
+
+
+def test_prefix_label_fn_uses_credit_of_kept_tokens():
+    from r3hf.demo.reward_model import credit_label_fn
+
+    sharp = credit_label_fn(noise=1e-3)
+    red, green = ids("cherry ruby rose"), ids("leaf lime moss")
+    assert sharp([2, 3], red, green, {}) is True and sharp([2, 3], green, red, {}) is False
+    # the halves refer to the full response length: a blue word early earns nothing
+    blue = ids("sky sea jay")
+    assert sharp([2, 3], blue, green, {}) in (True, False)
+    assert task.token_credit(None, torch.tensor([blue]), task.RESPONSE_LEN).sum() == 0
 
 
 # --- the command, end to end -----------------------------------------------------------------
@@ -228,25 +260,29 @@ def test_r3hf_demo_quick_writes_outputs_that_parse(tmp_path):
     out = tmp_path / "demo"
     env = {**os.environ, "TQDM_DISABLE": "1"}
     proc = subprocess.run([sys.executable, "-m", "r3hf", "demo", "--quick", "--out", str(out)],
-                          capture_output=True, text=True, env=env, timeout=600)
+                          capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "GT score (final)" in proc.stdout and "sparse" in proc.stdout and "r3hf" in proc.stdout
+    assert "AUC of GT" in proc.stdout and "sparse" in proc.stdout and "auto" in proc.stdout
     result = json.loads((out / "results.json").read_text())
-    assert result["settings"]["seeds"] == 1 and result["settings"]["steps"] == 8
-    for method in ("sparse", "r3hf"):
-        row = result["summary"]["methods"][method]
-        for key in ("gt_score", "rm_score", "kl_to_ref"):
-            assert isinstance(row[key]["mean"], float)
-        assert 0.0 <= row["gt_score"]["mean"] <= 1.0
-        assert len(result["runs"][method][0]["history"]) == 8
-        assert row["time_r3hf_ops_ms_per_step"] > 0
-    assert 0.0 <= result["reward_model"]["held_out"]["label_accuracy"] <= 1.0
-    assert result["summary"]["verdict"] in proc.stdout
-    for png in ("scores.png", "heatmap.png"):
+    settings = result["settings"]
+    assert settings["seeds"] == 1 and settings["steps"] == 5
+    arms = result["summary"]["arms"]
+    assert set(arms) == {f"{e}/{rm}/{r}" for e in ("rloo", "ppo") for rm in ("full", "prefix")
+                         for r in ("sparse", "r3hf", "auto")}
+    for name, row in arms.items():
+        assert 0.0 <= row["auc"]["mean"] <= 1.0 and 0.0 <= row["final"]["mean"] <= 1.0
+        assert len(result["runs"][name][0]["history"]) == 5
+    for k in ("full", "prefix"):
+        rm = result["reward_models"][k]
+        assert 0.0 <= rm["held_out"]["label_accuracy"] <= 1.0 and len(rm["diagnostics"]["buckets"]) == 4
+        assert (out / f"diagnostics_{k}.png").exists() and (out / f"diagnostics_{k}.json").exists()
+    for line in result["summary"]["verdicts"]:
+        assert line in proc.stdout
+    for png in ("scores.png", "heatmap.png", "diagnostics.png"):
         assert mpimg.imread(out / png).ndim == 3
     c = _check_html((out / "heatmap.html").read_text())
     assert c.tok_spans == len(result["samples"]) * task.RESPONSE_LEN
-    # the saved reward model works with `r3hf explain`
+    # the saved reward model works with `r3hf explain` and `r3hf diagnose`
     html_out = tmp_path / "x.html"
     proc = subprocess.run([sys.executable, "-m", "r3hf", "explain", "--model", str(out / "reward_model"),
                            "--prompt", "sky sea leaf moss", "--response", "cherry ruby sky ink",

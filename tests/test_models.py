@@ -63,39 +63,39 @@ def byte_level_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>")
 
 
-def gpt2(num_labels=1, seed=0, **kw):
+def gpt2(num_labels=1, seed=0, pad=PAD, **kw):
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
     torch.manual_seed(seed)
     cfg = GPT2Config(vocab_size=V, n_positions=128, n_embd=32, n_layer=2, n_head=2, num_labels=num_labels,
-                     pad_token_id=PAD, bos_token_id=1, eos_token_id=1, **kw)
+                     pad_token_id=pad, bos_token_id=1, eos_token_id=1, **kw)
     return GPT2ForSequenceClassification(cfg).eval()
 
 
-def _generic(config_name, model_name, seed, **extra):
+def _generic(config_name, model_name, seed, pad=PAD, **extra):
     """A tiny Llama-family sequence classifier (the `GenericForSequenceClassification` pooling)."""
     torch.manual_seed(seed)
     cfg = getattr(transformers, config_name)(
         vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, num_labels=1, pad_token_id=PAD, bos_token_id=1,
+        num_key_value_heads=2, max_position_embeddings=128, num_labels=1, pad_token_id=pad, bos_token_id=1,
         eos_token_id=1, **extra)
     return getattr(transformers, model_name)(cfg).eval()
 
 
-def llama(seed=0):
-    return _generic("LlamaConfig", "LlamaForSequenceClassification", seed)
+def llama(seed=0, pad=PAD):
+    return _generic("LlamaConfig", "LlamaForSequenceClassification", seed, pad)
 
 
-def qwen2(seed=0):
-    return _generic("Qwen2Config", "Qwen2ForSequenceClassification", seed)
+def qwen2(seed=0, pad=PAD):
+    return _generic("Qwen2Config", "Qwen2ForSequenceClassification", seed, pad)
 
 
-def mistral(seed=0):
-    return _generic("MistralConfig", "MistralForSequenceClassification", seed, sliding_window=None)
+def mistral(seed=0, pad=PAD):
+    return _generic("MistralConfig", "MistralForSequenceClassification", seed, pad, sliding_window=None)
 
 
-def gemma(seed=0):
-    return _generic("GemmaConfig", "GemmaForSequenceClassification", seed, head_dim=8)
+def gemma(seed=0, pad=PAD):
+    return _generic("GemmaConfig", "GemmaForSequenceClassification", seed, pad, head_dim=8)
 
 
 ARCHS = {"gpt2": gpt2, "llama": llama, "qwen2": qwen2, "mistral": mistral, "gemma": gemma}
@@ -119,10 +119,22 @@ def own_score(model, ids_1d: torch.Tensor) -> torch.Tensor:
 # --- the central property ------------------------------------------------------------------
 
 
+EOS = 1  # the configs' eos id; pad == eos models use it as their pad id too
+
+
+@pytest.mark.parametrize("pad", ["pad-distinct", "pad-eq-eos"])
 @pytest.mark.parametrize("arch", sorted(ARCHS))
-def test_prefix_scores_equal_own_score_of_every_truncation(arch):
-    model = ARCHS[arch]()
-    ids, mask = left_padded([11, 7, 1, 4], S=11, seed=1)
+def test_prefix_scores_equal_own_score_of_every_truncation(arch, pad):
+    pad_id = PAD if pad == "pad-distinct" else EOS
+    model = ARCHS[arch](pad=pad_id)
+    ids, mask = left_padded([11, 7, 1, 4, 9], S=11, seed=1)
+    ids = ids.masked_fill(~mask, pad_id)
+    # pad-id tokens the model attends: mid-response (sampled by a policy), at the end (an EOS
+    # when pad == eos), several in a row, and a row whose first attended token is one.
+    ids[0, 4] = ids[0, 7] = ids[0, 8] = ids[0, 10] = pad_id
+    ids[1, 6] = pad_id
+    ids[3, 7] = ids[3, 8] = pad_id
+    ids[4, 2] = ids[4, 3] = pad_id
     scores = prefix_scores(model, ids, mask)
     assert scores.dtype == torch.float32 and scores.shape == ids.shape
     for b in range(ids.shape[0]):
@@ -132,6 +144,36 @@ def test_prefix_scores_equal_own_score_of_every_truncation(arch):
                 continue
             alone = ids[b, : t + 1][mask[b, : t + 1]]
             torch.testing.assert_close(scores[b, t], own_score(model, alone)[0], rtol=1e-5, atol=1e-5)
+    # The rule: an attended pad-id token keeps the previous prefix's score (its R3HF reward is 0).
+    assert scores[0, 7] == scores[0, 6] and scores[0, 8] == scores[0, 6] and scores[0, 10] == scores[0, 9]
+    assert scores[4, 3] == scores[4, 2]  # no earlier real token: the model reads its first token
+
+
+def test_pad_eq_eos_reproducer_row_sums_to_the_models_own_score():
+    # GPT-2 classifier with pad = eos = 1: ids [5..11, 1], full mask. The model pools at the token
+    # before the EOS; prefix_scores must too, so the row's rewards sum to its own score.
+    model = gpt2(pad=EOS)
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 1]])
+    scores = prefix_scores(model, ids, torch.ones_like(ids))
+    own = own_score(model, ids[0])[0]
+    torch.testing.assert_close(scores[0, 7], own, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(scores[0, 7], scores[0, 6], rtol=0, atol=0)
+    P = 3
+    rewards = ops.token_rewards(scores, torch.ones(1, 5, dtype=torch.bool), P)
+    assert rewards[0, -1] == 0  # the EOS changes nothing
+    torch.testing.assert_close(rewards.sum(), own - own_score(model, ids[0, :P])[0], rtol=1e-5, atol=1e-5)
+    # The fused path reads the same (pooled) hidden states.
+    hidden, w, bias = reward_hidden_states(model, ids)
+    fused, _, _ = ops.fused_reward_gae(hidden, w, bias, torch.zeros(1, 5), torch.ones(1, 5, dtype=torch.bool), P)
+    torch.testing.assert_close(fused, rewards, rtol=1e-5, atol=1e-6)
+    # pad_token_id=None turns the rule off (the head at the EOS itself); an int overrides the config.
+    raw = prefix_scores(model, ids, pad_token_id=None)
+    assert not torch.allclose(raw[0, 7], own)
+    torch.testing.assert_close(prefix_scores(model, ids, pad_token_id=1), scores, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="pad_token_id"):
+        prefix_scores(model, ids, pad_token_id="eos")
+    with pytest.raises(TypeError, match="pad_token_id"):
+        prefix_scores(model, ids, pad_token_id=1.0)
 
 
 def test_prefix_scores_with_holes_in_the_mask_match_the_tokens_run_alone():
@@ -535,6 +577,88 @@ def test_trl_reward_trainer_model_end_to_end(tmp_path):
         expect = own_score(model, alone)[0] - own_score(model, alone[:n_prompt])[0]
         torch.testing.assert_close(rewards[b].sum(), expect, rtol=1e-4, atol=1e-5)
     assert rewards[0, 1] > rewards[1, 1]  # trained: "good" is rewarded above "bad"
+
+
+def test_trl_reward_trainer_bf16_pad_eq_eos_every_truncation(tmp_path):
+    # RewardConfig's default bf16=True: accelerate wraps the trained model's forward in bf16
+    # autocast. With pad == eos (the tokenizer pads with <eos>), prefix scores must still be the
+    # model's own score of every truncation, EOS tokens included.
+    trl = pytest.importorskip("trl")
+    datasets = pytest.importorskip("datasets")
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<pad>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<eos>", eos_token="<eos>")
+    w = {x: i for i, x in enumerate(WORDS)}
+    rows = {"chosen_ids": [], "rejected_ids": []}
+    for n in range(32):
+        prompt = [w[x] for x in ("the", "cat", "dog", "mat")][: 1 + n % 3]
+        rows["chosen_ids"].append(prompt + [w["is"], w["very"], w["good"], w["<eos>"]])
+        rows["rejected_ids"].append(prompt + [w["is"], w["bad"], w["<eos>"]])
+    torch.manual_seed(0)
+    model = GPT2ForSequenceClassification(GPT2Config(vocab_size=len(WORDS), n_positions=32, n_embd=32, n_layer=2,
+                                                     n_head=2, num_labels=1, pad_token_id=EOS))
+    args = trl.RewardConfig(output_dir=str(tmp_path), max_steps=10, per_device_train_batch_size=8, learning_rate=3e-3,
+                            report_to="none", save_strategy="no", logging_strategy="no", use_cpu=True,
+                            disable_tqdm=True, seed=0, bf16=True)
+    trainer = trl.RewardTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_dict(rows),
+                                processing_class=tok)
+    trainer.train()
+    model = trainer.model.cpu().eval()
+    assert "forward" in vars(model)  # accelerate replaced it with its autocast wrapper
+
+    ids = torch.tensor([[w["the"], w["cat"], w["is"], w["<eos>"], w["very"], w["good"], w["<eos>"], w["<eos>"]],
+                        [EOS, EOS, w["dog"], w["is"], w["bad"], w["<eos>"], w["and"], w["<eos>"]]])
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask[1, :2] = False  # left padding (with the pad id, which is eos)
+    scores = prefix_scores(model, ids, mask)
+    wrapper = vars(model).pop("forward")
+    plain = prefix_scores(model, ids, mask)  # the stored fp32 weights without the wrapper
+    model.forward = wrapper
+    exact = 0
+    for b in range(2):
+        for t in range(ids.shape[1]):
+            if not mask[b, t]:
+                continue
+            alone = ids[b, : t + 1][mask[b, : t + 1]]
+            own = own_score(model, alone)[0]  # the wrapped forward: bf16 autocast, output cast to fp32
+            # The model's head output is rounded to bf16; ours is accumulated in fp32 from the same
+            # bf16 operands, so it is within half a bf16 step of the model's own score...
+            torch.testing.assert_close(scores[b, t], own, rtol=2**-8, atol=1e-6)
+            # ...and rounds to it (a different summation order can flip a tie by one step).
+            exact += int(scores[b, t].bfloat16().float() == own)
+    assert exact >= int(mask.sum()) - 1
+    assert not torch.equal(plain, scores)  # the autocast wrapper was followed (the fp32 weights alone differ)
+    assert scores[0, 3] == scores[0, 2] and scores[1, 7] == scores[1, 6]  # EOS tokens keep the score
+
+
+def test_forward_wrapped_in_autocast_is_followed():
+    # Any instance-level forward wrapper that runs the model under autocast (as accelerate does).
+    from types import MethodType
+
+    model = llama(pad=EOS)
+    ids, mask = left_padded([9, 6], S=9, seed=8)
+    fp32 = prefix_scores(model, ids, mask)
+    model.forward = MethodType(torch.autocast("cpu", dtype=torch.bfloat16)(type(model).forward), model)
+    wrapped = prefix_scores(model, ids, mask)
+    exact = gap = 0
+    for b, n in ((0, 9), (1, 6)):
+        for t in range(9 - n, 9):
+            alone = ids[b, : t + 1][mask[b, : t + 1]]
+            own = own_score(model, alone)[0]
+            torch.testing.assert_close(wrapped[b, t], own, rtol=2**-8, atol=1e-6)  # half a bf16 step
+            exact += int(wrapped[b, t].bfloat16().float() == own)
+            gap = max(gap, float((fp32[b, t] - own).abs() / own.abs()))
+    assert exact >= 15 - 1  # rounded to bf16 it is the model's own score (one tie may flip)
+    assert gap > 2**-8  # the plain fp32 path misses by more than the tolerance somewhere
+    hidden, weight, _ = reward_hidden_states(model, ids, mask)
+    assert hidden.dtype == weight.dtype == torch.bfloat16  # as the head's matmul reads them under autocast
+    # The user's own autocast context is followed as well (the model's forward would run under it).
+    del model.forward
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ambient = prefix_scores(model, ids, mask)
+    torch.testing.assert_close(ambient, wrapped, rtol=0, atol=0)
 
 
 # --- bad input -----------------------------------------------------------------------------

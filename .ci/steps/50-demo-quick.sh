@@ -10,9 +10,10 @@ from pathlib import Path
 import matplotlib.image as mpimg
 out = Path(sys.argv[1])
 result = json.loads((out / "results.json").read_text())
-assert set(result["summary"]["methods"]) == {"sparse", "r3hf"}, result["summary"]
-for png in ("scores.png", "heatmap.png"):
+arms = set(result["summary"]["arms"])
+assert {"rloo/full/sparse", "rloo/full/r3hf", "ppo/prefix/auto"} <= arms, arms
+for png in ("scores.png", "heatmap.png", "diagnostics.png"):
     assert mpimg.imread(out / png).ndim == 3, png
 assert (out / "heatmap.html").read_text().startswith("<!DOCTYPE html>")
-print("demo --quick outputs OK:", result["summary"]["verdict"])
+print("demo --quick outputs OK:", *result["summary"]["verdicts"], sep="\n")
 PY

@@ -1,11 +1,14 @@
-"""`r3hf demo`: preference pairs → reward model (TRL RewardTrainer) → PPO with sparse vs R3HF
-rewards, on a synthetic task with a known ground truth. Offline and CPU-sized.
+"""`r3hf demo`: when does R3HF help? Preference pairs → reward models (TRL RewardTrainer; full
+responses and prefix-aware via `r3hf.models.prefix_pairs`) → their prefix diagnostics → critic-free
+RLOO and PPO-GAE with sparse, R3HF and beta_c="auto" rewards, on a synthetic task with a known
+ground truth. Offline and CPU-sized.
 
     from r3hf.demo import run
-    result = run(seeds=3, out="r3hf-demo")   # or quick=True
+    result = run(seeds=3, out="r3hf-demo")   # or quick=True / full=True
 
 Modules: `task` (language, ground truth, preference pairs), `reward_model`, `policy`, `train`
-(one PPO run via `r3hf.ppo`), `report` (table, plot, verdict), `run` (the whole demo).
+(one run: PPO or RLOO via `r3hf.ppo` / `r3hf.ops`), `report` (metrics, paired verdicts, table,
+figure), `run` (the whole study).
 """
 
 from .run import DemoSettings, run

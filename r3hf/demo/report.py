@@ -1,25 +1,30 @@
-"""Summaries of the demo's runs: the table, the plot and the verdict (what was measured, no more)."""
+"""Summaries of the demo study: per-arm metrics, paired 2-standard-error verdicts against sparse,
+the table and the figure with every learning curve (what was measured, no more).
+
+An arm is (estimator, reward model, reward): e.g. ("rloo", "full", "r3hf"). Metrics per seed:
+- auc: mean ground truth of the rollout batches over all steps (area under the learning curve,
+  divided by the number of steps);
+- final: ground truth of the final policy on held-out prompts;
+- steps: first step at which the SMOOTH-step trailing mean of the rollout ground truth reaches
+  THRESHOLD (steps + 1 when it never does: a censored value, flagged in the table).
+Verdicts compare an arm with the sparse arm of the same estimator and reward model, seed by seed
+(the runs of a seed share the start and the random stream), against twice the standard error of
+the mean paired difference.
+"""
 
 from __future__ import annotations
 
 import math
 import statistics
 
-METHODS = ("sparse", "r3hf")
-SMOOTH = 5  # steps in the moving average used for "steps to reach"
+SMOOTH = 3
+THRESHOLD = 0.45  # reached by most runs within the default 24 steps (0.6 was reached by none)
+METRICS = ("auc", "final", "steps")
+BETTER = {"auc": 1, "final": 1, "steps": -1}  # sign of "better"
 
 
-def _mean_std(xs):
-    xs = [float(x) for x in xs]
-    if not xs:
-        return float("nan"), float("nan")
-    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
-
-
-def mean_curve(runs, key: str) -> list[float]:
-    """Mean over seeds of history[key] at each step."""
-    steps = min(len(r["history"]) for r in runs)
-    return [statistics.fmean(r["history"][i][key] for r in runs) for i in range(steps)]
+def arm_name(estimator: str, rm: str, reward: str) -> str:
+    return f"{estimator}/{rm}/{reward}"
 
 
 def smooth(xs, k: int = SMOOTH) -> list[float]:
@@ -39,84 +44,108 @@ def steps_to_reach(curve, target: float):
     return None
 
 
-def summarise(runs_by_method: dict) -> dict:
-    """Per method: final ground truth / RM score / KL (mean, std over seeds), steps for the
-    smoothed mean rollout ground-truth curve to reach the sparse run's final smoothed value,
-    and time in r3hf ops vs the whole PPO step."""
-    target = smooth(mean_curve(runs_by_method["sparse"], "gt_score"))[-1]
-    summary = {"target_gt_for_steps_to_reach": target, "smoothing_window": SMOOTH, "methods": {}}
-    for method, runs in runs_by_method.items():
-        row = {}
-        for key in ("gt_score", "rm_score", "kl_to_ref"):
-            m, s = _mean_std([r["final"][key] for r in runs])
-            row[key] = {"mean": m, "std": s, "per_seed": [r["final"][key] for r in runs]}
-        row["steps_to_reach_sparse_final_gt"] = steps_to_reach(smooth(mean_curve(runs, "gt_score")), target)
-        row["steps_to_reach_per_seed"] = [steps_to_reach(smooth([h["gt_score"] for h in r["history"]]), target)
-                                          for r in runs]
-        ops_t = [h["time_r3hf_ops_s"] for r in runs for h in r["history"]]
-        step_t = [h["time_step_s"] for r in runs for h in r["history"]]
+def run_metrics(run: dict, threshold: float = THRESHOLD) -> dict:
+    gt = [h["gt_score"] for h in run["history"]]
+    reach = steps_to_reach(smooth(gt), threshold)
+    return {"auc": statistics.fmean(gt), "final": run["final"]["gt_score"],
+            "steps": reach if reach is not None else len(gt) + 1, "reached": reach is not None}
+
+
+def _mean_std(xs):
+    xs = [float(x) for x in xs]
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def compare(a: list[float], b: list[float], metric: str) -> dict:
+    """Paired comparison of arm a with baseline b (per-seed values): mean difference a − b, its
+    standard error, and a verdict: 'better', 'worse' or 'no clear difference' (|d| ≤ 2·SE), or
+    'single seed' when there is no spread to judge."""
+    d = [x - y for x, y in zip(a, b)]
+    mean = statistics.fmean(d)
+    n = len(d)
+    if n < 2:
+        return {"diff": mean, "se": float("nan"), "verdict": "single seed"}
+    se = statistics.stdev(d) / math.sqrt(n)
+    if abs(mean) <= 2 * se:
+        verdict = "no clear difference"
+    else:
+        verdict = "better" if mean * BETTER[metric] > 0 else "worse"
+    return {"diff": mean, "se": se, "verdict": verdict}
+
+
+def summarise(runs: dict, threshold: float = THRESHOLD) -> dict:
+    """runs: arm name -> list of run dicts (same seeds in the same order for every arm)."""
+    arms = {}
+    for name, rs in runs.items():
+        per_seed = [run_metrics(r, threshold) for r in rs]
+        row = {"seeds": [r["seed"] for r in rs], "steps_run": len(rs[0]["history"])}
+        for m in METRICS:
+            vals = [p[m] for p in per_seed]
+            mean, std = _mean_std(vals)
+            row[m] = {"mean": mean, "std": std, "per_seed": vals}
+        row["reached_per_seed"] = [p["reached"] for p in per_seed]
+        for key in ("rm_score", "kl_to_ref"):
+            mean, std = _mean_std([r["final"][key] for r in rs])
+            row[f"final_{key}"] = {"mean": mean, "std": std}
+        ops_t = [h["time_r3hf_ops_s"] for r in rs for h in r["history"]]
+        step_t = [h["time_step_s"] for r in rs for h in r["history"]]
         row["time_r3hf_ops_ms_per_step"] = 1e3 * statistics.fmean(ops_t)
         row["time_step_ms"] = 1e3 * statistics.fmean(step_t)
-        row["r3hf_ops_fraction"] = sum(ops_t) / sum(step_t)
-        row["steps"] = len(runs[0]["history"])
-        row["seeds"] = [r["seed"] for r in runs]
-        summary["methods"][method] = row
-    summary["verdict"] = verdict(summary)
-    return summary
+        arms[name] = row
+    comparisons = []
+    for name in arms:
+        estimator, rm, reward = name.split("/")
+        base = arm_name(estimator, rm, "sparse")
+        if reward == "sparse" or base not in arms:
+            continue
+        c = {"arm": name, "baseline": base}
+        for m in METRICS:
+            c[m] = compare(arms[name][m]["per_seed"], arms[base][m]["per_seed"], m)
+        comparisons.append(c)
+    return {"threshold": threshold, "smoothing_window": SMOOTH, "arms": arms, "comparisons": comparisons,
+            "verdicts": verdict_lines(comparisons)}
 
 
-def verdict(summary: dict) -> str:
-    """Honest sentences comparing R3HF and sparse: final ground truth (against the spread over
-    seeds), then learning speed (steps to reach the sparse run's final ground truth)."""
-    return _final_verdict(summary) + " " + _speed_verdict(summary)
-
-
-def _speed_verdict(summary: dict) -> str:
-    s = summary["methods"]["sparse"]["steps_to_reach_sparse_final_gt"]
-    r = summary["methods"]["r3hf"]["steps_to_reach_sparse_final_gt"]
-    n = len(summary["methods"]["sparse"]["seeds"])
-    if r is None:
-        return f"Speed: R3HF never reached the sparse run's final ground truth (mean curves of {n} seed(s))."
-    if s is None or r < s:
-        how = "faster than"
-    elif r > s:
-        how = "slower than"
-    else:
-        how = "as fast as"
-    return (f"Speed: R3HF reached the sparse run's final ground truth at step {r}, sparse at step {s} "
-            f"(R3HF {how} sparse, on the mean curves of {n} seed(s)).")
-
-
-def _final_verdict(summary: dict) -> str:
-    s, r = summary["methods"]["sparse"]["gt_score"], summary["methods"]["r3hf"]["gt_score"]
-    n = len(s["per_seed"])
-    diff = r["mean"] - s["mean"]
-    if n < 2:
-        return (f"R3HF - sparse final ground truth = {diff:+.3f} from a single seed: no spread over seeds, "
-                "so no conclusion can be drawn (run with --seeds 3 or more).")
-    se = math.sqrt(s["std"] ** 2 / n + r["std"] ** 2 / n)
-    if abs(diff) <= 2 * se:
-        return (f"No clear difference: R3HF - sparse final ground truth = {diff:+.3f}, within twice its standard "
-                f"error ({2 * se:.3f}) over {n} seeds.")
-    better = "R3HF beat sparse" if diff > 0 else "R3HF did NOT beat sparse: sparse was better"
-    return f"{better} on final ground truth by {abs(diff):.3f} (> twice the standard error {2 * se:.3f}, {n} seeds)."
+def verdict_lines(comparisons: list[dict]) -> list[str]:
+    """One sentence per comparison, saying what was measured."""
+    lines = []
+    for c in comparisons:
+        estimator, rm, reward = c["arm"].split("/")
+        what = "R3HF (β_c = 1)" if reward == "r3hf" else 'beta_c="auto"'
+        auc = c["auc"]
+        if auc["verdict"] == "single seed":
+            lines.append(f"{estimator}, {rm} RM: {what} − sparse AUC {auc['diff']:+.3f} from a single seed: no verdict.")
+            continue
+        head = {"better": f"{what} BEAT sparse", "worse": f"{what} LOST to sparse",
+                "no clear difference": f"{what}: no clear difference from sparse"}[auc["verdict"]]
+        fin, st = c["final"], c["steps"]
+        lines.append(
+            f"{estimator}, {rm} RM: {head} on AUC ({auc['diff']:+.3f} ± {2 * auc['se']:.3f}); final "
+            f"{fin['diff']:+.3f} ± {2 * fin['se']:.3f} ({fin['verdict']}); steps to {THRESHOLD} "
+            f"{st['diff']:+.1f} ± {2 * st['se']:.1f} ({st['verdict']})."
+        )
+    return lines
 
 
 def table(summary: dict) -> str:
-    """Plain-text table of the summary."""
-    head = ("method", "GT score (final)", "RM score", "KL to ref", "steps to sparse final GT",
-            "r3hf ops / step")
+    """Plain-text table of every arm with its verdicts against sparse."""
+    head = ("estimator", "RM", "reward", "AUC of GT", "final GT", f"steps to {summary['threshold']}",
+            "vs sparse (AUC / final / steps)")
     rows = [head]
-    for method, row in summary["methods"].items():
-        reach = row["steps_to_reach_sparse_final_gt"]
+    verdicts = {c["arm"]: c for c in summary["comparisons"]}
+    short = {"better": "better", "worse": "WORSE", "no clear difference": "~", "single seed": "1 seed"}
+    for name, row in summary["arms"].items():
+        estimator, rm, reward = name.split("/")
+        steps = row["steps"]
+        censored = "" if all(row["reached_per_seed"]) else "*"
+        c = verdicts.get(name)
+        vs = "-" if c is None else " / ".join(short[c[m]["verdict"]] for m in METRICS)
         rows.append((
-            method,
-            f"{row['gt_score']['mean']:.3f} ± {row['gt_score']['std']:.3f}",
-            f"{row['rm_score']['mean']:+.3f} ± {row['rm_score']['std']:.3f}",
-            f"{row['kl_to_ref']['mean']:.2f} ± {row['kl_to_ref']['std']:.2f}",
-            f"{reach} of {row['steps']}" if reach is not None else f"not reached in {row['steps']}",
-            f"{row['time_r3hf_ops_ms_per_step']:.2f} / {row['time_step_ms']:.0f} ms "
-            f"({100 * row['r3hf_ops_fraction']:.1f}%)",
+            estimator, rm, reward,
+            f"{row['auc']['mean']:.3f} ± {row['auc']['std']:.3f}",
+            f"{row['final']['mean']:.3f} ± {row['final']['std']:.3f}",
+            f"{steps['mean']:.1f}{censored} ± {steps['std']:.1f}",
+            vs,
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
@@ -124,29 +153,43 @@ def table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(runs_by_method: dict, path, title: str) -> None:
-    """Ground-truth and RM score of the rollouts vs PPO step: mean over seeds, band = min..max."""
+COLOURS = {"sparse": "tab:blue", "r3hf": "tab:orange", "auto": "tab:green"}
+
+
+def plot(runs: dict, path, title: str) -> None:
+    """One figure with every arm's learning curve: a panel per (estimator, reward model), a line
+    per reward (mean ground truth of the rollouts over seeds, band = min..max)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    colours = {"sparse": "tab:blue", "r3hf": "tab:orange"}
-    for ax, key, name in ((axes[0], "gt_score", "ground-truth score"), (axes[1], "rm_score", "reward-model score")):
-        for method, runs in runs_by_method.items():
-            steps = min(len(r["history"]) for r in runs)
-            xs = list(range(1, steps + 1))
-            per_step = [[r["history"][i][key] for r in runs] for i in range(steps)]
-            mean = [statistics.fmean(v) for v in per_step]
-            ax.plot(xs, mean, color=colours.get(method), label=f"{method} (mean of {len(runs)} seeds)")
-            ax.fill_between(xs, [min(v) for v in per_step], [max(v) for v in per_step], color=colours.get(method),
-                            alpha=0.2, linewidth=0)
-        ax.set_xlabel("PPO step")
-        ax.set_ylabel(f"{name} of the rollout batch")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    cells = sorted({tuple(n.split("/")[:2]) for n in runs})
+    estimators = sorted({c[0] for c in cells}, reverse=True)
+    rms = sorted({c[1] for c in cells})
+    fig, axes = plt.subplots(len(estimators), len(rms), figsize=(4.2 * len(rms), 3.2 * len(estimators)),
+                             squeeze=False, sharey=True)
+    for i, est in enumerate(estimators):
+        for j, rm in enumerate(rms):
+            ax = axes[i][j]
+            for name, rs in runs.items():
+                e, r, reward = name.split("/")
+                if (e, r) != (est, rm):
+                    continue
+                steps = min(len(x["history"]) for x in rs)
+                xs = list(range(1, steps + 1))
+                per = [[x["history"][k]["gt_score"] for x in rs] for k in range(steps)]
+                ax.plot(xs, [statistics.fmean(v) for v in per], color=COLOURS.get(reward), label=reward)
+                ax.fill_between(xs, [min(v) for v in per], [max(v) for v in per], color=COLOURS.get(reward),
+                                alpha=0.15, linewidth=0)
+            ax.axhline(THRESHOLD, color="k", lw=0.6, ls=":")
+            ax.set_title(f"{est}, {rm} reward model", fontsize=9)
+            ax.set_xlabel("step")
+            if j == 0:
+                ax.set_ylabel("ground truth of rollouts")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)

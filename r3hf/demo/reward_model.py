@@ -47,6 +47,9 @@ def train_reward_model(train_pairs, *, epochs: float = 2.0, batch_size: int = 32
             lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0, seed=seed, report_to="none", save_strategy="no",
             logging_steps=10, disable_tqdm=True, use_cpu=(device == "cpu"), dataloader_num_workers=0,
             max_length=None,
+            # fp32, as PPO reads the model: with RewardConfig's default bf16=True the trained model's
+            # forward would run under bf16 autocast (r3hf.models follows it, at bf16 precision).
+            bf16=False,
         )
         trainer = RewardTrainer(
             model=model, args=args, train_dataset=train_pairs, processing_class=task.make_tokenizer(),
@@ -61,8 +64,25 @@ def train_reward_model(train_pairs, *, epochs: float = 2.0, batch_size: int = 32
 
 @torch.no_grad()
 def sequence_scores(model, input_ids: torch.Tensor) -> torch.Tensor:
-    """The model's own score of each full (unpadded) sequence -> [B] float32."""
-    return model(input_ids=input_ids).logits[:, 0].float()
+    """Score of each full (unpadded) sequence -> [B] float32, read exactly as PPO reads it
+    (`r3hf.models.prefix_scores` at the last token), so accuracy and PPO use one code path."""
+    from ..models import prefix_scores
+
+    return prefix_scores(model, input_ids)[:, -1]
+
+
+def credit_label_fn(noise: float = 1.0, seed: int = 0):
+    """label_fn for `r3hf.models.prefix_pairs` that knows the task: the cut pair is labelled by the
+    ground-truth credit earned in the kept tokens, with the same Bradley–Terry noise as the full
+    labels (P(chosen prefix ≻ rejected prefix) = σ((earned_c − earned_r)/noise))."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def label(prompt, chosen, rejected, example):
+        c = task.token_credit(None, torch.tensor([chosen]), task.RESPONSE_LEN).sum()
+        r = task.token_credit(None, torch.tensor([rejected]), task.RESPONSE_LEN).sum()
+        return bool(torch.rand((), generator=gen) < torch.sigmoid((c - r) / noise))
+
+    return label
 
 
 @torch.no_grad()

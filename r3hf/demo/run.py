@@ -1,4 +1,5 @@
-"""`r3hf demo`: preference data → reward model (TRL) → PPO with sparse vs R3HF rewards, on a
+"""`r3hf demo`: when does R3HF help? Preference data → reward models (TRL; full-response and
+prefix-aware) → critic-free RLOO and PPO-GAE with sparse, R3HF and beta_c="auto" rewards, on a
 synthetic task whose ground truth is known (see `r3hf.demo.task`). Offline, CPU-sized."""
 
 from __future__ import annotations
@@ -18,53 +19,57 @@ from .. import ops
 from ..ppo import PPOConfig
 from . import report, task
 from .policy import make_policy, pretrain, sample
-from .reward_model import credit_diagnostic, pairwise_accuracy, train_reward_model
-from .train import run_ppo
+from .reward_model import credit_diagnostic, credit_label_fn, make_reward_model, pairwise_accuracy, train_reward_model
+from .train import restrict_vocab, run_ppo
+
+
+RM_KINDS = {
+    "full": "trained on full responses only (what users have)",
+    "prefix": "the full pairs plus cut copies of half of them, labelled by the task's credit in the kept tokens (label_fn)",
+    "prefix-keep": "the full pairs plus cut copies of half of them, keeping the full pair's label (prefix_pairs' default)",
+}
 
 
 @dataclass
 class DemoSettings:
     seeds: int = 3
-    steps: int = 40
-    batch_size: int = 64
-    train_pairs: int = 4000
+    steps: int = 24
+    batch_size: int = 48
+    group_size: int = 4  # rloo: responses per prompt
+    train_pairs: int = 2000
     test_pairs: int = 500
     rm_epochs: float = 2.0
+    prefix_fraction: float = 0.5
     pretrain_steps: int = 150
-    eval_prompts: int = 512
+    eval_prompts: int = 128
+    diag_samples: int = 256
     lr: float = 1e-3
     label_noise: float = 1.0  # Bradley–Terry temperature, in units of earned tokens
-    samples_shown: int = 4
-    critic_init: str = "reward-model"  # TRL's convention; "policy" for a zero-head critic on the policy backbone
+    ppo_epochs: int = 2
+    num_minibatches: int = 2
+    samples_shown: int = 3
+    critic_init: str = "policy"  # PPO's critic: the policy's backbone with a zero head ("reward-model": a copy of the RM)
+    estimators: tuple = ("rloo", "ppo")
+    rms: tuple = ("full", "prefix")  # reward models the policies are trained on
+    diagnose_rms: tuple = ("full", "prefix", "prefix-keep")  # reward models trained and diagnosed
+    rewards: tuple = ("sparse", "r3hf", "auto")
+    workers: int = 2  # processes running arms in parallel (one torch thread each)
 
     @classmethod
     def quick(cls) -> "DemoSettings":
-        return cls(seeds=1, steps=8, train_pairs=800, test_pairs=200, rm_epochs=1.0, pretrain_steps=40,
-                   eval_prompts=128, samples_shown=3)
+        return cls(seeds=1, steps=5, batch_size=32, train_pairs=600, test_pairs=200, rm_epochs=1.0, pretrain_steps=40,
+                   eval_prompts=64, diag_samples=96, samples_shown=2, diagnose_rms=("full", "prefix"))
+
+    @classmethod
+    def full(cls) -> "DemoSettings":
+        return cls(seeds=8, steps=40, batch_size=64, train_pairs=4000, eval_prompts=512, diag_samples=512,
+                   rms=("full", "prefix", "prefix-keep"))
 
 
 def _bar(total, desc):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, file=sys.stderr, dynamic_ncols=True, leave=True)
-
-
-def _trainer_progress_callback():
-    from transformers import TrainerCallback
-
-    class Progress(TrainerCallback):
-        bar = None
-
-        def on_train_begin(self, args, state, control, **kw):
-            self.bar = _bar(state.max_steps, "reward model (TRL RewardTrainer)")
-
-        def on_step_end(self, args, state, control, **kw):
-            self.bar.update(1)
-
-        def on_train_end(self, args, state, control, **kw):
-            self.bar.close()
-
-    return Progress()
 
 
 def _machine(device: str) -> dict:
@@ -112,24 +117,134 @@ def _sample_rows(policy, rm, prompts, method, seed):
             "marks": credit[b].bool().tolist(),
             "name": f"{method}: {' '.join(task.decode(qr[b, :P]))}",
             "label": f"{method} policy (seed {seed}): RM score {res['prompt_score']:+.2f} (prompt) -> "
-                     f"{res['final_score']:+.2f}; ground truth {credit[b].mean():.3f} "
-                     f"(credited tokens: {', '.join(str(j) for j in credit[b].nonzero().flatten().tolist()) or 'none'})",
+                     f"{res['final_score']:+.2f}; ground truth {credit[b].mean():.3f}",
         })
     return rows
 
 
+_SHARED: dict = {}  # what every arm needs, set before the worker processes fork
+
+
+def _run_arm(job):
+    """One (estimator, reward model, reward, seed) run; returns (arm, seed, result without the policy)."""
+    estimator, rm_name, reward, seed = job
+    s = _SHARED
+    settings = s["settings"]
+    torch.set_num_threads(1)
+    config = PPOConfig(ppo_epochs=settings.ppo_epochs, num_minibatches=settings.num_minibatches)
+    res = run_ppo(reward, seed, init_policy=s["policy0"], rm=s["rms"][rm_name], steps=settings.steps,
+                  batch_size=settings.batch_size, lr=settings.lr, config=config, device=s["device"],
+                  eval_prompts=s["eval_prompts"], critic_init=settings.critic_init, estimator=estimator,
+                  group_size=settings.group_size)
+    policy = res.pop("policy")
+    if seed == 0 and reward == "r3hf" and estimator == settings.estimators[0]:
+        res["samples"] = _sample_rows(policy, s["rms"][rm_name], s["eval_prompts"][: settings.samples_shown].to(s["device"]),
+                                      f"{estimator}/{rm_name}/{reward}", seed)
+    return report.arm_name(estimator, rm_name, reward), seed, res
+
+
+def _jobs(settings):
+    return [(e, rm, r, seed) for e in settings.estimators for rm in settings.rms for r in settings.rewards
+            for seed in range(settings.seeds)]
+
+
+def _run_all(jobs, workers: int, echo):
+    """Run the jobs, in `workers` forked processes when > 1; results in job order."""
+    results = {}
+    t0 = time.perf_counter()
+
+    def done(arm, seed, res):
+        results[(arm, seed)] = res
+        gt = res["final"].get("gt_score", float("nan"))
+        echo(f"  [{len(results):3d}/{len(jobs)}] {arm:22s} seed {seed}: final ground truth {gt:.3f} "
+             f"({time.perf_counter() - t0:.0f} s)")
+
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork")) as pool:
+            futures = [pool.submit(_run_arm, j) for j in jobs]
+            for f in as_completed(futures):
+                done(*f.result())
+    else:
+        for j in jobs:
+            done(*_run_arm(j))
+    return [results[(report.arm_name(*j[:3]), j[3])] for j in jobs]
+
+
+def _rm_data(kind, settings, train_pairs):
+    from ..models import prefix_pairs
+
+    if kind == "full":
+        return train_pairs
+    label_fn = credit_label_fn(settings.label_noise, seed=5) if kind == "prefix" else None
+    return prefix_pairs(train_pairs, fraction=settings.prefix_fraction, prompt_len=task.PROMPT_LEN,
+                        label_fn=label_fn, keep_full=True, seed=3)
+
+
+def _train_rm_job(kind):
+    s = _SHARED
+    torch.set_num_threads(1)
+    t = time.perf_counter()
+    model, log = train_reward_model(_rm_data(kind, s["settings"], s["train_pairs"]), epochs=s["settings"].rm_epochs,
+                                    device=s["device"])
+    # The weights, not the trained module: the trainer leaves unpicklable hooks on it.
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return kind, state, log, time.perf_counter() - t
+
+
+def _train_rms(settings, train_pairs, device, echo):
+    """The reward models of the study: "full", "prefix" (label_fn) and "prefix-keep" (default
+    label), trained in parallel worker processes when settings.workers > 1."""
+    wanted = list(dict.fromkeys([*settings.diagnose_rms, *settings.rms]))
+    unknown = [k for k in wanted if k not in RM_KINDS]
+    if unknown:
+        raise ValueError(f"unknown reward model kinds {unknown}; choose from {list(RM_KINDS)}")
+    _SHARED.update(settings=settings, train_pairs=train_pairs, device=device)
+    rms, logs = {}, {}
+
+    def done(kind, state, log, seconds):
+        model = make_reward_model(0)
+        model.load_state_dict(state)
+        rms[kind], logs[kind] = model.to(device).eval(), log
+        echo(f"reward model {kind!r} ({RM_KINDS[kind]}): trained in {seconds:.0f} s")
+
+    try:
+        if settings.workers > 1 and len(wanted) > 1:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(max_workers=settings.workers, mp_context=mp.get_context("fork")) as pool:
+                for res in pool.map(_train_rm_job, wanted):
+                    done(*res)
+        else:
+            for kind in wanted:
+                done(*_train_rm_job(kind))
+    finally:
+        _SHARED.clear()
+    return {k: rms[k] for k in wanted}, logs
+
+
 def run(*, seeds: int | None = None, steps: int | None = None, out="r3hf-demo", device: str = "cpu",
-        quick: bool = False, threads: int | None = 1, critic_init: str | None = None, echo=print) -> dict:
-    """Run the whole demo and write plot, JSON and heatmap into `out`. Returns the JSON dict."""
-    settings = DemoSettings.quick() if quick else DemoSettings()
+        quick: bool = False, full: bool = False, threads: int | None = 1, critic_init: str | None = None,
+        workers: int | None = None, echo=print) -> dict:
+    """Run the whole study and write plots, JSON and heatmap into `out`. Returns the JSON dict."""
+    if quick and full:
+        raise ValueError("choose --quick or --full, not both")
+    settings = DemoSettings.quick() if quick else DemoSettings.full() if full else DemoSettings()
     if seeds is not None:
         settings.seeds = seeds
     if steps is not None:
         settings.steps = steps
     if critic_init is not None:
         settings.critic_init = critic_init
-    if settings.seeds < 1 or settings.steps < 1:
-        raise ValueError("--seeds and --steps must be at least 1")
+    if workers is not None:
+        settings.workers = workers
+    if settings.seeds < 1 or settings.steps < 1 or settings.workers < 1:
+        raise ValueError("--seeds, --steps and --workers must be at least 1")
+    if torch.device(device).type != "cpu":
+        settings.workers = 1  # one process per accelerator
     if threads:
         torch.set_num_threads(threads)  # tiny models: one thread is fastest and steady on a shared CPU
     out = Path(out)
@@ -142,33 +257,29 @@ def run(*, seeds: int | None = None, steps: int | None = None, out="r3hf-demo", 
     t = time.perf_counter()
     data_gen = torch.Generator().manual_seed(0)
     reference = task.ReferencePolicy.make()
-    bar = _bar(2, "preference pairs")
     train_pairs = task.preference_pairs(settings.train_pairs, data_gen, reference, noise=settings.label_noise)
-    bar.update(1)
     test_pairs = task.preference_pairs(settings.test_pairs, data_gen, reference, noise=settings.label_noise)
-    bar.update(1)
-    bar.close()
     timings["data_s"] = time.perf_counter() - t
 
-    # 2. Reward model with TRL's RewardTrainer; held-out pairwise accuracy.
+    # 2. Reward models with TRL's RewardTrainer: full responses, and prefix-aware (prefix_pairs).
     t = time.perf_counter()
-    rm, rm_history = train_reward_model(train_pairs, epochs=settings.rm_epochs, device=device,
-                                        callbacks=[_trainer_progress_callback()])
-    rm_metrics = pairwise_accuracy(rm, test_pairs, device=device)
+    rms, rm_logs = _train_rms(settings, train_pairs, device, echo)
+    rm_metrics = {k: pairwise_accuracy(m, test_pairs, device=device) for k, m in rms.items()}
     diag_gen = torch.Generator().manual_seed(7)
     diag_prompts = task.sample_prompts(512, diag_gen)
-    rm_credit = credit_diagnostic(rm, diag_prompts, reference.sample(512, diag_gen))
-    timings["reward_model_s"] = time.perf_counter() - t
+    diag_ref = reference.sample(512, diag_gen)
+    rm_credit = {k: credit_diagnostic(m, diag_prompts, diag_ref) for k, m in rms.items()}
+    timings["reward_models_s"] = time.perf_counter() - t
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # no "writing shards" bar for a 100 kB model
-    rm.save_pretrained(out / "reward_model")
+    rms["full"].save_pretrained(out / "reward_model")
     hf_logging.enable_progress_bar()
     task.make_tokenizer().save_pretrained(out / "reward_model")
 
-    # 3. Tiny policy pre-trained on reference samples (the PPO start and the KL reference).
+    # 3. Tiny policy pre-trained on reference samples (the start of every run and the KL reference).
     t = time.perf_counter()
-    policy0 = make_policy(0).to(device)
+    policy0 = restrict_vocab(make_policy(0)).to(device)
     bar = _bar(settings.pretrain_steps, "policy pre-training")
     pre_losses = pretrain(policy0, reference, steps=settings.pretrain_steps, generator=torch.Generator().manual_seed(1),
                           device=device, progress=bar)
@@ -176,37 +287,46 @@ def run(*, seeds: int | None = None, steps: int | None = None, out="r3hf-demo", 
     timings["pretrain_s"] = time.perf_counter() - t
     eval_prompts = task.sample_prompts(settings.eval_prompts, torch.Generator().manual_seed(99))
 
-    # 4. PPO, sparse vs R3HF, same start, same seeds, same budget.
-    config = PPOConfig()
-    runs = {m: [] for m in report.METHODS}
-    shown = []
+    # 4. Prefix diagnostics of each reward model on the start policy's samples (no ground truth used).
     t = time.perf_counter()
-    for method in report.METHODS:
-        for seed in range(settings.seeds):
-            bar = _bar(settings.steps, f"PPO {method:6s} seed {seed}")
-            res = run_ppo(method, seed, init_policy=policy0, rm=rm, steps=settings.steps,
-                          batch_size=settings.batch_size, lr=settings.lr, config=config, device=device,
-                          eval_prompts=eval_prompts, progress=bar, critic_init=settings.critic_init)
-            bar.close()
-            if seed == 0:
-                shown += _sample_rows(res["policy"], rm, eval_prompts[: settings.samples_shown].to(device), method, seed)
-            res.pop("policy")
-            runs[method].append(res)
-    timings["ppo_s"] = time.perf_counter() - t
+    from ..models import prefix_diagnostics, save_diagnostics
+
+    qr, _ = sample(policy0, task.sample_prompts(settings.diag_samples, torch.Generator().manual_seed(11)).to(device),
+                   task.RESPONSE_LEN, torch.Generator().manual_seed(12))
+    diagnostics = {k: prefix_diagnostics(m, qr, None, task.PROMPT_LEN, buckets=4, bootstrap=100)
+                   for k, m in rms.items()}
+    for k, d in diagnostics.items():
+        save_diagnostics(d, out / f"diagnostics_{k}", title=f"prefix diagnostics: {k} reward model")
+    plot_all_diagnostics(diagnostics, out / "diagnostics.png")
+    timings["diagnostics_s"] = time.perf_counter() - t
+
+    # 5. Every arm: estimator × reward model × reward, same start, seeds and budget.
+    t = time.perf_counter()
+    _SHARED.update(settings=settings, policy0=policy0, rms=rms, eval_prompts=eval_prompts, device=device)
+    jobs = _jobs(settings)
+    echo(f"{len(jobs)} runs ({len(jobs) // settings.seeds} arms x {settings.seeds} seed(s), {settings.steps} steps) "
+         f"on {settings.workers} worker(s)")
+    results = _run_all(jobs, settings.workers, echo)
+    _SHARED.clear()
+    runs, shown = {}, []
+    for (e, rm, r, seed), res in zip(jobs, results):
+        shown += res.pop("samples", [])
+        runs.setdefault(report.arm_name(e, rm, r), []).append(res)
+    timings["runs_s"] = time.perf_counter() - t
     from .train import evaluate
 
-    start_eval = evaluate(policy0, policy0, rm, eval_prompts.to(device), torch.Generator().manual_seed(10_000))
+    start_eval = evaluate(policy0, policy0, rms["full"], eval_prompts.to(device), torch.Generator().manual_seed(10_000))
 
-    # 5. Report.
+    # 6. Report.
     summary = report.summarise(runs)
-    title = (f"sparse vs R3HF PPO on the synthetic task: {settings.seeds} seed(s), {settings.steps} steps, "
+    title = (f"{task.RESPONSE_LEN}-token responses: {settings.seeds} seed(s), {settings.steps} steps, "
              f"batch {settings.batch_size}")
     report.plot(runs, out / "scores.png", title)
     from ..viz import heatmap_html, heatmap_png
 
-    note = ("Responses of the final sparse and R3HF policies (seed 0) on held-out prompts, each token coloured by "
-            "the reward model's redistributed reward. Underlined tokens earn ground-truth credit (a red word "
-            "in the first half, a blue word in the second).")
+    note = ("Responses of final R3HF policies (seed 0) on held-out prompts, each token coloured by its reward "
+            "model's redistributed reward. Underlined tokens earn ground-truth credit (a red word in the first "
+            "half, a blue word in the second).")
     (out / "heatmap.html").write_text(heatmap_html(shown, note=note), encoding="utf-8")
     heatmap_png(shown, out / "heatmap.png", title="R3HF token rewards of final-policy samples (seed 0)")
     timings["total_s"] = time.perf_counter() - t_total
@@ -214,39 +334,68 @@ def run(*, seeds: int | None = None, steps: int | None = None, out="r3hf-demo", 
         "date_utc": started.isoformat(timespec="seconds"),
         "machine": _machine(device),
         "settings": asdict(settings),
-        "ppo_config": asdict(config),
+        "ppo_config": asdict(PPOConfig(ppo_epochs=settings.ppo_epochs, num_minibatches=settings.num_minibatches)),
         "task": {
             "vocab": list(task.VOCAB), "prompt_len": task.PROMPT_LEN, "response_len": task.RESPONSE_LEN,
             "rule": "red word in the first half or blue word in the second half earns 1; quality = mean",
         },
-        "reward_model": {"held_out": rm_metrics, "credit_on_reference_samples": rm_credit, "train_log": rm_history},
+        "reward_models": {k: {"kind": RM_KINDS[k], "held_out": rm_metrics[k], "credit_on_reference_samples": rm_credit[k],
+                              "diagnostics": _diag_summary(diagnostics[k]), "train_log": rm_logs[k]} for k in rms},
         "pretrain": {"loss_first": pre_losses[0], "loss_last": pre_losses[-1]},
         "start_policy": start_eval,
         "summary": summary,
         "runs": runs,
         "samples": shown,
         "timings_s": timings,
-        "files": {"plot": "scores.png", "heatmap_html": "heatmap.html", "heatmap_png": "heatmap.png",
-                  "reward_model": "reward_model/"},
+        "files": {"learning_curves": "scores.png", "diagnostics": "diagnostics.png", "heatmap_html": "heatmap.html",
+                  "heatmap_png": "heatmap.png", "reward_model": "reward_model/ (the full-response RM)"},
     }
     (out / "results.json").write_text(json.dumps(result, indent=1, default=float), encoding="utf-8")
 
     echo("")
-    echo(f"reward model: held-out pairwise accuracy {rm_metrics['label_accuracy']:.3f} on noisy labels, "
-         f"{rm_metrics['ground_truth_accuracy']:.3f} against the ground truth "
-         f"(labels agree with the ground truth on {rm_metrics['label_agreement_with_ground_truth']:.3f} of pairs)")
-    echo(f"reward model credit assignment on reference samples: mean R3HF reward {rm_credit['mean_reward_credited_tokens']:+.3f} "
-         f"on tokens with ground-truth credit vs {rm_credit['mean_reward_other_tokens']:+.3f} on the others; "
-         f"sign agrees on {rm_credit['sign_agreement']:.3f} of tokens")
-    echo(f"critic initialised from: {settings.critic_init}")
-    echo(f"start policy: ground truth {start_eval['gt_score']:.3f}, RM score {start_eval['rm_score']:+.3f}")
+    for k in rms:
+        m, c, d = rm_metrics[k], rm_credit[k], diagnostics[k]
+        echo(f"reward model {k!r}: held-out accuracy {m['label_accuracy']:.3f} (noisy labels), "
+             f"{m['ground_truth_accuracy']:.3f} (ground truth); R3HF reward {c['mean_reward_credited_tokens']:+.3f} on "
+             f"credited tokens vs {c['mean_reward_other_tokens']:+.3f} on others")
+        echo("  Var(R - Φ_t)/Var(R) by quarter of the response: "
+             + ", ".join(f"{b['var_ratio']:.2f} ({b['effect']})" for b in d["buckets"]))
+    echo(f"start policy: ground truth {start_eval['gt_score']:.3f}")
     echo("")
     echo(report.table(summary))
+    echo(f"(AUC: mean rollout ground truth over the {settings.steps} steps; final: held-out ground truth of the final "
+         f"policy; steps to {report.THRESHOLD}: {report.SMOOTH}-step mean, * = not reached by some seed, counted as "
+         f"{settings.steps + 1}; verdicts: paired over seeds, 2 standard errors)")
     echo("")
-    echo(summary["verdict"])
-    echo(f"steps to reach: first PPO step where the {report.SMOOTH}-step moving average of the mean rollout ground "
-         f"truth reaches the sparse run's final value ({summary['target_gt_for_steps_to_reach']:.3f}).")
-    echo(f"wrote {out}/scores.png, results.json, heatmap.html, heatmap.png, reward_model/ "
+    for line in summary["verdicts"]:
+        echo(line)
+    echo(f"wrote {out}/scores.png, diagnostics.png, results.json, heatmap.html, heatmap.png, reward_model/ "
          f"in {timings['total_s']:.0f} s on {result['machine']['device']}")
     return result
 
+
+def _diag_summary(d: dict) -> dict:
+    return {k: d[k] for k in ("buckets", "prompt_var_share", "prompt_r2", "verdict")} | {
+        "largest_share_mean": d["largest_share"]["mean"],
+        "var_ratio_per_position": [p["var_ratio"] for p in d["positions"]],
+        "corr_per_position": [p["corr"] for p in d["positions"]],
+    }
+
+
+def plot_all_diagnostics(diagnostics: dict, path) -> None:
+    """One row of diagnostic panels per reward model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..models import plot_diagnostics
+
+    fig, axes = plt.subplots(len(diagnostics), 3, figsize=(12, 3.0 * len(diagnostics)), squeeze=False)
+    for row, (k, d) in zip(axes, diagnostics.items()):
+        plot_diagnostics(d, None, axes=row)
+        row[0].set_ylabel(f"{k} RM", fontsize=9)
+    fig.suptitle("prefix-score diagnostics of each reward model on the start policy's samples", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -33,7 +33,7 @@ PAD_ID, EOS_ID = 0, 1
 WORD_IDS = tuple(range(2, len(VOCAB)))
 FIRST_HALF_GROUP, SECOND_HALF_GROUP = 0, 2  # red words early, blue words late
 PROMPT_LEN = 4
-RESPONSE_LEN = 8
+RESPONSE_LEN = 24  # long enough for credit assignment to matter
 TASK_SEED = 1234  # fixes the reference policy: the "world" is the same for every run seed
 
 
@@ -44,11 +44,15 @@ def group_of(token_id: torch.Tensor) -> torch.Tensor:
     return torch.where(t >= WORD_IDS[0], g, torch.full_like(g, -1))
 
 
-def token_credit(prompts: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
-    """Ground-truth credit of every response token, 1.0 or 0.0: [B, P] prompts, [B, L] responses -> [B, L]."""
+def token_credit(prompts: torch.Tensor, responses: torch.Tensor, length: int | None = None) -> torch.Tensor:
+    """Ground-truth credit of every response token, 1.0 or 0.0: [B, P] prompts, [B, L] responses -> [B, L].
+
+    length: the full response length the halves refer to (default L; pass RESPONSE_LEN for a
+    response prefix)."""
     del prompts  # the rule does not depend on the prompt; kept in the signature for other rules
     L = responses.shape[1]
-    second_half = torch.arange(L, device=responses.device) >= L // 2  # [L]
+    full = L if length is None else length
+    second_half = torch.arange(L, device=responses.device) >= full // 2  # [L]
     wanted = torch.where(second_half, SECOND_HALF_GROUP, FIRST_HALF_GROUP)
     return (group_of(responses) == wanted[None, :]).float()
 

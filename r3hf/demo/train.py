@@ -1,4 +1,4 @@
-"""One PPO run of the demo (sparse or R3HF) with r3hf.ppo, and the evaluation of a policy."""
+"""One run of the demo (PPO-GAE or critic-free RLOO; sparse, R3HF or beta_c="auto") and the evaluation of a policy."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from .. import ppo
+from .. import ops, ppo
 from . import task
 from .policy import sample
 from ..models import reward_hidden_states
@@ -65,40 +65,83 @@ def make_critic(rm, init_policy, critic_init: str):
     raise ValueError(f"critic_init must be one of {list(CRITIC_INITS)}, got {critic_init!r}")
 
 
+ESTIMATORS = ("rloo", "ppo")  # critic-free RLOO (group advantages), PPO-GAE with a critic
+REWARDS = ("sparse", "r3hf", "auto")  # β_c = 0, β_c = 1, beta_c="auto"
+SUPPRESSED_IDS = (task.PAD_ID, task.EOS_ID)
+
+
+def restrict_vocab(policy):
+    """Responses are fixed-length word sequences, so the policy must never sample <pad> or <eos>:
+    a fixed (untrained) −1e4 bias on those logits of the LM head. Every path that reads the
+    policy's logits (sampling, log-probs, pre-training) then sees the same restricted
+    distribution, so PPO's ratios stay exact. Returns the policy."""
+    head = policy.get_output_embeddings()
+    bias = torch.zeros(head.out_features, device=head.weight.device)
+    bias[list(SUPPRESSED_IDS)] = -1e4
+    head.bias = torch.nn.Parameter(bias, requires_grad=False)
+    return policy
+
+
+def _beta_c(reward: str):
+    if reward not in REWARDS:
+        raise ValueError(f"reward must be one of {list(REWARDS)}, got {reward!r}")
+    return {"sparse": 0.0, "r3hf": 1.0, "auto": "auto"}[reward]
+
+
 def run_ppo(method: str, seed: int, *, init_policy, rm, steps: int, batch_size: int = 64, lr: float = 1e-3,
             config: ppo.PPOConfig | None = None, device: str = "cpu", eval_prompts=None, progress=None,
-            critic_init: str = "reward-model") -> dict:
-    """PPO from `init_policy` (also the frozen reference) with the critic from `make_critic`;
-    `method` "sparse" or "r3hf" only flips PPOConfig.reward. Returns per-step history (rollout
-    ground truth, RM score, KL, losses, timings) and the final evaluation."""
+            critic_init: str = "policy", estimator: str = "ppo", group_size: int = 4) -> dict:
+    """One run from `init_policy` (also the frozen reference). method: "sparse", "r3hf" or "auto"
+    (β_c = 0, 1 or "auto" in r3hf.ops). estimator "ppo": PPO-GAE with the critic from
+    `make_critic`; "rloo": critic-free, `group_size` responses per prompt, advantages from
+    `r3hf.ops.fused_reward_group_advantages(..., "rloo")` (no critic, no whitening). Returns the
+    per-step history (rollout ground truth, RM score, KL, losses, timings) and the final evaluation."""
     config = copy.deepcopy(config) if config is not None else ppo.PPOConfig()
-    config.reward = method
-    torch.manual_seed(seed)
+    beta_c = _beta_c(method)
+    config.reward = "sparse" if method == "sparse" else "r3hf"
+    config.beta_c = 1.0 if method == "sparse" else beta_c
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {list(ESTIMATORS)}, got {estimator!r}")
     if critic_init not in CRITIC_INITS:
         raise ValueError(f"critic_init must be one of {list(CRITIC_INITS)}, got {critic_init!r}")
+    if estimator == "rloo" and (group_size < 2 or batch_size % group_size):
+        raise ValueError(f"rloo needs group_size >= 2 dividing batch_size, got {group_size} and {batch_size}")
+    torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     policy = copy.deepcopy(init_policy).to(device).train()
     ref_policy = copy.deepcopy(init_policy).to(device).eval()
-    critic = make_critic(rm, init_policy, critic_init).to(device).train()
+    critic = make_critic(rm, init_policy, critic_init).to(device).train() if estimator == "ppo" else None
     rm = rm.to(device).eval()
-    optimizer = torch.optim.Adam(list(policy.parameters()) + list(critic.parameters()), lr=lr, eps=1e-5)
+    params = list(policy.parameters()) + (list(critic.parameters()) if critic is not None else [])
+    optimizer = torch.optim.Adam([q for q in params if q.requires_grad], lr=lr, eps=1e-5)
     P, L = task.PROMPT_LEN, task.RESPONSE_LEN
     history = []
     for step in range(steps):
         _sync(device)
         t_step = time.perf_counter()
-        prompts = task.sample_prompts(batch_size, gen).to(device)
+        if estimator == "rloo":
+            prompts = task.sample_prompts(batch_size // group_size, gen).repeat_interleave(group_size, 0).to(device)
+        else:
+            prompts = task.sample_prompts(batch_size, gen).to(device)
         with torch.no_grad():
             qr, _ = sample(policy, prompts, L, gen, config.temperature)
             logprobs, _ = ppo.response_logprobs(policy, qr, P, L, temperature=config.temperature)
             ref_logprobs, _ = ppo.response_logprobs(ref_policy, qr, P, L, temperature=config.temperature)
-            values = ppo.response_values(critic, qr, P, L)
+            values = ppo.response_values(critic, qr, P, L) if critic is not None else torch.zeros_like(logprobs)
             hidden, w, b = rm_hidden_and_head(rm, qr)
         mask = torch.ones(batch_size, L, dtype=torch.bool, device=device)
         rollout = ppo.Rollout(qr, P, mask, logprobs, ref_logprobs, values, rm_hidden=hidden, rm_weight=w, rm_bias=b)
         _sync(device)
         t_ops = time.perf_counter()
-        adv = ppo.compute_advantages(rollout, config)  # r3hf.ops: fused_reward_gae + masked_whiten
+        if estimator == "ppo":
+            adv = ppo.compute_advantages(rollout, config)  # r3hf.ops: fused_reward_gae + masked_whiten
+        else:
+            rewards, advantages = ops.fused_reward_group_advantages(
+                hidden, w, b, mask, P, group_size, "rloo", logprobs=logprobs, ref_logprobs=ref_logprobs,
+                kl_coef=config.kl_coef, kl_estimator=config.kl_estimator, first=config.first,
+                beta_c=config.effective_beta_c, backend=config.backend,
+            )
+            adv = ppo.Advantages(rewards, advantages, advantages)
         _sync(device)
         t_ops = time.perf_counter() - t_ops
         metrics = ppo.ppo_update(policy, critic, optimizer, rollout, adv, config, generator=gen)
@@ -120,4 +163,5 @@ def run_ppo(method: str, seed: int, *, init_policy, rm, steps: int, batch_size: 
     policy.eval()
     final = evaluate(policy, ref_policy, rm, eval_prompts.to(device), torch.Generator().manual_seed(10_000 + seed)) \
         if eval_prompts is not None else {}
-    return {"method": method, "seed": seed, "history": history, "final": final, "policy": policy}
+    return {"method": method, "estimator": estimator, "seed": seed, "history": history, "final": final,
+            "policy": policy}

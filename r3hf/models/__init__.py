@@ -5,12 +5,16 @@
 - `reward_hidden_states(...)`: (hidden, weight, bias) to pass straight to `ops.fused_reward_gae`.
 - `RewardRedistributor`: PPO batches -> token rewards (or rewards, advantages, returns), with
   several scorers combined by coefficients and reward models on a different tokenizer.
+- `prefix_diagnostics(...)`: do the prefix scores carry signal (Var(R − Φ_t)/Var(R) per position)?
+- `prefix_pairs(dataset, fraction)`: truncated preference pairs for prefix-aware RM training.
 """
 
 from .align import aligned_prefix_scores, policy_char_ends, rm_prefix_index, same_tokenizer
 from .heads import HEAD_NAMES, Head, UnsupportedModelError, check_causal, find_backbone, find_head
 from .redistributor import RewardRedistributor, Scorer
 from .scoring import position_ids, prefix_scores, reward_hidden_states
+from .diagnostics import plot_diagnostics, prefix_diagnostics, save_diagnostics
+from .prefix_pairs import prefix_pairs
 
 __all__ = [
     "prefix_scores",
@@ -28,4 +32,8 @@ __all__ = [
     "policy_char_ends",
     "rm_prefix_index",
     "same_tokenizer",
+    "prefix_diagnostics",
+    "save_diagnostics",
+    "plot_diagnostics",
+    "prefix_pairs",
 ]

@@ -29,13 +29,15 @@ class Head:
     """A reward model split for prefix scoring.
 
     backbone: the module whose `last_hidden_state` [B, S, D] is read; weight [D]; bias None or a
-    float32 [1] tensor; name: where the head was found (for messages).
+    float32 [1] tensor; name: where the head was found (for messages); model: the whole model
+    (its `forward` wrapper, e.g. accelerate's autocast, and its config's pad id are followed).
     """
 
     backbone: nn.Module
     weight: torch.Tensor
     bias: torch.Tensor | None
     name: str
+    model: nn.Module | None = None
 
 
 def model_config(model: nn.Module):
@@ -142,7 +144,7 @@ def find_head(model: nn.Module, head=None, label=None, *, check: bool = True) ->
     weight, bias = _label_reduce(linear, label, name)
     if bias is not None:
         bias = bias.detach().float()
-    return Head(backbone=backbone, weight=weight.detach(), bias=bias, name=name)
+    return Head(backbone=backbone, weight=weight.detach(), bias=bias, name=name, model=model)
 
 
 def check_causal(model: nn.Module) -> None:

@@ -11,7 +11,7 @@ from .. import _validate as v
 from .. import ops
 from .align import aligned_prefix_scores, same_tokenizer
 from .heads import find_head, model_config
-from .scoring import check_ids, head_hidden_states
+from .scoring import check_ids, head_hidden_states, project
 
 
 class Scorer:
@@ -44,7 +44,7 @@ class Scorer:
         """float32 [B, S] prefix scores of this model on its own ids, unscaled, 0 at padding."""
         ids, mask = check_ids(input_ids, attention_mask)
         hidden, weight, bias = self.hidden_states(ids, mask)
-        return ops.prefix_scores(hidden, weight, bias, backend=backend).masked_fill(~mask, 0.0)
+        return project(hidden, weight, bias, backend).masked_fill(~mask, 0.0)
 
 
 class RewardRedistributor:
@@ -102,7 +102,7 @@ class RewardRedistributor:
         self.skip_special_tokens = skip_special_tokens
         # Checked once here so a bad setting fails at construction, not after a rollout.
         self.first = v.check_choice("first", first, v.FIRST_MODES)
-        self.beta_c = v.check_unit_interval("beta_c", beta_c)
+        self.beta_c = beta_c if v.check_beta_c(beta_c).get("beta_c_auto") else v.check_unit_interval("beta_c", beta_c)
         self.reward_clip = v.as_range("reward_clip", reward_clip)
         self.kl_coef = v.check_finite_float("kl_coef", kl_coef)
         self.kl_estimator = v.check_choice("kl_estimator", kl_estimator, v.KL_ESTIMATORS)

@@ -23,6 +23,7 @@ def fused_reward_gae(
     beta_c: float = 1.0,
     reward_clip: tuple[float, float] | None = None,
     bootstrap: torch.Tensor | None = None,
+    beta_c_auto: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """gae(token_rewards(prefix_scores(hidden, weight, bias), …), values, …).
 
@@ -32,7 +33,7 @@ def fused_reward_gae(
     scores = prefix_scores(hidden, weight, bias)
     rewards = token_rewards(
         scores, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp,
-        first, beta_c, reward_clip,
+        first, beta_c, reward_clip, beta_c_auto,
     )
     advantages, returns = gae(rewards, values, response_mask, gamma, lam, bootstrap)
     return rewards, advantages, returns

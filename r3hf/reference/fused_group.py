@@ -25,6 +25,7 @@ def fused_reward_group_advantages(
     eps: float = 1e-6,
     scale: str = "group",
     group=None,
+    beta_c_auto: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """group_advantages(token_rewards(prefix_scores(hidden, weight, bias), …), …).
 
@@ -34,6 +35,6 @@ def fused_reward_group_advantages(
     scores = prefix_scores(hidden, weight, bias)
     rewards = token_rewards(
         scores, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp,
-        first, beta_c, reward_clip,
+        first, beta_c, reward_clip, beta_c_auto,
     )
     return rewards, group_advantages(rewards, response_mask, index, estimator, gamma, eps, scale, group)

@@ -17,12 +17,38 @@ def _next_generated(mask: torch.Tensor) -> torch.Tensor:
     return after.flip(1).cummin(1).values.flip(1)
 
 
+def auto_beta(phi: torch.Tensor, final: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Leave-one-out β(t) = clip(Cov(R, Φ_t) / Var(Φ_t), 0, 1) per row and response position.
+
+    phi [B, L] (Φ of each generated token), final [B] (R, the final score), mask bool [B, L]
+    (which rows have a generated token at t). Row b's β at t is estimated on the other rows with a
+    token at t, so its baseline β·Φ_t does not depend on its own return (no bias from reusing the
+    sample). Fewer than 2 other rows, or Var(Φ_t) = 0 among them: β = 0 (sparse). float32 [B, L].
+    """
+    w = mask.double()
+    x = torch.where(mask, phi.double(), 0.0)
+    y = torch.where(mask, final.double()[:, None].expand_as(x), 0.0)
+    # Column sums over all rows, minus row b's own term: the other rows' sufficient statistics.
+    n = w.sum(0, keepdim=True) - w
+    sx = x.sum(0, keepdim=True) - x
+    sy = y.sum(0, keepdim=True) - y
+    sxx = (x * x).sum(0, keepdim=True) - x * x
+    sxy = (x * y).sum(0, keepdim=True) - x * y
+    m = n.clamp_min(1.0)
+    cov = sxy - sx * sy / m  # (n − 1)·Cov: the factor cancels in the ratio
+    var = sxx - sx * sx / m
+    ok = (n >= 2) & (var > 1e-12 * sxx.abs().clamp_min(1e-30))
+    beta = torch.where(ok, cov / torch.where(ok, var, 1.0), 0.0).clamp(0.0, 1.0)
+    return torch.where(mask, beta, 0.0).float()
+
+
 def redistribute(
     scores: torch.Tensor,
     response_mask: torch.Tensor,
     prompt_len: torch.Tensor,
     first: str = "prompt",
     beta_c: float = 1.0,
+    beta_c_auto: bool = False,
 ) -> torch.Tensor:
     """R3HF/RED token rewards from prefix scores.
 
@@ -36,6 +62,11 @@ def redistribute(
     generated token before it; dense rewards telescope to scores[u_n] − Φ_1. Sparse reward is
     scores[u_n] at u_n. Returns β_c·dense + (1 − β_c)·sparse, float32 [B, L], 0 where masked
     (all 0 for a row with no generated token).
+
+    That mix is potential-based shaping of the sparse reward with potential β_c·Φ_k (0 after the
+    last token). beta_c_auto=True (ops' beta_c="auto") uses β(u_k)·Φ_k instead, with β from
+    `auto_beta` (leave-one-out over the batch at each response position): the reward-to-go from
+    u_k is R − β(u_k)·Φ_k, the variance-minimising scaled baseline.
     """
     s = scores.float()
     mask = response_mask
@@ -56,7 +87,13 @@ def redistribute(
     phi_out = torch.where(has_next, before.gather(1, nxt.clamp_max(L - 1)), after)  # Φ_{k+1}
     dense = phi_out - phi_in
     sparse = torch.where(is_last, after, torch.zeros_like(after))
-    mixed = dense if beta_c == 1.0 else beta_c * dense + (1.0 - beta_c) * sparse
+    if beta_c_auto:
+        final = torch.where(is_last, after, 0.0).sum(1)  # R of each row (0 for an empty row)
+        psi = auto_beta(phi_in, final, mask) * phi_in  # Ψ_k = β(u_k)·Φ_k
+        psi_next = torch.where(has_next, psi.gather(1, nxt.clamp_max(L - 1)), 0.0)  # Ψ_{k+1}, 0 after the last
+        mixed = sparse + psi_next - psi
+    else:
+        mixed = dense if beta_c == 1.0 else beta_c * dense + (1.0 - beta_c) * sparse
     return torch.where(mask, mixed, torch.zeros_like(mixed))
 
 
@@ -99,12 +136,13 @@ def token_rewards(
     first: str = "prompt",
     beta_c: float = 1.0,
     reward_clip: tuple[float, float] | None = None,
+    beta_c_auto: bool = False,
 ) -> torch.Tensor:
     """mask · (clip(redistribute(scores)) − kl_coef · kl_penalty(logprobs, ref_logprobs)).
 
     reward_clip bounds the reward-model part only. float32 [B, L], 0 where masked.
     """
-    r = redistribute(scores, response_mask, prompt_len, first, beta_c)
+    r = redistribute(scores, response_mask, prompt_len, first, beta_c, beta_c_auto)
     if reward_clip is not None:
         r = r.clamp(reward_clip[0], reward_clip[1])
     if kl_coef != 0.0:
