@@ -59,3 +59,16 @@ def whiten_count(count: torch.Tensor, unbiased: bool) -> None:
             raise ValueError(f"mask selects {n} positions; masked_whiten needs {what}")
         return
     _fail((count.reshape(()) >= need), f"masked_whiten: mask selects fewer than {need} positions")
+
+
+def group_tokens(mask: torch.Tensor, estimator: str) -> None:
+    """Group advantages need a generated token in the batch (2 for the estimators that whiten over tokens)."""
+    if mask.device.type == "cpu":
+        from ._group_stats import check_tokens
+
+        check_tokens(int(mask.sum()), estimator)
+        return
+    n = mask.sum()
+    _fail(n > 0, "response_mask has no generated token in the whole batch: group advantages are undefined")
+    if estimator in ("reinforce_pp", "reinforce_pp_baseline"):
+        _fail(n >= 2, f"estimator={estimator!r} whitens over tokens and needs at least 2 generated tokens")

@@ -76,6 +76,19 @@ OPS: dict[str, Op] = {
         "float lam, str first, float beta_c, float[]? reward_clip, Tensor? bootstrap",
         lambda a: [tuple(a["response_mask"].shape)] * 3, ranges=("kl_clamp", "reward_clip"),
         checks=_prompt_len_check("hidden"), kl="fused", outputs=3),
+    # Group advantages (issue 12). `group=` (torch.distributed) calls run eagerly, outside the custom op.
+    "reward_to_go": Op(
+        "Tensor rewards, Tensor response_mask, float gamma, str holes", lambda a: [tuple(a["rewards"].shape)]),
+    "group_advantages": Op(
+        "Tensor rewards, Tensor response_mask, Tensor index, str estimator, float gamma, float eps, str scale",
+        lambda a: [tuple(a["rewards"].shape)], checks=lambda a: _checks.group_tokens(a["response_mask"], a["estimator"])),
+    "fused_reward_group_advantages": Op(
+        "Tensor hidden, Tensor weight, Tensor? bias, Tensor response_mask, Tensor prompt_len, Tensor index, "
+        "str estimator, Tensor? logprobs, Tensor? ref_logprobs, float kl_coef, str kl_estimator, float[]? kl_clamp, "
+        "str first, float beta_c, float[]? reward_clip, float gamma, float eps, str scale",
+        lambda a: [tuple(a["response_mask"].shape)] * 2, ranges=("kl_clamp", "reward_clip"),
+        checks=lambda a: (_prompt_len_check("hidden")(a), _checks.group_tokens(a["response_mask"], a["estimator"])),
+        outputs=2),  # kl=None: the group statistics make the advantages non-linear in the KL; reference VJP
 }
 
 # Option defaults (r3hf._validate.OP_OPTIONS): a backend is handed an option only when it is set.
@@ -193,7 +206,7 @@ def _backward(name: str, n_out: int):
                 result["logprobs"] = g.to(a["logprobs"].dtype)
             if need.get("ref_logprobs"):
                 result["ref_logprobs"] = (-g).to(a["ref_logprobs"].dtype)
-        others = [k for k in names if need.get(k) and k not in _KL_INPUTS]
+        others = [k for k in names if need.get(k) and (op.kl is None or k not in _KL_INPUTS)]
         if others:
             result.update(_reference_vjp(name, a, others, grads))
         return tuple(result[k] for k in names) + (None,)
@@ -228,9 +241,9 @@ def _schema_arg(value):
 
 def call(name: str, backend: str, args: dict):
     """Run op `name` on `backend` (already chosen) with the normalised arguments of r3hf._validate."""
-    if name == "masked_whiten" and args.get("group") is not None:
-        # The all-reduce between the statistics and transform phases is Python (torch.distributed):
-        # not part of the custom op.
+    if args.get("group") is not None:
+        # Collectives across ranks (torch.distributed, e.g. masked_whiten's all-reduce between its
+        # statistics and transform phases) are Python: run eagerly, not as the custom op.
         return getattr(_dispatch.load(backend)[0], name)(**args)
     op = OPS[name]
     full = {k: _DEFAULTS.get(k) for k in op.names if k in _DEFAULTS}

@@ -433,8 +433,9 @@ def _group_options(estimator, eps, scale):
 
 
 def _check_generated(mask: torch.Tensor, group, estimator: str) -> None:
-    # With a group, the whole batch decides (after the all-gather, on every rank alike).
-    if group is None:
+    # With a group, the whole batch decides (after the all-gather, on every rank alike). GPU masks
+    # and compiled code are checked inside the op instead (r3hf._checks.group_tokens: no host sync).
+    if group is None and mask.device.type == "cpu" and not torch.compiler.is_compiling():
         from ._group_stats import check_tokens
 
         check_tokens(int(mask.sum()), estimator)
