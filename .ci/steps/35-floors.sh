@@ -39,11 +39,20 @@ python3 -m venv "$work/venv"
 V="$work/venv/bin"
 "$V/pip" install -q --upgrade pip setuptools wheel
 "$V/pip" install -q -c "$work/floors.txt" torch
-"$V/pip" install -q build ninja
-MAX_JOBS=${MAX_JOBS:-2} "$V/python" -m build --no-isolation --wheel --outdir "$work/dist" . > "$work/build.log" 2>&1 \
-  || { tail -50 "$work/build.log"; exit 1; }
-rm -rf build/bdist* build/lib*  # the wheel build's staging dirs, not needed by the editable install
-wheel=$(ls "$work"/dist/r3hf-*.whl)
+# The wheel: 30-wheel.sh's (left in .ci-work/ by the same .ci/run) when built against this same torch version,
+# else built here against the floor torch (a few minutes on 2 cores).
+floor_torch=$(sed -n 's/^torch==//p' "$work/floors.txt")
+main_torch=$(.venv/bin/python -c "import torch; print(torch.__version__.split('+')[0])")
+wheel=$(ls .ci-work/r3hf-*.whl 2>/dev/null | head -1 || true)
+if [ -n "$wheel" ] && python3 -c "import sys; a, b = ('$main_torch'.split('.') + ['0'] * 3)[:3], ('$floor_torch'.split('.') + ['0'] * 3)[:3]; sys.exit(a != b)"; then
+  echo "reusing $(basename "$wheel") from 30-wheel.sh (built against torch $floor_torch, the floor)"
+else
+  "$V/pip" install -q build ninja
+  MAX_JOBS=${MAX_JOBS:-2} "$V/python" -m build --no-isolation --wheel --outdir "$work/dist" . > "$work/build.log" 2>&1 \
+    || { tail -50 "$work/build.log"; exit 1; }
+  rm -rf build/bdist* build/lib*  # the wheel build's staging dirs, not needed by the editable install
+  wheel=$(ls "$work"/dist/r3hf-*.whl)
+fi
 "$V/pip" install -q -c "$work/floors.txt" "$wheel[test,demo]"
 
 # Every floor really is what got installed.
