@@ -8,7 +8,8 @@
 #   test_models.py, test_integrations_{trl,openrlhf,verl,docs}.py  models and adapters (veRL's tests
 #                                                                   skip: it needs transformers>=5.5)
 #   test_demo.py                  the demo pieces and `r3hf demo --quick` end to end (console script)
-#   test_cpp_backend.py           the compiled extension of the wheel
+#   test_cpp_backend.py           the compiled extension of the wheel (when built here; a wheel
+#                                 reused from 30-wheel.sh was tested there on the same torch)
 #   test_triton_backend.py -k kl  the floor Triton under its interpreter (a small slice, for time)
 #   test_autograd.py, test_compile.py  gradients and torch.compile on the floor torch
 # The newest versions are covered by the main run (make setup installs the newest that resolve).
@@ -46,7 +47,9 @@ main_torch=$(.venv/bin/python -c "import torch; print(torch.__version__.split('+
 wheel=$(ls .ci-work/r3hf-*.whl 2>/dev/null | head -1 || true)
 if [ -n "$wheel" ] && python3 -c "import sys; a, b = ('$main_torch'.split('.') + ['0'] * 3)[:3], ('$floor_torch'.split('.') + ['0'] * 3)[:3]; sys.exit(a != b)"; then
   echo "reusing $(basename "$wheel") from 30-wheel.sh (built against torch $floor_torch, the floor)"
+  cpp_tests=""  # 30-wheel.sh ran test_cpp_backend.py on this very wheel and torch
 else
+  cpp_tests="test_cpp_backend.py"
   "$V/pip" install -q build ninja
   MAX_JOBS=${MAX_JOBS:-2} "$V/python" -m build --no-isolation --wheel --outdir "$work/dist" . > "$work/build.log" 2>&1 \
     || { tail -50 "$work/build.log"; exit 1; }
@@ -80,7 +83,7 @@ export TQDM_DISABLE=1 PATH="$V:$PATH"
 "$V/python" -c "import r3hf, sys; assert 'site-packages' in r3hf.__file__, r3hf.__file__"
 "$V/python" -m pytest -q -p no:cacheprovider -m "not slow" \
   test_models.py test_integrations_trl.py test_integrations_openrlhf.py test_integrations_verl.py \
-  test_integrations_docs.py test_demo.py test_cpp_backend.py test_autograd.py test_compile.py
+  test_integrations_docs.py test_demo.py $cpp_tests test_autograd.py test_compile.py
 "$V/python" -m pytest -q -p no:cacheprovider -m "not slow" test_triton_backend.py -k "kl"
 cd "$root"
 echo "floors step done in $(( $(date +%s) - start ))s"
