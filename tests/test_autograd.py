@@ -163,3 +163,44 @@ def test_every_backend_has_the_torch_backends_gradients(backend):
 
     for got, want in zip(grads(backend), grads("torch")):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def _verl_kl_penalty_transcribed(logprob, ref_logprob, name):
+    # veRL 0.9.1 core_algos.kl_penalty, restated for its gradient (the real one is compared below when
+    # veRL is installed, as in CI's 40-verl step).
+    base = name[:-1] if name.endswith("+") else name
+    d = logprob - ref_logprob
+    if base in ("kl", "k1"):
+        fwd = d
+    elif base == "abs":
+        fwd = d.abs()
+    elif base in ("mse", "k2"):
+        fwd = 0.5 * d.square()
+    else:
+        kl = torch.clamp(ref_logprob - logprob, min=-20, max=20)
+        fwd = torch.clamp(torch.exp(kl) - kl - 1, min=-10, max=10)
+    if not name.endswith("+") or name in ("mse", "k2"):
+        return fwd
+    back = 0.5 * d.square()
+    return back - back.detach() + fwd.detach()
+
+
+@pytest.mark.parametrize("name", ["kl", "abs", "mse", "low_var_kl", "k1+", "k3+", "low_var_kl+", "k2+"])
+def test_verl_kl_penalty_backward(name):
+    from r3hf.integrations import verl as verl_adapter
+
+    gen = torch.Generator().manual_seed(12)
+    lp = (-torch.rand(3, 13, generator=gen) * 6).requires_grad_()
+    ref = -torch.rand(3, 13, generator=gen) * 6
+    w = torch.rand(3, 13, generator=gen)
+    peers = [_verl_kl_penalty_transcribed]
+    try:
+        from verl.trainer.ppo.core_algos import kl_penalty as real
+        peers.append(real)
+    except ImportError:
+        pass
+    (verl_adapter.kl_penalty(lp, ref, name) * w).sum().backward()
+    for peer in peers:
+        lp2 = lp.detach().clone().requires_grad_()
+        (peer(lp2, ref, name) * w).sum().backward()
+        torch.testing.assert_close(lp.grad, lp2.grad)
