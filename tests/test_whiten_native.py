@@ -37,10 +37,18 @@ def close(got, want, dtype):
     torch.testing.assert_close(got, want, rtol=rtol, atol=atol)
 
 
+# The group-advantage ops (issue 12) get their C++ kernels on the branches working on them; until
+# those land they run on torch. Every other op has a native CPU backend.
+GROUP_OPS_PENDING = {"reward_to_go", "group_advantages", "fused_reward_group_advantages"}
+
+
 def test_native_backend_chosen_on_cpu():
+    if "cpp" not in NATIVE:
+        pytest.skip("C++ backend not built")
     report = ops.backends()
-    assert report["ops"]["masked_whiten"]["cpu"] != "torch" or "cpp" not in NATIVE
-    assert all(choice != "torch" for choice in (v["cpu"] for v in report["ops"].values())) or "cpp" not in NATIVE
+    assert report["ops"]["masked_whiten"]["cpu"] == "cpp"
+    on_torch = {op for op, choice in report["ops"].items() if choice["cpu"] == "torch"}
+    assert on_torch <= GROUP_OPS_PENDING, on_torch
 
 
 @pytest.mark.parametrize("backend", NATIVE)
