@@ -8,7 +8,10 @@ Triton backend, written as one JSON.
 
 Steps, in this order, each in a subprocess with a time limit inside a total budget (default
 450 s), so one slow step cannot push the whole past 8 minutes:
-1. pytest -m gpu on tests/ (dtypes, long rows, B = 1..512, the reverse-scan guard);
+1. pytest -m gpu on tests/ (dtypes, long rows, B = 1..512, the reverse-scan guard; and the ops
+   contract, tests/test_contract_cuda.py: torch.compile(fullgraph=True) of every op and of the
+   rollout-to-advantages function, no host sync under torch.cuda.set_sync_debug_mode("error") for
+   every prompt_len form, CUDA-graph capture, KL gradients, Triton masked_whiten);
 2. pytest-benchmark on benchmarks/test_gpu_targets.py, whose medians give the targets:
    fused_reward_gae bandwidth vs copy bandwidth (>= 0.85), gae vs a veRL-style Python loop
    at B=256, T=16384 (>= 1000x), gae vs a one-program-per-row serial walk at B=8, T=16384 (> 1x);

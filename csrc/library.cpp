@@ -45,6 +45,12 @@ TORCH_LIBRARY(r3hf, m) {
       "Tensor prompt_len, Tensor? logprobs, Tensor? ref_logprobs, float kl_coef, str kl_estimator, "
       "float[]? kl_clamp, float gamma, float lam, str first, float beta_c, float[]? reward_clip, "
       "Tensor? bootstrap) -> (Tensor, Tensor, Tensor)");
+  // masked_whiten in phases (csrc/cpu/whiten_cpu.cpp); r3hf/backends/cpp.py all-reduces between them.
+  m.def("whiten_sums(Tensor x, Tensor mask) -> Tensor");
+  m.def("whiten_sqsum(Tensor x, Tensor mask, Tensor sums) -> Tensor");
+  m.def(
+      "whiten_apply(Tensor x, Tensor mask, Tensor sums, Tensor sqsum, bool shift_mean, bool unbiased, float eps, "
+      "bool eps_max, bool transform_masked) -> Tensor");
 }
 
 namespace {

@@ -61,6 +61,9 @@ def _why_not(name: str, op: str, device: torch.device, options=()) -> str | None
     if name != "torch":
         if op not in module.OPS:
             return f"{name} backend does not implement {op}"
+        op_why = getattr(module, "op_unavailable_reason", None)
+        if op_why is not None and (why := op_why(op, device)):
+            return why
         missing = [o for o in options if o not in getattr(module, "OPTIONS", {}).get(op, ())]
         if missing:
             return f"{name} backend does not implement {op}'s option {', '.join(missing)}"
@@ -110,3 +113,10 @@ def backends() -> dict:
         for d in devices
     }
     return report
+
+
+@torch.compiler.assume_constant_result
+def choose_once(op: str, backend: str, device_type: str, options: tuple) -> str:
+    """`choose`, run once at trace time and a constant to torch.compile: dispatch is decided outside
+    the traced graph (in eager mode it runs per call; `load` is memoised)."""
+    return choose(op, backend, torch.device(device_type), options)

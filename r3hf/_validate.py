@@ -19,6 +19,8 @@ from numbers import Real
 
 import torch
 
+from . import _checks
+
 KL_ESTIMATORS = ("k1", "k2", "k3", "abs")
 FIRST_MODES = ("prompt", "zero")
 BACKEND_NAMES = ("auto", "torch", "cpp", "triton")
@@ -148,12 +150,11 @@ def as_prompt_len(
             prompt_len = prompt_len.reshape(1).expand(B)
         if _shape(prompt_len) != [B]:
             raise ValueError(f"prompt_len must be an int or [B] = [{B}], got {_shape(prompt_len)}")
-        p = prompt_len.to(device=device, dtype=torch.int64)
-        if B > 0:
-            lo, hi = torch.aminmax(p)
-            lo, hi = int(lo), int(hi)
-        else:
-            lo, hi = lowest, 0
+        if prompt_len.device.type == "cpu" and not torch.compiler.is_compiling():
+            # Host data: checked here, before the (non-blocking) copy; values on a GPU are checked
+            # inside the op without a host sync (r3hf._checks).
+            _checks.prompt_len_values(prompt_len, S, L, first, scores_name)
+        return prompt_len.to(device=device, dtype=torch.int64, non_blocking=True)
     else:
         if isinstance(prompt_len, bool) or not isinstance(prompt_len, int):
             raise TypeError(f"prompt_len must be an int or an integer tensor [B], got {type(prompt_len).__name__}")
@@ -193,7 +194,8 @@ def as_bias(bias, device: torch.device):
         if bias.device != device:
             raise ValueError(f"bias is on {bias.device} but hidden is on {device}; all tensors must be on the same device")
         return bias.reshape(1).to(torch.float32)
-    return torch.tensor([check_finite_float("bias", bias)], dtype=torch.float32, device=device)
+    # torch.full, not torch.tensor: no host-to-device copy (a sync on CUDA).
+    return torch.full((1,), check_finite_float("bias", bias), dtype=torch.float32, device=device)
 
 
 def as_bootstrap(bootstrap, B: int, device: torch.device):
@@ -443,8 +445,9 @@ def _group_options(estimator, eps, scale):
 
 
 def _check_generated(mask: torch.Tensor, group, estimator: str) -> None:
-    # With a group, the whole batch decides (after the all-gather, on every rank alike).
-    if group is None:
+    # With a group, the whole batch decides (after the all-gather, on every rank alike). GPU masks
+    # and compiled code are checked inside the op instead (r3hf._checks.group_tokens: no host sync).
+    if group is None and mask.device.type == "cpu" and not torch.compiler.is_compiling():
         from ._group_stats import check_tokens
 
         # count_nonzero: torch's bool sum() takes 50 ms at [1024, 4096] on one CPU thread, this 1 ms

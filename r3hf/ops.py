@@ -16,7 +16,8 @@ from __future__ import annotations
 import torch
 
 from . import _validate as v
-from ._dispatch import BackendUnavailableError, implementation
+from . import _library
+from ._dispatch import BackendUnavailableError, choose_once
 from ._dispatch import backends as _backends
 
 __all__ = [
@@ -37,7 +38,8 @@ __all__ = [
 
 def _run(op: str, backend: str, device: torch.device, args: dict):
     options = tuple(k for k in v.OP_OPTIONS.get(op, ()) if k in args)  # present only when non-default
-    return implementation(op, v.check_backend(backend), device, options)(**args)
+    # Chosen once (a constant under torch.compile), then run as the custom op torch.ops.r3hf_ops.<op>.
+    return _library.call(op, choose_once(op, v.check_backend(backend), device.type, options), args)
 
 
 def prefix_scores(hidden, weight, bias=None, *, backend="auto") -> torch.Tensor:

@@ -15,8 +15,9 @@ MAX_JOBS=${MAX_JOBS:-2} "$PY" -m build --no-isolation --sdist --wheel --outdir "
 sdist=$(ls "$work"/dist/r3hf-*.tar.gz)
 wheel=$(ls "$work"/dist/r3hf-*.whl)
 echo "built $(basename "$sdist") and $(basename "$wheel")"
+mkdir -p .ci-work && rm -f .ci-work/r3hf-*.whl && cp "$wheel" .ci-work/  # reused by 35-floors.sh
 tar tzf "$sdist" > "$work/sdist.txt"  # (a list file: grep -q on a pipe would SIGPIPE tar under pipefail)
-for f in csrc/library.cpp csrc/r3hf_math.h csrc/cpu/dot.h csrc/cpu/ops_cpu.cpp csrc/cuda/kernels.cuh csrc/cuda/ops_cuda.cu; do
+for f in csrc/library.cpp csrc/r3hf_math.h csrc/cpu/dot.h csrc/cpu/ops_cpu.cpp csrc/cpu/whiten_cpu.cpp csrc/cuda/kernels.cuh csrc/cuda/ops_cuda.cu; do
   grep -q "/$f\$" "$work/sdist.txt" || { echo "sdist lacks $f"; exit 1; }
 done
 "$PY" -m zipfile -l "$wheel" > "$work/wheel.txt"

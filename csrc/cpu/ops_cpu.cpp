@@ -98,6 +98,55 @@ void load_row_scores(const float* p_scores, int64_t S, int64_t p, int64_t L, flo
   }
 }
 
+// token_rewards of a row whose generated tokens are one contiguous run [first, last] (the common
+// case: no observation holes). Then Φ_out = s[j + 1] and Φ_in = s[j] (Φ_1 at first), so the row is
+// a branch-free elementwise pass the compiler vectorises; the same operations in the same order as
+// token_rewards_row, so the same bits. `s` points at scores[prompt_len − 1] and is only read at
+// indices >= first + 1 >= 1 (and at 0 through Φ_1 with first="prompt", where prompt_len >= 1).
+// Returns false (nothing written) for a row with holes.
+bool contiguous_row_rewards(const float* s, const bool* mask, const float* lp, const float* ref, int64_t L,
+                            const RewardOptions& opt, float* out) {
+  int64_t first = -1, last = -1, count = 0;
+  for (int64_t j = 0; j < L; ++j) count += mask[j];
+  if (count == 0) {
+    for (int64_t j = 0; j < L; ++j) out[j] = 0.f;
+    return true;
+  }
+  for (int64_t j = 0; j < L; ++j)
+    if (mask[j]) { first = j; break; }
+  last = first + count - 1;
+  if (!mask[last]) return false;  // count generated tokens that do not form one run
+  for (int64_t j = last + 1; j < L; ++j)
+    if (mask[j]) return false;
+  for (int64_t j = 0; j < first; ++j) out[j] = 0.f;
+  for (int64_t j = last + 1; j < L; ++j) out[j] = 0.f;
+  const float phi_1 = opt.first_prompt ? s[0] : 0.f;
+  if (opt.pure_dense) {
+    for (int64_t j = first + 1; j <= last; ++j) out[j] = s[j + 1] - s[j];
+  } else {
+    for (int64_t j = first + 1; j <= last; ++j) out[j] = opt.beta_c * (s[j + 1] - s[j]) + opt.one_minus_beta * 0.f;
+  }
+  {
+    const float dense = s[first + 1] - phi_1;
+    out[first] = opt.pure_dense ? dense : opt.beta_c * dense + opt.one_minus_beta * 0.f;
+  }
+  if (!opt.pure_dense) {  // the sparse part at the last generated token
+    const float dense = last == first ? s[last + 1] - phi_1 : s[last + 1] - s[last];
+    out[last] = opt.beta_c * dense + opt.one_minus_beta * s[last + 1];
+  }
+  if (opt.reward_clip.on)
+    for (int64_t j = first; j <= last; ++j) out[j] = clamp_range(out[j], opt.reward_clip);
+  if (opt.use_kl) {
+    if (opt.kl_estimator == KL_K1 && !opt.kl_clamp.on) {
+      for (int64_t j = first; j <= last; ++j) out[j] = out[j] - opt.kl_coef * (lp[j] - ref[j]);
+    } else {
+      for (int64_t j = first; j <= last; ++j)
+        out[j] = out[j] - opt.kl_coef * kl_estimate(lp[j], ref[j], opt.kl_estimator, opt.kl_clamp);
+    }
+  }
+  return true;
+}
+
 void check_prompt_len(int64_t p, int64_t L, int64_t S, bool first_prompt) {
   TORCH_CHECK_VALUE(p >= (first_prompt ? 1 : 0) && p + L <= S, "prompt_len ", p, " out of range for S = ", S,
                     ", L = ", L);
@@ -128,11 +177,17 @@ Tensor token_rewards_impl(const Tensor& scores_in, const Tensor& mask_in, const 
   float* p_out = out.data_ptr<float>();
   for (int64_t b = 0; b < B; ++b) check_prompt_len(p_len[b], L, S, opt.first_prompt);
   at::parallel_for(0, B, grain(L), [&](int64_t begin, int64_t end) {
-    std::vector<float> s(L + 1);
+    std::vector<float> s;
     for (int64_t b = begin; b < end; ++b) {
+      const float* lp_row = p_lp ? p_lp + b * L : nullptr;
+      const float* ref_row = p_ref ? p_ref + b * L : nullptr;
+      // s[k] = scores[prompt_len − 1 + k], read in place (validated: prompt_len + L <= S).
+      if (contiguous_row_rewards(p_scores + b * S + p_len[b] - 1, p_mask + b * L, lp_row, ref_row, L, opt,
+                                 p_out + b * L))
+        continue;
+      s.resize(L + 1);
       load_row_scores(p_scores + b * S, S, p_len[b], L, s.data());
-      token_rewards_row(s.data(), p_mask + b * L, p_lp ? p_lp + b * L : nullptr, p_ref ? p_ref + b * L : nullptr, L,
-                        opt, p_out + b * L);
+      token_rewards_row(s.data(), p_mask + b * L, lp_row, ref_row, L, opt, p_out + b * L);
     }
   });
   return out;
@@ -152,21 +207,24 @@ Tensor token_rewards_cpu(const Tensor& scores, const Tensor& response_mask, cons
   return token_rewards_impl(scores, response_mask, prompt_len, logprobs, ref_logprobs, opt);
 }
 
+// Elementwise, so composed of ATen's vectorised CPU kernels in exactly the reference's order (same
+// bits as r3hf/reference/rewards.py): a scalar loop over expm1f is ~10x slower than torch here.
 Tensor kl_penalty_cpu(const Tensor& logprobs_in, const Tensor& ref_in, c10::string_view estimator,
                       OptRange clamp) {
   check_cpu(logprobs_in, "logprobs");
   TORCH_CHECK_VALUE(logprobs_in.sizes() == ref_in.sizes(), "logprobs and ref_logprobs must have the same shape");
   const int est = parse_estimator(estimator);
-  const Range range = parse_range("clamp", clamp);
-  const Tensor lp = f32(logprobs_in), ref = f32(ref_in);
-  Tensor out = at::empty(lp.sizes(), lp.options());
-  const float* p_lp = lp.data_ptr<float>();
-  const float* p_ref = ref.data_ptr<float>();
-  float* p_out = out.data_ptr<float>();
-  at::parallel_for(0, lp.numel(), int64_t{1} << 18, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) p_out[i] = kl_estimate(p_lp[i], p_ref[i], est, range);
-  });
-  return out;
+  parse_range("clamp", clamp);
+  const Tensor d = logprobs_in.to(at::kFloat) - ref_in.to(at::kFloat);
+  Tensor kl;
+  switch (est) {
+    case KL_K2: kl = (d * 0.5) * d; break;  // the reference's 0.5 * d * d
+    case KL_K3: kl = at::expm1(-d) + d; break;
+    case KL_ABS: kl = d.abs(); break;
+    default: kl = d; break;
+  }
+  if (clamp.has_value()) kl = kl.clamp((*clamp)[0], (*clamp)[1]);
+  return kl.contiguous();
 }
 
 std::tuple<Tensor, Tensor> gae_cpu(const Tensor& rewards_in, const Tensor& values_in, const Tensor& mask_in,

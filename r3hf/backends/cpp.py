@@ -14,7 +14,12 @@ import warnings
 
 import torch
 
-OPS = ("prefix_scores", "redistribute", "kl_penalty", "token_rewards", "gae", "fused_reward_gae")
+from r3hf import _checks
+from r3hf.reference.whiten import _all_reduce
+
+OPS = ("prefix_scores", "redistribute", "kl_penalty", "token_rewards", "gae", "fused_reward_gae", "masked_whiten")
+# Peer-convention options this backend implements (see r3hf._dispatch).
+OPTIONS = {"masked_whiten": ("transform_masked", "eps_mode")}
 
 BUILD_HINT = "build it with `pip install --no-build-isolation -e .` (or `pip install --no-build-isolation .`) with torch installed"
 
@@ -56,6 +61,12 @@ def unavailable_reason(device: torch.device) -> str | None:
             return "r3hf._C was built without CUDA (no CUDA toolkit or CPU-only torch at build time; see docs/ENV.md)"
         return None
     return f"r3hf._C has no kernels for {device.type} tensors"
+
+
+def op_unavailable_reason(op: str, device: torch.device) -> str | None:
+    if op == "masked_whiten" and device.type != "cpu":
+        return "masked_whiten has a CPU kernel only in r3hf._C (Triton runs it on CUDA)"
+    return None
 
 
 def _range(r):
@@ -100,6 +111,16 @@ def fused_reward_gae(
     )
 
 
+def masked_whiten(x, mask, shift_mean=True, unbiased=True, eps=1e-8, group=None, transform_masked=False,
+                  eps_mode="add"):
+    # Statistics, then the all-reduce across ranks (Python, between the phases), then the transform.
+    sums = _all_reduce(torch.ops.r3hf.whiten_sums(x, mask), group)
+    _checks.whiten_count(sums[:1], unbiased)
+    sqsum = _all_reduce(torch.ops.r3hf.whiten_sqsum(x, mask, sums), group)
+    return torch.ops.r3hf.whiten_apply(x, mask, sums, sqsum, shift_mean, unbiased, float(eps), eps_mode == "max",
+                                       transform_masked)
+
+
 # --- shapes for tracing (torch.compile, FakeTensor, meta) --------------------------------
 
 if _C is not None:
@@ -133,3 +154,15 @@ if _C is not None:
           kl_clamp, gamma, lam, first, beta_c, reward_clip, bootstrap):
         shape = response_mask.shape
         return _f32(hidden, *shape), _f32(hidden, *shape), _f32(hidden, *shape)
+
+    @torch.library.register_fake("r3hf::whiten_sums")
+    def _(x, mask):
+        return x.new_empty((2,), dtype=torch.float64)
+
+    @torch.library.register_fake("r3hf::whiten_sqsum")
+    def _(x, mask, sums):
+        return x.new_empty((1,), dtype=torch.float64)
+
+    @torch.library.register_fake("r3hf::whiten_apply")
+    def _(x, mask, sums, sqsum, shift_mean, unbiased, eps, eps_max, transform_masked):
+        return _f32(x, *x.shape)

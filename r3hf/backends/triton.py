@@ -4,7 +4,6 @@ Available for CUDA tensors when Triton imports, and for CPU tensors only when TR
 was set before r3hf.kernels was imported (Triton's interpreter; slow, meant for tests), so
 backend="auto" never picks the interpreter for CPU tensors unless asked to.
 Functions take the normalised arguments of r3hf._validate and follow r3hf.reference exactly.
-masked_whiten is not implemented here (the dispatcher falls back to another backend).
 """
 
 from __future__ import annotations
@@ -20,9 +19,13 @@ from r3hf.kernels import group as _group
 from r3hf.kernels import projection as _projection
 from r3hf.kernels import returns as _returns
 from r3hf.kernels import rewards as _rewards
+from r3hf.kernels import whiten as _whiten
+from r3hf import _checks
+from r3hf.reference.whiten import _all_reduce
 
-OPS = ("prefix_scores", "redistribute", "kl_penalty", "token_rewards", "gae", "fused_reward_gae",
+OPS = ("prefix_scores", "redistribute", "kl_penalty", "token_rewards", "gae", "fused_reward_gae", "masked_whiten",
        "reward_to_go", "group_advantages", "fused_reward_group_advantages")
+OPTIONS = {"masked_whiten": ("transform_masked", "eps_mode")}
 
 
 def unavailable_reason(device: torch.device) -> str | None:
@@ -92,3 +95,12 @@ def fused_reward_group_advantages(hidden, weight, bias, response_mask, prompt_le
     return _group_stats.fused_reward_group_advantages(
         _group.fused_row_pass, _returns.finish, hidden, weight, bias, response_mask, prompt_len, index, estimator,
         logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp, first, beta_c, reward_clip, gamma, eps, scale, group)
+
+
+def masked_whiten(x, mask, shift_mean=True, unbiased=True, eps=1e-8, group=None, transform_masked=False,
+                  eps_mode="add"):
+    # Statistics, then the all-reduce across ranks (Python, between the phases), then the transform.
+    sums = _all_reduce(_whiten.whiten_sums(x, mask), group)
+    _checks.whiten_count(sums[:1], unbiased)
+    sqsum = _all_reduce(_whiten.whiten_sqsum(x, mask, sums), group)
+    return _whiten.whiten_apply(x, mask, sums, sqsum, shift_mean, unbiased, eps, eps_mode == "max", transform_masked)

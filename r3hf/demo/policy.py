@@ -46,7 +46,8 @@ def sample(policy, prompts: torch.Tensor, length: int, generator: torch.Generato
     ids = prompts
     attention = torch.ones_like(ids)
     out = policy(input_ids=ids, attention_mask=attention, use_cache=True)
-    cache, logits = out.cache, out.logits[:, -1]
+    cache, logits = _kv_cache(out), out.logits[:, -1]
+    cache_arg = _cache_argument(policy)
     tokens, logprobs = [], []
     for _ in range(length):
         logp = F.log_softmax(logits.float() / temperature, dim=-1)
@@ -55,6 +56,23 @@ def sample(policy, prompts: torch.Tensor, length: int, generator: torch.Generato
         tokens.append(tok)
         logprobs.append(logp.gather(1, tok))
         attention = torch.cat([attention, torch.ones_like(tok)], 1)
-        out = policy(input_ids=tok, attention_mask=attention, cache=cache, use_cache=True)
-        cache, logits = out.cache, out.logits[:, -1]
+        out = policy(input_ids=tok, attention_mask=attention, use_cache=True, **{cache_arg: cache})
+        cache, logits = _kv_cache(out), out.logits[:, -1]
     return torch.cat([ids, *tokens], 1), torch.cat(logprobs, 1)
+
+
+# The KV cache's name changed across transformers releases: `past_key_values` (output field and
+# forward argument) in older ones (4.56, 5.10), `cache` in newer ones (5.24). Both forms are supported so that the demo runs
+# over the whole declared range (CI's floors step runs the oldest, the main run the newest).
+
+
+def _kv_cache(out):
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+def _cache_argument(policy) -> str:
+    import inspect
+
+    params = inspect.signature(policy.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"

@@ -90,10 +90,17 @@ def kl_penalty(logprob, ref_logprob, kl_penalty="kl", *, backend="auto") -> torc
     """veRL's `core_algos.kl_penalty` values on r3hf.ops: [B, L] -> float32 [B, L].
 
     "kl"/"k1" = logprob − ref_logprob, "abs" = |·|, "mse"/"k2" = ½(·)², "low_var_kl"/"k3" =
-    exp(−d) − 1 + d clamped to [−10, 10]. A trailing "+" gives the same values.
+    exp(−d) − 1 + d clamped to [−10, 10]. A trailing "+" gives the same values with k2's gradient
+    (veRL's straight-through estimator); without it the gradient is the estimator's own.
     """
     estimator, clamp = _kl_name(kl_penalty)
-    return ops.kl_penalty(logprob, ref_logprob, estimator, clamp, backend=backend)
+    values = ops.kl_penalty(logprob, ref_logprob, estimator, clamp, backend=backend)
+    needs_grad = torch.is_grad_enabled() and (logprob.requires_grad or ref_logprob.requires_grad)
+    if kl_penalty.endswith("+") and estimator != "k2" and needs_grad:
+        # veRL's straight-through estimator: the values of `estimator`, the gradient of k2.
+        k2 = ops.kl_penalty(logprob, ref_logprob, "k2", backend=backend)
+        values = k2 - k2.detach() + values.detach()
+    return values
 
 
 def token_level_scores(scores, response_mask, prompt_length, *, first="prompt", beta_c=1.0, backend="auto"):

@@ -1,5 +1,7 @@
 import torch
 
+from .. import _checks
+
 
 def _all_reduce(t: torch.Tensor, group) -> torch.Tensor:
     if group is not None:
@@ -33,10 +35,8 @@ def masked_whiten(
     xf = x.float()
     zero = torch.zeros_like(xf)
     count = _all_reduce(mask.sum().to(torch.float64).reshape(1), group)
-    n = float(count.item())
-    if n < (2 if unbiased else 1):
-        need = "at least 2 positions for an unbiased variance" if unbiased else "at least 1 position"
-        raise ValueError(f"mask selects {int(n)} positions; masked_whiten needs {need}")
+    _checks.whiten_count(count, unbiased)  # ValueError on CPU, device-side assert on GPU: no host sync
+    n = count
     # float64 sums keep large batches' statistics independent of summation order.
     total = _all_reduce(torch.where(mask, xf, zero).sum(dtype=torch.float64).reshape(1), group)
     mean = (total / n).to(torch.float32)

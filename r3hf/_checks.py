@@ -1,0 +1,74 @@
+"""Data-dependent argument checks (values inside tensors), run where the data lives.
+
+Shape, dtype and device checks are static and live in `r3hf._validate`. Checks on tensor *values*
+(prompt_len ranges, how many positions a mask selects) would cost a host sync on a GPU, so:
+
+- host data (CPU tensors): a ValueError naming the argument, in eager and compiled code alike
+  (the ops run as opaque custom ops, so these checks execute with real tensors even under
+  torch.compile);
+- GPU data: an asynchronous device-side assert (`torch._assert_async`) with the same message. No
+  host sync, so it works inside CUDA graph capture and under compile; a failure surfaces as
+  "CUDA error: device-side assert triggered" at the next synchronisation. See docs/contract.md.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _fail(ok: torch.Tensor, message: str) -> None:
+    if ok.device.type == "cpu":
+        if not bool(ok):
+            raise ValueError(message)
+    else:
+        torch._assert_async(ok, message)
+
+
+def prompt_len_values(prompt_len: torch.Tensor, S: int, L: int, first: str, scores_name: str = "scores") -> None:
+    """0 (1 with first="prompt") <= prompt_len[b] and prompt_len[b] + L <= S for every row."""
+    if prompt_len.numel() == 0:
+        return
+    lowest = 1 if first == "prompt" else 0
+    lo, hi = torch.aminmax(prompt_len)
+    if prompt_len.device.type == "cpu":  # exact messages, as before this module existed
+        lo, hi = int(lo), int(hi)
+        if lo < 0:
+            raise ValueError(f"prompt_len must be >= 0, got {lo}")
+        if lo < lowest:
+            raise ValueError(
+                "prompt_len must be >= 1 with first='prompt' (the prompt-only score is scores[prompt_len - 1]); "
+                "got 0 — use first='zero' for rows without a prompt"
+            )
+        if hi + L > S:
+            raise ValueError(
+                f"{scores_name} must cover prompt_len + L positions: S = {S} < prompt_len + L = {hi} + {L} "
+                "(prompt_len too large, or response_mask too long)"
+            )
+        return
+    _fail(lo >= lowest, f"prompt_len must be >= {lowest} (first={first!r})")
+    _fail(hi + L <= S, f"{scores_name} must cover prompt_len + L positions (S = {S}, L = {L}): prompt_len too large")
+
+
+def whiten_count(count: torch.Tensor, unbiased: bool) -> None:
+    """masked_whiten needs >= 2 selected positions (unbiased) or >= 1; count is a 1-element tensor."""
+    need = 2 if unbiased else 1
+    if count.device.type == "cpu":
+        n = int(count.reshape(()))
+        if n < need:
+            what = "at least 2 positions for an unbiased variance" if unbiased else "at least 1 position"
+            raise ValueError(f"mask selects {n} positions; masked_whiten needs {what}")
+        return
+    _fail((count.reshape(()) >= need), f"masked_whiten: mask selects fewer than {need} positions")
+
+
+def group_tokens(mask: torch.Tensor, estimator: str) -> None:
+    """Group advantages need a generated token in the batch (2 for the estimators that whiten over tokens)."""
+    if mask.device.type == "cpu":
+        from ._group_stats import check_tokens
+
+        check_tokens(int(mask.sum()), estimator)
+        return
+    n = mask.sum()
+    _fail(n > 0, "response_mask has no generated token in the whole batch: group advantages are undefined")
+    if estimator in ("reinforce_pp", "reinforce_pp_baseline"):
+        _fail(n >= 2, f"estimator={estimator!r} whitens over tokens and needs at least 2 generated tokens")

@@ -1,0 +1,277 @@
+"""Every public op as a torch custom op `torch.ops.r3hf_ops.<name>`, with a fake (meta) kernel and autograd.
+
+Why: `torch.compile` then sees one opaque node per op (no graph break on the dispatch code, the
+backends' Python or a host sync), CUDA graphs capture the ops, and gradients flow on every backend.
+
+- Which backend runs is decided once, by `r3hf.ops` before the call, and passed in as the `backend`
+  string argument, so nothing about dispatch is traced.
+- The kernel (`_impl`) runs the chosen backend eagerly with real tensors, also inside a compiled
+  graph; data-dependent checks (`r3hf._checks`) run there.
+- Autograd: the KL path (logprobs, ref_logprobs) has the analytic backward of
+  `r3hf.reference.grad`; every other floating input gets the vector-Jacobian product of the torch
+  reference (recomputed in the backward), so no backend silently drops a gradient.
+
+To add an op: one `Op(...)` entry in `OPS` (schema, output shapes, its KL path if any). Backends
+then implement it under the same name (see `r3hf._dispatch`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from . import _checks, _dispatch, reference
+from . import _validate as v
+from .reference import grad as ref_grad
+
+NAMESPACE = "r3hf_ops"
+
+
+@dataclass(frozen=True)
+class Op:
+    schema: str  # arguments and returns, without the trailing `str backend` argument
+    shapes: Callable  # normalised kwargs -> list of output shapes (all float32)
+    ranges: tuple = ()  # arguments that are (low, high) ranges (float[]? in the schema)
+    checks: Callable | None = None  # data-dependent checks (r3hf._checks), run in the kernel
+    kl: str | None = None  # "kl", "rewards" or "fused": how grad flows to logprobs/ref_logprobs
+    outputs: int = 1
+    names: tuple = field(default=())  # filled in from the schema
+
+
+def _prompt_len_check(scores_arg: str):
+    def check(a):
+        S = a[scores_arg].shape[1]
+        _checks.prompt_len_values(a["prompt_len"], S, a["response_mask"].shape[1], a["first"], scores_arg)
+    return check
+
+
+def _BL(a):
+    return [tuple(a["response_mask"].shape)]
+
+
+OPS: dict[str, Op] = {
+    "prefix_scores": Op(
+        "Tensor hidden, Tensor weight, Tensor? bias", lambda a: [tuple(a["hidden"].shape[:2])]),
+    "redistribute": Op(
+        "Tensor scores, Tensor response_mask, Tensor prompt_len, str first, float beta_c", _BL,
+        checks=_prompt_len_check("scores")),
+    "kl_penalty": Op(
+        "Tensor logprobs, Tensor ref_logprobs, str estimator, float[]? clamp",
+        lambda a: [tuple(a["logprobs"].shape)], ranges=("clamp",), kl="kl"),
+    "token_rewards": Op(
+        "Tensor scores, Tensor response_mask, Tensor prompt_len, Tensor? logprobs, Tensor? ref_logprobs, "
+        "float kl_coef, str kl_estimator, float[]? kl_clamp, str first, float beta_c, float[]? reward_clip",
+        _BL, ranges=("kl_clamp", "reward_clip"), checks=_prompt_len_check("scores"), kl="rewards"),
+    "gae": Op(
+        "Tensor rewards, Tensor values, Tensor response_mask, float gamma, float lam, Tensor? bootstrap, "
+        "bool carry_masked", lambda a: [tuple(a["rewards"].shape)] * 2, outputs=2),
+    "masked_whiten": Op(
+        "Tensor x, Tensor mask, bool shift_mean, bool unbiased, float eps, bool transform_masked, str eps_mode",
+        lambda a: [tuple(a["x"].shape)]),
+    "fused_reward_gae": Op(
+        "Tensor hidden, Tensor weight, Tensor? bias, Tensor values, Tensor response_mask, Tensor prompt_len, "
+        "Tensor? logprobs, Tensor? ref_logprobs, float kl_coef, str kl_estimator, float[]? kl_clamp, float gamma, "
+        "float lam, str first, float beta_c, float[]? reward_clip, Tensor? bootstrap",
+        lambda a: [tuple(a["response_mask"].shape)] * 3, ranges=("kl_clamp", "reward_clip"),
+        checks=_prompt_len_check("hidden"), kl="fused", outputs=3),
+    # Group advantages (issue 12). `group=` (torch.distributed) calls run eagerly, outside the custom op.
+    "reward_to_go": Op(
+        "Tensor rewards, Tensor response_mask, float gamma, str holes", lambda a: [tuple(a["rewards"].shape)]),
+    "group_advantages": Op(
+        "Tensor rewards, Tensor response_mask, Tensor index, str estimator, float gamma, float eps, str scale",
+        lambda a: [tuple(a["rewards"].shape)], checks=lambda a: _checks.group_tokens(a["response_mask"], a["estimator"])),
+    "fused_reward_group_advantages": Op(
+        "Tensor hidden, Tensor weight, Tensor? bias, Tensor response_mask, Tensor prompt_len, Tensor index, "
+        "str estimator, Tensor? logprobs, Tensor? ref_logprobs, float kl_coef, str kl_estimator, float[]? kl_clamp, "
+        "str first, float beta_c, float[]? reward_clip, float gamma, float eps, str scale",
+        lambda a: [tuple(a["response_mask"].shape)] * 2, ranges=("kl_clamp", "reward_clip"),
+        checks=lambda a: (_prompt_len_check("hidden")(a), _checks.group_tokens(a["response_mask"], a["estimator"])),
+        outputs=2),  # kl=None: the group statistics make the advantages non-linear in the KL; reference VJP
+}
+
+# Option defaults (r3hf._validate.OP_OPTIONS): a backend is handed an option only when it is set.
+_DEFAULTS = {"carry_masked": False, "transform_masked": False, "eps_mode": "add"}
+
+
+def _arg_names(schema: str) -> tuple:
+    return tuple(part.strip().split(" ")[-1] for part in schema.split(","))
+
+
+def _returns(n: int) -> str:
+    return "Tensor" if n == 1 else "(" + ", ".join(["Tensor"] * n) + ")"
+
+
+def _kwargs(name: str, args) -> dict:
+    op = OPS[name]
+    a = dict(zip(op.names, args))
+    for r in op.ranges:
+        if a[r] is not None:
+            a[r] = (float(a[r][0]), float(a[r][1]))
+    return a
+
+
+def _backend_kwargs(a: dict) -> dict:
+    return {k: val for k, val in a.items() if not (k in _DEFAULTS and val == _DEFAULTS[k])}
+
+
+def _make(name: str, n_out: int):
+    op = OPS[name]
+
+    def impl(*args, _checked=False):
+        *args, backend = args
+        a = _kwargs(name, args)
+        if op.checks is not None and not _checked:
+            op.checks(a)
+        out = getattr(_dispatch.load(backend)[0], name)(**_backend_kwargs(a))
+        outs = out if isinstance(out, tuple) else (out,)
+        # A custom op's outputs may not alias its inputs.
+        inputs = [t for t in args if isinstance(t, torch.Tensor)]
+        outs = tuple(o.clone() if any(o.data_ptr() == t.data_ptr() and o.numel() for t in inputs) else o for o in outs)
+        return outs if n_out > 1 else outs[0]
+
+    def fake(*args):
+        *args, backend = args
+        a = _kwargs(name, args)
+        like = next(t for t in args if isinstance(t, torch.Tensor))
+        outs = tuple(like.new_empty(s, dtype=torch.float32) for s in op.shapes(a))
+        return outs if n_out > 1 else outs[0]
+
+    return impl, fake
+
+
+def _define(name: str) -> None:
+    op = OPS[name]
+    object.__setattr__(op, "names", _arg_names(op.schema))
+    n_out = op.outputs
+    qual = f"{NAMESPACE}::{name}"
+    torch.library.define(qual, f"({op.schema}, str backend) -> {_returns(n_out)}")
+    impl, fake = _make(name, n_out)
+    _EAGER[name] = impl
+    torch.library.impl(qual, "CompositeExplicitAutograd")(impl)
+    torch.library.register_fake(qual)(fake)
+    torch.library.register_autograd(qual, _backward(name, n_out), setup_context=_setup_context(name))
+
+
+# --- autograd -----------------------------------------------------------------------------
+
+_KL_INPUTS = ("logprobs", "ref_logprobs")
+
+
+def _setup_context(name: str):
+    op = OPS[name]
+
+    def setup_context(ctx, inputs, output):
+        *args, backend = inputs
+        tensors = [t if isinstance(t, torch.Tensor) else None for t in args]
+        ctx.r3hf_kinds = [isinstance(t, torch.Tensor) for t in args]
+        ctx.r3hf_plain = [None if isinstance(t, torch.Tensor) else t for t in args]
+        ctx.save_for_backward(*[t for t in tensors if t is not None])
+        ctx.r3hf_names = op.names
+
+    return setup_context
+
+
+def _restore(ctx) -> list:
+    saved = iter(ctx.saved_tensors)
+    return [next(saved) if is_t else plain for is_t, plain in zip(ctx.r3hf_kinds, ctx.r3hf_plain)]
+
+
+def _kl_grad(name: str, a: dict, grads) -> torch.Tensor:
+    """d loss / d (logprobs − ref_logprobs) as float32 [B, L]."""
+    if name == "kl_penalty":
+        return ref_grad.kl_penalty_grad(grads[0], a["logprobs"], a["ref_logprobs"], a["estimator"], a["clamp"])
+    mask = a["response_mask"]
+    g_rewards = grads[0] if grads[0] is not None else torch.zeros(mask.shape, device=mask.device)
+    if name == "fused_reward_gae":
+        g_scan = sum(g for g in grads[1:] if g is not None)
+        if not isinstance(g_scan, int):
+            g_rewards = g_rewards.float() + ref_grad.gae_rewards_vjp(g_scan, mask, a["gamma"], a["lam"])
+    g = torch.where(mask, g_rewards.float(), torch.zeros((), device=mask.device)) * (-a["kl_coef"])
+    return ref_grad.kl_penalty_grad(g, a["logprobs"], a["ref_logprobs"], a["kl_estimator"], a["kl_clamp"])
+
+
+def _backward(name: str, n_out: int):
+    op = OPS[name]
+
+    def backward(ctx, *grads):
+        args = _restore(ctx)
+        a = _kwargs(name, args)
+        names = op.names
+        need = dict(zip(names, ctx.needs_input_grad[: len(names)]))
+        result = {k: None for k in names}
+        if op.kl is not None and (need.get("logprobs") or need.get("ref_logprobs")):
+            g = _kl_grad(name, a, grads)
+            if need.get("logprobs"):
+                result["logprobs"] = g.to(a["logprobs"].dtype)
+            if need.get("ref_logprobs"):
+                result["ref_logprobs"] = (-g).to(a["ref_logprobs"].dtype)
+        others = [k for k in names if need.get(k) and (op.kl is None or k not in _KL_INPUTS)]
+        if others:
+            result.update(_reference_vjp(name, a, others, grads))
+        return tuple(result[k] for k in names) + (None,)
+
+    return backward
+
+
+def _reference_vjp(name: str, a: dict, wrt: list, grads) -> dict:
+    """Gradients of the torch reference (the spec) with respect to `wrt`, recomputed."""
+    a = dict(a)
+    leaves = {}
+    with torch.enable_grad():
+        for k in wrt:
+            leaves[k] = a[k].detach().requires_grad_(True)
+            a[k] = leaves[k]
+        out = getattr(reference, name)(**_backend_kwargs(a))
+        outs = out if isinstance(out, tuple) else (out,)
+        pairs = [(o, g) for o, g in zip(outs, grads) if g is not None]
+        got = torch.autograd.grad([o for o, _ in pairs], [leaves[k] for k in wrt], [g for _, g in pairs],
+                                  allow_unused=True)
+    return {k: (g if g is not None else torch.zeros_like(leaves[k])) for k, g in zip(wrt, got)}
+
+
+# --- calling ------------------------------------------------------------------------------
+
+
+def _schema_arg(value):
+    if isinstance(value, tuple):  # a normalised (low, high) range
+        return [float(value[0]), float(value[1])]
+    return value
+
+
+def call(name: str, backend: str, args: dict):
+    """Run op `name` on `backend` (already chosen) with the normalised arguments of r3hf._validate."""
+    if args.get("group") is not None:
+        # Collectives across ranks (torch.distributed, e.g. masked_whiten's all-reduce between its
+        # statistics and transform phases) are Python: run eagerly, not as the custom op.
+        return getattr(_dispatch.load(backend)[0], name)(**args)
+    op = OPS[name]
+    full = {k: _DEFAULTS.get(k) for k in op.names if k in _DEFAULTS}
+    full.update({k: val for k, val in args.items() if k != "group"})
+    values = [_schema_arg(full.get(k)) for k in op.names]
+    if _plain_eager(values):
+        # Same kernel, without the dispatcher and autograd-wrapper round trip (tens of µs per call,
+        # as much as a small op's whole work): only when nothing traces, fakes or needs a gradient.
+        # Eager validation already checked host data (r3hf._validate): CPU values need no second look.
+        on_cpu = all(t.device.type == "cpu" for t in values if isinstance(t, torch.Tensor))
+        return _EAGER[name](*values, backend, _checked=on_cpu)
+    return getattr(getattr(torch.ops, NAMESPACE), name)(*values, backend)
+
+
+def _plain_eager(values) -> bool:
+    if torch.compiler.is_compiling():
+        return False
+    grad = torch.is_grad_enabled()
+    for t in values:
+        if isinstance(t, torch.Tensor):
+            if type(t) is not torch.Tensor or t.device.type == "meta" or (grad and t.requires_grad):
+                return False
+    return True
+
+
+_EAGER: dict = {}
+
+
+for _name in OPS:
+    _define(_name)
