@@ -55,15 +55,15 @@ OPS: dict[str, Op] = {
     "prefix_scores": Op(
         "Tensor hidden, Tensor weight, Tensor? bias", lambda a: [tuple(a["hidden"].shape[:2])]),
     "redistribute": Op(
-        "Tensor scores, Tensor response_mask, Tensor prompt_len, str first, float beta_c", _BL,
+        "Tensor scores, Tensor response_mask, Tensor prompt_len, str first, float beta_c, bool beta_c_auto", _BL,
         checks=_prompt_len_check("scores")),
     "kl_penalty": Op(
         "Tensor logprobs, Tensor ref_logprobs, str estimator, float[]? clamp",
         lambda a: [tuple(a["logprobs"].shape)], ranges=("clamp",), kl="kl"),
     "token_rewards": Op(
         "Tensor scores, Tensor response_mask, Tensor prompt_len, Tensor? logprobs, Tensor? ref_logprobs, "
-        "float kl_coef, str kl_estimator, float[]? kl_clamp, str first, float beta_c, float[]? reward_clip",
-        _BL, ranges=("kl_clamp", "reward_clip"), checks=_prompt_len_check("scores"), kl="rewards"),
+        "float kl_coef, str kl_estimator, float[]? kl_clamp, str first, float beta_c, float[]? reward_clip, "
+        "bool beta_c_auto", _BL, ranges=("kl_clamp", "reward_clip"), checks=_prompt_len_check("scores"), kl="rewards"),
     "gae": Op(
         "Tensor rewards, Tensor values, Tensor response_mask, float gamma, float lam, Tensor? bootstrap, "
         "bool carry_masked", lambda a: [tuple(a["rewards"].shape)] * 2, outputs=2),
@@ -73,7 +73,7 @@ OPS: dict[str, Op] = {
     "fused_reward_gae": Op(
         "Tensor hidden, Tensor weight, Tensor? bias, Tensor values, Tensor response_mask, Tensor prompt_len, "
         "Tensor? logprobs, Tensor? ref_logprobs, float kl_coef, str kl_estimator, float[]? kl_clamp, float gamma, "
-        "float lam, str first, float beta_c, float[]? reward_clip, Tensor? bootstrap",
+        "float lam, str first, float beta_c, float[]? reward_clip, Tensor? bootstrap, bool beta_c_auto",
         lambda a: [tuple(a["response_mask"].shape)] * 3, ranges=("kl_clamp", "reward_clip"),
         checks=_prompt_len_check("hidden"), kl="fused", outputs=3),
     # Group advantages (issue 12). `group=` (torch.distributed) calls run eagerly, outside the custom op.
@@ -85,14 +85,14 @@ OPS: dict[str, Op] = {
     "fused_reward_group_advantages": Op(
         "Tensor hidden, Tensor weight, Tensor? bias, Tensor response_mask, Tensor prompt_len, Tensor index, "
         "str estimator, Tensor? logprobs, Tensor? ref_logprobs, float kl_coef, str kl_estimator, float[]? kl_clamp, "
-        "str first, float beta_c, float[]? reward_clip, float gamma, float eps, str scale",
+        "str first, float beta_c, float[]? reward_clip, float gamma, float eps, str scale, bool beta_c_auto",
         lambda a: [tuple(a["response_mask"].shape)] * 2, ranges=("kl_clamp", "reward_clip"),
         checks=lambda a: (_prompt_len_check("hidden")(a), _checks.group_tokens(a["response_mask"], a["estimator"])),
         outputs=2),  # kl=None: the group statistics make the advantages non-linear in the KL; reference VJP
 }
 
 # Option defaults (r3hf._validate.OP_OPTIONS): a backend is handed an option only when it is set.
-_DEFAULTS = {"carry_masked": False, "transform_masked": False, "eps_mode": "add"}
+_DEFAULTS = {"carry_masked": False, "transform_masked": False, "eps_mode": "add", "beta_c_auto": False}
 
 
 def _arg_names(schema: str) -> tuple:
@@ -247,6 +247,9 @@ def call(name: str, backend: str, args: dict):
         # statistics and transform phases) are Python: run eagerly, not as the custom op.
         return getattr(_dispatch.load(backend)[0], name)(**args)
     op = OPS[name]
+    unknown = sorted(set(args) - set(op.names) - {"group"})
+    if unknown:  # never drop an argument the user set: the schema must carry every option
+        raise TypeError(f"r3hf internal error: {name}'s custom-op schema lacks {', '.join(unknown)}")
     full = {k: _DEFAULTS.get(k) for k in op.names if k in _DEFAULTS}
     full.update({k: val for k, val in args.items() if k != "group"})
     values = [_schema_arg(full.get(k)) for k in op.names]
