@@ -1,0 +1,268 @@
+// CPU implementations of the group-advantage ops (issue 12; schemas in csrc/library.cpp):
+// reward_to_go, and the two backend passes of group_advantages / fused_reward_group_advantages
+// around the Python group statistics (r3hf/_group_stats.py, whose docstring is the contract):
+//
+//   group_row_pass              rewards [B, L] -> (returns G [B, L] f32, stats [B, 5] f64)
+//   fused_reward_group_row_pass hidden [B, S, D] -> (rewards, returns, stats), no [B, S] scores
+//   group_finish                (shift_i, scale_i) -> advantages [B, L] f32
+//
+// A reverse scan is a chain of dependent adds, so one row at a time is latency-bound. Rows are
+// therefore scanned kRows at a time, interleaved; every row still goes through exactly the same
+// operations in the same order whatever its neighbours, block or thread, so results are bitwise
+// identical for any thread count (and equal to a one-row scan).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/Optional.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "../group_math.h"
+#include "../op_args.h"
+#include "../r3hf_math.h"
+#include "cpu_common.h"
+
+namespace r3hf {
+namespace {
+
+using at::Tensor;
+using cpu::as_long;
+using cpu::check_cpu;
+using cpu::check_prompt_len;
+using cpu::grain;
+using cpu::Projection;
+
+constexpr int kRows = 8;
+
+// Rows [0, B) in blocks of kRows (the last block shorter), spread over threads.
+template <typename Block>
+void for_row_blocks(int64_t B, int64_t L, Block block) {
+  const int64_t n_blocks = (B + kRows - 1) / kRows;
+  at::parallel_for(0, n_blocks, grain(L * kRows), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t b0 = i * kRows;
+      const int64_t n = std::min<int64_t>(kRows, B - b0);
+      if (n == kRows) {
+        block(std::integral_constant<int, kRows>{}, b0);
+      } else {
+        for (int64_t b = b0; b < b0 + n; ++b) block(std::integral_constant<int, 1>{}, b);
+      }
+    }
+  });
+}
+
+void check_rows(const Tensor& x, const Tensor& mask, const char* name) {
+  TORCH_CHECK_VALUE(x.dim() == 2 && x.sizes() == mask.sizes(), name, " and response_mask must both be [B, L], got ",
+                    x.sizes(), " and ", mask.sizes());
+}
+
+// --- reward_to_go -------------------------------------------------------------------------------
+
+template <int K>
+void rtg_block(const float* r, const bool* m, int64_t L, float gamma, bool skip, float* out) {
+  float running[K];
+  for (int k = 0; k < K; ++k) running[k] = 0.f;
+  for (int64_t t = L - 1; t >= 0; --t) {
+    for (int k = 0; k < K; ++k) {
+      const int64_t i = k * L + t;
+      out[i] = rtg_step(r[i], m[i], gamma, skip, running[k]);
+    }
+  }
+}
+
+Tensor reward_to_go_cpu(const Tensor& rewards_in, const Tensor& mask_in, double gamma, c10::string_view holes) {
+  check_cpu(rewards_in, "rewards");
+  check_rows(rewards_in, mask_in, "rewards");
+  const bool skip = parse_holes(holes) == HOLES_SKIP;
+  const Tensor r = f32(rewards_in), mask = as_bool(mask_in);
+  const int64_t B = r.size(0), L = r.size(1);
+  Tensor out = at::empty({B, L}, r.options());
+  const float* p_r = r.data_ptr<float>();
+  const bool* p_m = mask.data_ptr<bool>();
+  float* p_out = out.data_ptr<float>();
+  const float g = static_cast<float>(gamma);
+  for_row_blocks(B, L, [&](auto K, int64_t b) {
+    rtg_block<decltype(K)::value>(p_r + b * L, p_m + b * L, L, g, skip, p_out + b * L);
+  });
+  return out;
+}
+
+// --- row pass -----------------------------------------------------------------------------------
+
+// G (holes="skip") and the five statistics of K rows: [COUNT, SUM_R, M2_R, SUM_G, M2_G] in
+// double, the M2 columns in a second pass around the row means (the rows are still in cache).
+template <int K>
+void row_pass_block(const float* r, const bool* m, int64_t L, float gamma, float* G, double* stats) {
+  float running[K];
+  double n[K], sum_r[K], sum_g[K];
+  for (int k = 0; k < K; ++k) running[k] = 0.f, n[k] = 0.0, sum_r[k] = 0.0, sum_g[k] = 0.0;
+  for (int64_t t = L - 1; t >= 0; --t) {
+    for (int k = 0; k < K; ++k) {
+      const int64_t i = k * L + t;
+      const bool mk = m[i];
+      const float x = mk ? r[i] : 0.f;
+      const float g = rtg_step(x, mk, gamma, true, running[k]);
+      G[i] = g;
+      n[k] += mk ? 1.0 : 0.0;
+      sum_r[k] += static_cast<double>(x);
+      sum_g[k] += static_cast<double>(g);
+    }
+  }
+  double mean_r[K], mean_g[K], m2_r[K], m2_g[K];
+  for (int k = 0; k < K; ++k) {
+    mean_r[k] = n[k] > 0 ? sum_r[k] / n[k] : 0.0;
+    mean_g[k] = n[k] > 0 ? sum_g[k] / n[k] : 0.0;
+    m2_r[k] = 0.0, m2_g[k] = 0.0;
+  }
+  for (int64_t t = 0; t < L; ++t) {
+    for (int k = 0; k < K; ++k) {
+      const int64_t i = k * L + t;
+      const bool mk = m[i];
+      const double dr = mk ? static_cast<double>(r[i]) - mean_r[k] : 0.0;
+      const double dg = mk ? static_cast<double>(G[i]) - mean_g[k] : 0.0;
+      m2_r[k] += dr * dr;
+      m2_g[k] += dg * dg;
+    }
+  }
+  for (int k = 0; k < K; ++k) {
+    double* s = stats + k * kStats;
+    s[STAT_COUNT] = n[k], s[STAT_SUM_R] = sum_r[k], s[STAT_M2_R] = m2_r[k];
+    s[STAT_SUM_G] = sum_g[k], s[STAT_M2_G] = m2_g[k];
+  }
+}
+
+std::tuple<Tensor, Tensor> group_row_pass_cpu(const Tensor& rewards_in, const Tensor& mask_in, double gamma) {
+  check_cpu(rewards_in, "rewards");
+  check_rows(rewards_in, mask_in, "rewards");
+  const Tensor r = f32(rewards_in), mask = as_bool(mask_in);
+  const int64_t B = r.size(0), L = r.size(1);
+  Tensor G = at::empty({B, L}, r.options());
+  Tensor stats = at::empty({B, kStats}, r.options().dtype(at::kDouble));
+  const float* p_r = r.data_ptr<float>();
+  const bool* p_m = mask.data_ptr<bool>();
+  float* p_G = G.data_ptr<float>();
+  double* p_s = stats.data_ptr<double>();
+  const float g = static_cast<float>(gamma);
+  for_row_blocks(B, L, [&](auto K, int64_t b) {
+    row_pass_block<decltype(K)::value>(p_r + b * L, p_m + b * L, L, g, p_G + b * L, p_s + b * kStats);
+  });
+  return {G, stats};
+}
+
+// --- fused row pass -----------------------------------------------------------------------------
+
+// Per row: project only the hidden states its rewards read (as fused_reward_gae does), form the
+// token rewards, then the row pass on them. Nothing of size [B, S] is materialised.
+std::tuple<Tensor, Tensor, Tensor> fused_reward_group_row_pass_cpu(
+    const Tensor& hidden, const Tensor& weight, const c10::optional<Tensor>& bias, const Tensor& mask_in,
+    const Tensor& prompt_len_in, const c10::optional<Tensor>& logprobs_in, const c10::optional<Tensor>& ref_in,
+    double kl_coef, c10::string_view kl_estimator, OptRange kl_clamp, c10::string_view first, double beta_c,
+    OptRange reward_clip, double gamma) {
+  check_cpu(hidden, "hidden");
+  Projection proj(hidden, weight, bias);
+  const RewardOptions ropt = reward_options(first, beta_c, kl_coef, kl_estimator, kl_clamp, reward_clip);
+  const Tensor mask = as_bool(mask_in), prompt_len = as_long(prompt_len_in);
+  TORCH_CHECK_VALUE(mask.dim() == 2, "response_mask must be [B, L], got ", mask.sizes());
+  const int64_t B = hidden.size(0), S = hidden.size(1), L = mask.size(1);
+  TORCH_CHECK_VALUE(mask.size(0) == B && prompt_len.numel() == B,
+                    "response_mask must be [B, L] and prompt_len [B] with B = ", B);
+  Tensor lp, ref;
+  if (ropt.use_kl) {
+    TORCH_CHECK_VALUE(logprobs_in.has_value() && ref_in.has_value(), "kl_coef != 0 needs logprobs and ref_logprobs");
+    lp = f32(*logprobs_in);
+    ref = f32(*ref_in);
+    TORCH_CHECK_VALUE(lp.sizes() == mask.sizes() && ref.sizes() == mask.sizes(), "logprobs must be [B, L]");
+  }
+  const int64_t* p_len = prompt_len.data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b) check_prompt_len(p_len[b], L, S, ropt.first_prompt);
+  auto opts = hidden.options().dtype(at::kFloat);
+  Tensor rewards = at::empty({B, L}, opts), G = at::empty({B, L}, opts);
+  Tensor stats = at::empty({B, kStats}, opts.dtype(at::kDouble));
+  const bool* p_m = mask.data_ptr<bool>();
+  const float* p_lp = ropt.use_kl ? lp.data_ptr<float>() : nullptr;
+  const float* p_ref = ropt.use_kl ? ref.data_ptr<float>() : nullptr;
+  float* p_rw = rewards.data_ptr<float>();
+  float* p_G = G.data_ptr<float>();
+  double* p_s = stats.data_ptr<double>();
+  const float g = static_cast<float>(gamma);
+  R3HF_DISPATCH_HIDDEN(proj.hidden.scalar_type(), "r3hf::fused_reward_group_row_pass", [&] {
+    const scalar_t* base = proj.hidden.data_ptr<scalar_t>();
+    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> s(L + 1);
+      std::vector<char> need(L + 1);
+      for (int64_t b = begin; b < end; ++b) {
+        const bool* m = p_m + b * L;
+        needed_scores(m, L, ropt.first_prompt, reinterpret_cast<bool*>(need.data()));
+        for (int64_t k = 0; k <= L; ++k) s[k] = need[k] ? proj.score(base, b, p_len[b] - 1 + k) : 0.f;
+        float* rw = p_rw + b * L;
+        token_rewards_row(s.data(), m, p_lp ? p_lp + b * L : nullptr, p_ref ? p_ref + b * L : nullptr, L, ropt, rw);
+        row_pass_block<1>(rw, m, L, g, p_G + b * L, p_s + b * kStats);
+      }
+    });
+  });
+  return {rewards, G, stats};
+}
+
+// --- finish pass --------------------------------------------------------------------------------
+
+// on_rewards: A = reward_to_go(m·(r − shift)·scale, γ, holes="skip") for K rows.
+template <int K>
+void finish_scan_block(const float* r, const bool* m, int64_t L, const float* shift, const float* scale, float gamma,
+                       float* out) {
+  float running[K];
+  for (int k = 0; k < K; ++k) running[k] = 0.f;
+  for (int64_t t = L - 1; t >= 0; --t) {
+    for (int k = 0; k < K; ++k) {
+      const int64_t i = k * L + t;
+      const bool mk = m[i];
+      const float x = mk ? (r[i] - shift[k]) * scale[k] : 0.f;
+      out[i] = rtg_step(x, mk, gamma, true, running[k]);
+    }
+  }
+}
+
+Tensor group_finish_cpu(const Tensor& rewards_in, const Tensor& returns_in, const Tensor& mask_in,
+                        const Tensor& shift_in, const Tensor& scale_in, double gamma, bool on_rewards) {
+  check_cpu(returns_in, "returns");
+  const Tensor& x_in = on_rewards ? rewards_in : returns_in;
+  check_rows(x_in, mask_in, on_rewards ? "rewards" : "returns");
+  const Tensor x = f32(x_in), mask = as_bool(mask_in), shift = f32(shift_in), scale = f32(scale_in);
+  const int64_t B = x.size(0), L = x.size(1);
+  TORCH_CHECK_VALUE(shift.numel() == B && scale.numel() == B, "shift and scale must be [B] = [", B, "], got ",
+                    shift.sizes(), " and ", scale.sizes());
+  Tensor out = at::empty({B, L}, x.options());
+  const float* p_x = x.data_ptr<float>();
+  const bool* p_m = mask.data_ptr<bool>();
+  const float* p_shift = shift.data_ptr<float>();
+  const float* p_scale = scale.data_ptr<float>();
+  float* p_out = out.data_ptr<float>();
+  if (on_rewards) {
+    const float g = static_cast<float>(gamma);
+    for_row_blocks(B, L, [&](auto K, int64_t b) {
+      finish_scan_block<decltype(K)::value>(p_x + b * L, p_m + b * L, L, p_shift + b, p_scale + b, g, p_out + b * L);
+    });
+    return out;
+  }
+  // Elementwise, A = m·(G − shift)·scale: contiguous within a row, so it vectorises over t.
+  at::parallel_for(0, B, grain(L), [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const float* G = p_x + b * L;
+      const bool* m = p_m + b * L;
+      float* a = p_out + b * L;
+      const float sh = p_shift[b], sc = p_scale[b];
+      for (int64_t t = 0; t < L; ++t) a[t] = m[t] ? (G[t] - sh) * sc : 0.f;
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(r3hf, CPU, m) {
+  m.impl("reward_to_go", &reward_to_go_cpu);
+  m.impl("group_row_pass", &group_row_pass_cpu);
+  m.impl("fused_reward_group_row_pass", &fused_reward_group_row_pass_cpu);
+  m.impl("group_finish", &group_finish_cpu);
+}
+
+}  // namespace r3hf
