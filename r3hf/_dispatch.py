@@ -23,6 +23,9 @@ OP_NAMES = (
     "gae",
     "masked_whiten",
     "fused_reward_gae",
+    "reward_to_go",
+    "group_advantages",
+    "fused_reward_group_advantages",
 )
 
 _MODULES = {

@@ -357,3 +357,116 @@ def fused_args(
         bootstrap=as_bootstrap(bootstrap, B, values.device),
     )
     return {**proj, **rew, **gae}
+
+
+# --- group advantages (issue 12) ---------------------------------------------------------
+
+HOLES = ("skip", "discount")
+GROUP_ESTIMATORS = ("grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "grpo_process")
+GROUP_SCALES = ("group", "batch", "none")
+_SCALED = ("grpo", "grpo_process")  # the estimators `scale` applies to
+DEFAULT_GROUP_EPS = 1e-6
+
+
+def reward_to_go_args(rewards, response_mask, gamma, holes):
+    check_tensor("rewards", rewards, rank=2)
+    mask = as_mask("response_mask", response_mask)
+    check_shape("response_mask", mask, list(rewards.shape), "BL", "rewards")
+    check_same_device(rewards=rewards, response_mask=mask)
+    return dict(rewards=rewards, response_mask=mask, gamma=check_unit_interval("gamma", gamma),
+                holes=check_choice("holes", holes, HOLES))
+
+
+def check_group(group):
+    """None or an initialised torch.distributed process group."""
+    if group is None:
+        return None
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError("group is a torch.distributed process group, but torch.distributed is not initialised")
+    if not isinstance(group, dist.ProcessGroup):
+        raise TypeError(f"group must be None or a torch.distributed ProcessGroup, got {type(group).__name__}")
+    return group
+
+
+def as_index(index, B: int, device: torch.device, group) -> torch.Tensor:
+    """Group ids: an integer tensor [B] (any order, ids global across ranks) or an int G (contiguous
+    groups of G rows, counted over the global batch when `group` is given) -> int64 [B]."""
+    if isinstance(index, torch.Tensor):
+        if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
+            raise TypeError(f"index must be an int G or an integer tensor [B] of group ids, got {index.dtype}")
+        if _shape(index) != [B]:
+            raise ValueError(f"index must be an int G or [B] = [{B}] group ids (B from response_mask), got {_shape(index)}")
+        if index.device != device:
+            raise ValueError(f"index is on {index.device} but rewards is on {device}; all tensors must be on the same device")
+        return index.to(torch.int64)
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise TypeError(f"index must be an int G or an integer tensor [B] of group ids, got {type(index).__name__}")
+    if index < 1:
+        raise ValueError(f"index as an int is the group size G and must be >= 1, got {index}")
+    offset, total = 0, B
+    if group is not None:
+        from ._group_stats import row_offset
+
+        offset, total = row_offset(B, group, device)
+    if total % index:
+        where = "global batch (all ranks of group)" if group is not None else "batch"
+        raise ValueError(f"index = {index} (contiguous groups of {index} rows) must divide the {where} size {total}")
+    return (offset + torch.arange(B, device=device)) // index
+
+
+def _group_options(estimator, eps, scale):
+    estimator = check_choice("estimator", estimator, GROUP_ESTIMATORS)
+    scale = check_choice("scale", scale, GROUP_SCALES)
+    eps = check_finite_float("eps", eps)
+    if eps <= 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    # An option the chosen estimator does not use is an error, not silently dropped.
+    if scale != "group" and estimator not in _SCALED:
+        raise ValueError(f"scale={scale!r} applies to estimator 'grpo' or 'grpo_process' only, got estimator={estimator!r}")
+    if eps != DEFAULT_GROUP_EPS and (estimator == "rloo" or scale == "none"):
+        raise ValueError(f"eps is unused by estimator={estimator!r} with scale={scale!r}; got eps = {eps}")
+    return estimator, eps, scale
+
+
+def _check_generated(mask: torch.Tensor, group) -> None:
+    # With a group, the whole batch decides (after the all-gather, on every rank alike).
+    if group is None and not bool(mask.any()):
+        raise ValueError(
+            "response_mask has no generated token: group advantages are undefined "
+            "(all-masked rows are fine, an all-masked batch is a bug upstream)"
+        )
+
+
+def group_advantages_args(rewards, response_mask, index, estimator, gamma, eps, scale, group):
+    args = reward_to_go_args(rewards, response_mask, gamma, "skip")
+    del args["holes"]
+    estimator, eps, scale = _group_options(estimator, eps, scale)
+    group = check_group(group)
+    B = args["response_mask"].shape[0]
+    index = as_index(index, B, rewards.device, group)
+    _check_generated(args["response_mask"], group)
+    return dict(args, index=index, estimator=estimator, eps=eps, scale=scale, group=group)
+
+
+def fused_group_args(
+    hidden, weight, bias, response_mask, prompt_len, index, estimator, logprobs, ref_logprobs, kl_coef,
+    kl_estimator, kl_clamp, first, beta_c, reward_clip, gamma, eps, scale, group,
+):
+    proj = prefix_scores_args(hidden, weight, bias)
+    B, S, _ = hidden.shape
+    check_same_device(hidden=hidden, response_mask=as_mask("response_mask", response_mask), logprobs=logprobs,
+                      ref_logprobs=ref_logprobs)
+    # Check the rewards part against a [B, S] stand-in for the scores, named after hidden.
+    rew = token_rewards_args(
+        hidden.new_empty((B, S)), response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator,
+        kl_clamp, first, beta_c, reward_clip, scores_name="hidden",
+    )
+    del rew["scores"]
+    estimator, eps, scale = _group_options(estimator, eps, scale)
+    group = check_group(group)
+    index = as_index(index, B, hidden.device, group)
+    _check_generated(rew["response_mask"], group)
+    return {**proj, **rew, "index": index, "estimator": estimator, "gamma": check_unit_interval("gamma", gamma),
+            "eps": eps, "scale": scale, "group": group}

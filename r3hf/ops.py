@@ -27,6 +27,9 @@ __all__ = [
     "gae",
     "masked_whiten",
     "fused_reward_gae",
+    "reward_to_go",
+    "group_advantages",
+    "fused_reward_group_advantages",
     "backends",
     "BackendUnavailableError",
 ]
@@ -134,6 +137,57 @@ def fused_reward_gae(
         kl_clamp, gamma, lam, first, beta_c, reward_clip, bootstrap,
     )
     return _run("fused_reward_gae", backend, hidden.device, args)
+
+
+def reward_to_go(rewards, response_mask, gamma=1.0, *, holes="skip", backend="auto") -> torch.Tensor:
+    """Masked discounted reward-to-go [B, L] -> float32 [B, L], 0 at masked positions.
+
+    Backwards per row, R = r_t + γ·R at generated positions. holes="skip" (veRL's
+    reinforce_plus_plus): a masked position carries R unchanged; holes="discount" (OpenRLHF's
+    get_cumulative_returns): a masked position has reward 0 but still discounts R by γ.
+    """
+    args = v.reward_to_go_args(rewards, response_mask, gamma, holes)
+    return _run("reward_to_go", backend, rewards.device, args)
+
+
+def group_advantages(
+    rewards, response_mask, index, estimator="grpo", *, gamma=1.0, eps=1e-6, scale="group", group=None,
+    backend="auto",
+) -> torch.Tensor:
+    """Critic-free token-level advantages of token rewards [B, L] -> float32 [B, L], 0 where masked.
+
+    index: group ids, an integer tensor [B] (rows with equal ids form a group, in any order, like
+    veRL's uid) or an int G (contiguous groups of G rows, TRL's layout). With s_i = Σ_t m·r and
+    G = reward_to_go(r, m, γ):
+    grpo m·(G − mean_g s)/(std_g s + eps) (scale="batch": the batch std of s; "none": no division);
+    rloo m·(G − mean of s over the rest of the group); reinforce_pp: G whitened over the batch's
+    tokens, rsqrt(var + eps); reinforce_pp_baseline: G − mean_g s whitened likewise; grpo_process:
+    rewards normalised over the group's tokens, then their reward-to-go. Singleton groups follow
+    veRL 0.9.1 (mean 0, std 1). With sparse rewards (the score at the last generated token) grpo,
+    rloo, reinforce_pp and reinforce_pp_baseline equal veRL's estimators (docs/group.md).
+    `group` (torch.distributed) spans groups and batch statistics over ranks; groups may straddle
+    ranks, and an int G counts rows over the global batch in rank order.
+    """
+    args = v.group_advantages_args(rewards, response_mask, index, estimator, gamma, eps, scale, group)
+    return _run("group_advantages", backend, rewards.device, args)
+
+
+def fused_reward_group_advantages(
+    hidden, weight, bias, response_mask, prompt_len, index, estimator="grpo", *, logprobs=None, ref_logprobs=None,
+    kl_coef=0.0, kl_estimator="k1", kl_clamp=None, first="prompt", beta_c=1.0, reward_clip=None, gamma=1.0,
+    eps=1e-6, scale="group", group=None, backend="auto",
+):
+    """Reward-head projection → R3HF rewards → KL → group advantages in one call.
+
+    hidden [B, S, D], weight [D] or [1, D], bias, response_mask [B, L], index -> (rewards,
+    advantages), float32 [B, L] each; equal to
+    group_advantages(token_rewards(prefix_scores(hidden, weight, bias), …), response_mask, index, …).
+    """
+    args = v.fused_group_args(
+        hidden, weight, bias, response_mask, prompt_len, index, estimator, logprobs, ref_logprobs, kl_coef,
+        kl_estimator, kl_clamp, first, beta_c, reward_clip, gamma, eps, scale, group,
+    )
+    return _run("fused_reward_group_advantages", backend, hidden.device, args)
 
 
 def backends() -> dict:

@@ -27,6 +27,14 @@ def calls(b, backend):
         "fused_reward_gae": lambda: ops.fused_reward_gae(
             b["hidden"], b["weight"], b["bias"], b["values"], *common, gamma=0.99, lam=0.9, **kl, backend=backend
         ),
+        "reward_to_go": lambda: ops.reward_to_go(b["rewards"], b["response_mask"], 0.9, holes="discount", backend=backend),
+        "group_advantages": lambda: ops.group_advantages(
+            b["rewards"], b["response_mask"], torch.tensor([5, 2, 5]), "grpo_process", gamma=0.99, backend=backend
+        ),
+        "fused_reward_group_advantages": lambda: ops.fused_reward_group_advantages(
+            b["hidden"], b["weight"], b["bias"], *common, torch.tensor([5, 2, 5]), "rloo", gamma=0.99, **kl,
+            backend=backend
+        ),
     }
 
 
@@ -101,7 +109,8 @@ def test_prompt_len_int_equals_tensor():
 def test_backends_report():
     report = ops.backends()
     assert report["torch"]["available"]
-    for op in ("prefix_scores", "redistribute", "kl_penalty", "token_rewards", "gae", "masked_whiten", "fused_reward_gae"):
+    for op in ("prefix_scores", "redistribute", "kl_penalty", "token_rewards", "gae", "masked_whiten", "fused_reward_gae",
+               "reward_to_go", "group_advantages", "fused_reward_group_advantages"):
         assert report["ops"][op]["cpu"] in ("torch", "cpp")
     for name in ("cpp", "triton"):
         if not report[name]["available"]:

@@ -63,6 +63,31 @@ CASES = [
     ("fused", dict(kl_coef=0.1), ValueError, ["logprobs"]),
     ("fused", dict(response_mask=lambda b: b["response_mask"].to("meta")), ValueError, ["response_mask", "device"]),
     ("fused", dict(weight=lambda b: torch.zeros(2, D)), ValueError, ["weight"]),
+    ("reward_to_go", dict(holes="carry"), ValueError, ["holes", "'skip'"]),
+    ("reward_to_go", dict(gamma=1.5), ValueError, ["gamma", "[0, 1]"]),
+    ("reward_to_go", dict(response_mask=lambda b: b["response_mask"][:, 1:]), ValueError, ["response_mask", "[4, 37]"]),
+    ("group", dict(index=lambda b: torch.zeros(B + 1, dtype=torch.long)), ValueError, ["index", "[B] = [4]", "[5]"]),
+    ("group", dict(index=lambda b: torch.zeros(B)), TypeError, ["index", "integer tensor", "float32"]),
+    ("group", dict(index=lambda b: torch.zeros(B, dtype=torch.long, device="meta")), ValueError, ["index", "device"]),
+    ("group", dict(index=3), ValueError, ["index = 3", "divide", "4"]),
+    ("group", dict(index=0), ValueError, ["index", ">= 1"]),
+    ("group", dict(index=2.0), TypeError, ["index"]),
+    ("group", dict(response_mask=lambda b: torch.zeros(B, L, dtype=torch.bool)), ValueError,
+     ["response_mask", "no generated token"]),
+    ("group", dict(response_mask=lambda b: torch.eye(B, L, dtype=torch.bool)[:, :L] & (torch.arange(B) == 0)[:, None],
+                   estimator="reinforce_pp"), ValueError, ["response_mask", "1 generated token", "at least 2"]),
+    ("group", dict(estimator="ppo"), ValueError, ["estimator", "'grpo'", "'rloo'"]),
+    ("group", dict(gamma=-0.5), ValueError, ["gamma", "[0, 1]"]),
+    ("group", dict(eps=0.0), ValueError, ["eps", "> 0"]),
+    ("group", dict(scale="token"), ValueError, ["scale", "'group'"]),
+    ("group", dict(estimator="rloo", scale="batch"), ValueError, ["scale='batch'", "rloo"]),
+    ("group", dict(estimator="rloo", eps=1e-4), ValueError, ["eps", "unused", "rloo"]),
+    ("group", dict(scale="none", eps=1e-4), ValueError, ["eps", "unused"]),
+    ("group", dict(group="world"), ValueError, ["group", "not initialised"]),
+    ("fused_group", dict(index=lambda b: torch.zeros(B + 1, dtype=torch.long)), ValueError, ["index"]),
+    ("fused_group", dict(response_mask=lambda b: torch.zeros(B, L)), ValueError, ["response_mask", "no generated token"]),
+    ("fused_group", dict(estimator="k3"), ValueError, ["estimator", "'grpo'"]),
+    ("fused_group", dict(prompt_len=9), ValueError, ["S = 45 < prompt_len + L = 9 + 37"]),
 ]
 
 
@@ -77,13 +102,21 @@ REQUIRED = {
     "masked_whiten": dict(x="values", mask="response_mask"),
     "fused": dict(hidden="hidden", weight="weight", bias="bias", values="values", response_mask="response_mask",
                   prompt_len="prompt_len"),
+    "reward_to_go": dict(rewards="rewards", response_mask="response_mask"),
+    "group": dict(rewards="rewards", response_mask="response_mask"),
+    "fused_group": dict(hidden="hidden", weight="weight", bias="bias", response_mask="response_mask",
+                        prompt_len="prompt_len"),
 }
+# op -> (public name, arguments that are not in the batch)
+PUBLIC = {"fused": ("fused_reward_gae", {}), "group": ("group_advantages", dict(index=2)),
+          "fused_group": ("fused_reward_group_advantages", dict(index=2))}
 
 
 def _call(op, b, over):
-    args = {name: b[key] for name, key in REQUIRED[op].items()}
+    name, extra = PUBLIC.get(op, (op, {}))
+    args = {arg: b[key] for arg, key in REQUIRED[op].items()} | extra
     args.update({k: (v(b) if callable(v) else v) for k, v in over.items()})
-    return getattr(ops, "fused_reward_gae" if op == "fused" else op)(**args)
+    return getattr(ops, name)(**args)
 
 
 @pytest.mark.parametrize("op, over, exc, words", CASES, ids=[f"{c[0]}-{'-'.join(c[1])}-{i}" for i, c in enumerate(CASES)])

@@ -33,7 +33,16 @@ SPECS = {
                          "prompt_len": "prompt_len", "logprobs": "BL", "ref_logprobs": "BL", "kl_coef": "finite",
                          "kl_estimator": "estimator", "kl_clamp": "range", "gamma": "unit", "lam": "unit",
                          "first": "first", "beta_c": "unit", "reward_clip": "range", "bootstrap": "bootstrap"},
+    "reward_to_go": {"rewards": "BL", "response_mask": "mask", "gamma": "unit", "holes": "holes"},
+    "group_advantages": {"rewards": "BL", "response_mask": "mask", "index": "index", "estimator": "group_estimator",
+                         "gamma": "unit", "eps": "positive", "scale": "scale"},
+    "fused_reward_group_advantages": {
+        "hidden": "BSD", "weight": "D", "bias": "bias", "response_mask": "mask", "prompt_len": "prompt_len",
+        "index": "index", "estimator": "group_estimator", "logprobs": "BL", "ref_logprobs": "BL", "kl_coef": "finite",
+        "kl_estimator": "estimator", "kl_clamp": "range", "first": "first", "beta_c": "unit", "reward_clip": "range",
+        "gamma": "unit", "eps": "positive", "scale": "scale"},
 }
+GROUP_OPS = ("group_advantages", "fused_reward_group_advantages")
 
 
 def _base_args(op):
@@ -45,7 +54,10 @@ def _base_args(op):
         ref_logprobs=b["ref_logprobs"], estimator="k3", clamp=(-1.0, 2.0), kl_coef=0.1, kl_estimator="k1",
         kl_clamp=5.0, reward_clip=3.0, rewards=b["rewards"], values=b["values"], gamma=0.99, lam=0.95,
         bootstrap=0.25, x=b["values"], mask=b["response_mask"], shift_mean=True, unbiased=True, eps=1e-8,
+        index=2, holes="discount", scale="batch",
     )
+    if op in GROUP_OPS:
+        pool["estimator"] = "grpo"
     return {name: pool[name] for name in SPECS[op]}
 
 
@@ -89,6 +101,13 @@ SCALAR_MUTATIONS = {
     "prompt_len": [("negative", -1), ("too-large", 100), ("zero-with-prompt", 0), ("float", 2.0), ("bool", True),
                    ("float-tensor", torch.ones(B)), ("shape", torch.ones(B + 1, dtype=torch.long)),
                    ("row-too-large", torch.tensor([1, 2, 100, 1]))],
+    "index": [("zero", 0), ("not-dividing", 3), ("bool", True), ("type", "2"), ("list", [0, 0, 1, 1]),
+              ("float-tensor", torch.zeros(B)), ("bool-tensor", torch.zeros(B, dtype=torch.bool)),
+              ("shape", torch.zeros(B + 1, dtype=torch.long)), ("device", torch.zeros(B, dtype=torch.long, device="meta"))],
+    "group_estimator": [("unknown", "ppo"), ("kl-name", "k1"), ("type", 1)],
+    "positive": [("zero", 0.0), ("negative", -1e-6), ("nan", math.nan), ("inf", math.inf), ("type", "1e-6")],
+    "scale": [("unknown", "token"), ("type", None)],
+    "holes": [("unknown", "carry"), ("type", None)],
 }
 
 

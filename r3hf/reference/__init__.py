@@ -10,6 +10,9 @@ from .rewards import kl_penalty, redistribute, token_rewards
 from .gae import gae
 from .whiten import masked_whiten
 from .fused import fused_reward_gae
+from .returns import reward_to_go
+from .group import group_advantages
+from .fused_group import fused_reward_group_advantages
 
 __all__ = [
     "prefix_scores",
@@ -19,4 +22,7 @@ __all__ = [
     "gae",
     "masked_whiten",
     "fused_reward_gae",
+    "reward_to_go",
+    "group_advantages",
+    "fused_reward_group_advantages",
 ]

@@ -1,0 +1,303 @@
+"""Group statistics of `ops.group_advantages`: the backend-independent middle layer (issue 12).
+
+A backend (C++, Triton) implements `group_advantages` and `fused_reward_group_advantages` as two
+kernels, a heavy per-row pass and a light finish pass, around the tiny statistics computed here in
+torch on [B]-sized tensors (all-gathered across ranks when `group=` is given). This docstring is
+the contract; `row_pass` and `finish` below are its executable torch form, and
+`group_advantages(row_pass, finish, ...)` / `fused_reward_group_advantages(fused_row_pass, finish,
+...)` wire a backend's kernels together. A backend function is then
+
+    def group_advantages(rewards, response_mask, index, estimator, gamma, eps, scale, group):
+        return _group_stats.group_advantages(my_row_pass, my_finish, rewards, response_mask, index,
+                                             estimator, gamma, eps, scale, group)
+
+The dispatcher calls a backend's `reward_to_go`, `group_advantages` and
+`fused_reward_group_advantages` with keyword arguments named as in `r3hf.reference` (so `group`
+is always passed; hand it to `affine`). reward_to_go(rewards, response_mask, gamma, holes) is the
+row scan alone (holes "skip" as in step 1 below, or "discount": R = m_t·r_t + γ·R at every
+position, still 0 written at masked positions). Inputs are the normalised arguments of
+`r3hf._validate`: rewards [B, L] any float dtype (read as
+fp32), response_mask bool [B, L], index int64 [B] (global group ids: rows with equal ids form a
+group wherever they are; an int G has already become (global row offset + arange(B)) // G),
+gamma float in [0, 1], eps float > 0, estimator in ESTIMATORS, scale in SCALES, group None or a
+torch.distributed process group.
+
+1. Row pass  `row_pass(rewards, response_mask, gamma) -> (returns, stats)`; no cross-row data.
+   - returns: float32 [B, L], the masked reward-to-go G with holes="skip" (= ops.reward_to_go):
+     per row backwards with R = 0, at a generated t R = r_t + γ·R and G_t = R; a masked t
+     carries R unchanged and G_t = 0. Accumulate in fp32.
+   - stats: float64 [B, 5], contiguous, columns (STAT_* constants):
+       0 COUNT  n_i = number of generated tokens of the row (Σ_t m);
+       1 SUM_R  s_i = Σ_t m·r_t                      (the row's score: Σ of its rewards);
+       2 M2_R   Σ_t m·(r_t − s_i/n_i)²               (0 when n_i = 0);
+       3 SUM_G  Σ_t m·G_t;
+       4 M2_G   Σ_t m·(G_t − SUM_G/n_i)²             (0 when n_i = 0).
+     Sums are over generated tokens only. Compute them in float64 (C++: double accumulators,
+     two passes over the row for the M2 columns, the second one around the row mean). A GPU
+     kernel may accumulate in fp32 per block if it combines blocks around the row mean (Chan et
+     al.); results must match `row_pass` within the fuzz tolerance (rtol 1e-4, atol 2e-5·scale).
+   The fused variant `fused_row_pass(hidden, weight, bias, response_mask, prompt_len, logprobs,
+   ref_logprobs, kl_coef, kl_estimator, kl_clamp, first, beta_c, reward_clip, gamma) ->
+   (rewards, returns, stats)` first forms rewards = ops.token_rewards(ops.prefix_scores(...))
+   (float32 [B, L], returned) without a [B, S] scores tensor, then the same row pass on them.
+
+2. Group statistics (here, `affine`): all-gather (COUNT..M2_G, index) across `group`, then one
+   per-row affine map (shift_i, scale_i), float32 [B] each, and which finish applies. With
+   ȳ_g and σ_g the mean and unbiased std of s over the rows of group g (every row counts, also an
+   all-masked one whose s is 0, as in veRL), and "fewer than 2 values ⇒ mean 0, std 1"
+   (veRL 0.9.1's singleton rule, applied to every statistic):
+     grpo                  shift = ȳ_g; scale = 1/(σ_g + eps) ("group"), 1/(σ_batch(s) + eps)
+                           ("batch"), 1 ("none").
+     rloo                  shift = (Σ_{j∈g} s_j − s_i)/(|g| − 1), 0 for a singleton; scale = 1.
+     reinforce_pp          token-level whitening of G over the whole batch: shift = mean of G,
+                           scale = rsqrt(unbiased var of G + eps) (veRL's masked_whiten form).
+     reinforce_pp_baseline the same whitening of G − ȳ_g: shift = ȳ_g + mean(G − ȳ), scale =
+                           rsqrt(var(G − ȳ) + eps).
+     grpo_process          over the generated tokens of the group: shift = μ_g^tok, scale =
+                           1/(σ_g^tok + eps) ("group"), 1/(σ^tok over the batch + eps) ("batch"),
+                           1 ("none"); here the finish works on rewards (ON_REWARDS).
+   Token-level statistics merge the per-row (COUNT, SUM, M2) in float64 (Chan's parallel
+   formula), so no [B, L] data crosses ranks. Data errors found after the gather (no generated
+   token in the whole batch; fewer than 2 for the whitening estimators) raise ValueError on
+   every rank alike.
+
+3. Finish pass  `finish(rewards, returns, response_mask, shift, scale, gamma, on_rewards) -> A`
+   float32 [B, L], 0 at masked positions:
+     on_rewards False:  A = m·(G − shift_i)·scale_i                        (elementwise);
+     on_rewards True:   A = reward_to_go(m·(r − shift_i)·scale_i, m, γ)    (one more row scan,
+                        holes="skip"; recomputed from r rather than G − shift·count-to-go, which
+                        cancels badly when the shift is large).
+   shift and scale are float32 [B]; compute in fp32.
+"""
+
+from __future__ import annotations
+
+import torch
+
+ESTIMATORS = ("grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "grpo_process")
+SCALES = ("group", "batch", "none")
+N_STATS = 5
+STAT_COUNT, STAT_SUM_R, STAT_M2_R, STAT_SUM_G, STAT_M2_G = range(N_STATS)
+
+
+# --- 1 and 3: the torch form of the backend passes --------------------------------------------
+
+
+def _scan(x: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Reward-to-go with holes="skip" in fp32 (x already 0 where masked)."""
+    B, L = x.shape
+    running = x.new_zeros(B)
+    out = x.new_zeros(B, L)
+    for t in reversed(range(L)):
+        running = torch.where(mask[:, t], x[:, t] + gamma * running, running)
+        out[:, t] = torch.where(mask[:, t], running, 0.0)
+    return out
+
+
+def _row_moments(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(count, sum, M2 around the row mean) of x over mask, float64 [B] each."""
+    xd = torch.where(mask, x.double(), 0.0)
+    n = mask.sum(1, dtype=torch.float64)
+    total = xd.sum(1)
+    mean = torch.where(n > 0, total / n.clamp_min(1), 0.0)
+    m2 = torch.where(mask, (xd - mean[:, None]) ** 2, 0.0).sum(1)
+    return n, total, m2
+
+
+def row_pass(rewards: torch.Tensor, response_mask: torch.Tensor, gamma: float):
+    """-> (returns float32 [B, L], stats float64 [B, 5]); see the module docstring, step 1."""
+    r = torch.where(response_mask, rewards.float(), 0.0)
+    returns = _scan(r, response_mask, gamma)
+    n, s, m2_r = _row_moments(r, response_mask)
+    _, sum_g, m2_g = _row_moments(returns, response_mask)
+    return returns, torch.stack([n, s, m2_r, sum_g, m2_g], dim=1)
+
+
+def finish(rewards, returns, response_mask, shift, scale, gamma: float, on_rewards: bool) -> torch.Tensor:
+    """-> advantages float32 [B, L]; see the module docstring, step 3."""
+    if on_rewards:
+        x = torch.where(response_mask, (rewards.float() - shift[:, None]) * scale[:, None], 0.0)
+        return _scan(x, response_mask, gamma)
+    return torch.where(response_mask, (returns - shift[:, None]) * scale[:, None], 0.0)
+
+
+# --- distributed helpers ----------------------------------------------------------------------
+
+
+def _dist():
+    import torch.distributed as dist
+
+    return dist
+
+
+def world_sizes(n: int, group, device) -> list[int]:
+    """Every rank's n (rank order within `group`)."""
+    dist = _dist()
+    mine = torch.tensor([n], dtype=torch.int64, device=device)
+    out = [torch.zeros_like(mine) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(out, mine, group=group)
+    return [int(x) for x in out]
+
+
+def row_offset(B: int, group, device) -> tuple[int, int]:
+    """(this rank's first global row, global B): ranks hold consecutive rows in rank order."""
+    sizes = world_sizes(B, group, device)
+    rank = _dist().get_rank(group)
+    return sum(sizes[:rank]), sum(sizes)
+
+
+def all_gather_rows(t: torch.Tensor, group) -> tuple[torch.Tensor, int]:
+    """Concatenate every rank's t [B_r, ...] along dim 0 (B_r may differ; trailing dims must
+    match) -> (global tensor, this rank's first row)."""
+    dist = _dist()
+    sizes = world_sizes(t.shape[0], group, t.device)
+    top = max(sizes)
+    padded = t.new_zeros((top, *t.shape[1:]))
+    padded[: t.shape[0]] = t
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded.contiguous(), group=group)
+    rank = dist.get_rank(group)
+    return torch.cat([p[:n] for p, n in zip(parts, sizes)]), sum(sizes[:rank])
+
+
+# --- 2: group statistics ------------------------------------------------------------------------
+
+
+def _by_group(values: torch.Tensor, inverse: torch.Tensor, n_groups: int) -> torch.Tensor:
+    return torch.zeros(n_groups, dtype=values.dtype, device=values.device).index_add_(0, inverse, values)
+
+
+def _mean_std(values: torch.Tensor, inverse: torch.Tensor, n_groups: int):
+    """Per-row mean and unbiased std of `values` over its group; mean 0, std 1 for a singleton."""
+    k = _by_group(torch.ones_like(values), inverse, n_groups)
+    mean = _by_group(values, inverse, n_groups) / k
+    sq = _by_group((values - mean[inverse]) ** 2, inverse, n_groups)
+    std = (sq / (k - 1).clamp_min(1)).sqrt()
+    single = k < 2
+    mean = torch.where(single, 0.0, mean)
+    std = torch.where(single, 1.0, std)
+    return mean[inverse], std[inverse], k[inverse]
+
+
+def _merge(n, total, m2, inverse, n_groups):
+    """Chan's merge of per-row (count, sum, M2) into per-group (count, mean, M2), float64 [G]."""
+    N = _by_group(n, inverse, n_groups)
+    mean = _by_group(total, inverse, n_groups) / N.clamp_min(1)
+    row_mean = torch.where(n > 0, total / n.clamp_min(1), 0.0)
+    M2 = _by_group(m2 + n * (row_mean - mean[inverse]) ** 2, inverse, n_groups)
+    return N, mean, M2
+
+
+def _token_mean_std(n, total, m2, inverse, n_groups):
+    """Per-row mean and unbiased std over the generated tokens of its group (fewer than 2: 0, 1)."""
+    N, mean, M2 = _merge(n, total, m2, inverse, n_groups)
+    std = (M2 / (N - 1).clamp_min(1)).sqrt()
+    few = N < 2
+    return torch.where(few, 0.0, mean)[inverse], torch.where(few, 1.0, std)[inverse]
+
+
+def _whiten(n, total, m2, eps: float, estimator: str):
+    """Global (mean, rsqrt(unbiased var + eps)) over every generated token, as veRL's masked_whiten."""
+    zeros = torch.zeros_like(n, dtype=torch.int64)
+    N, mean, M2 = _merge(n, total, m2, zeros, 1)
+    if float(N[0]) < 2:
+        raise ValueError(
+            f"response_mask selects {int(N[0])} generated token(s) in the batch; estimator={estimator!r} whitens "
+            "over tokens with an unbiased variance and needs at least 2"
+        )
+    return mean[0], torch.rsqrt(M2[0] / (N[0] - 1) + eps)
+
+
+def check_has_tokens(count: torch.Tensor) -> None:
+    if not bool((count > 0).any()):
+        raise ValueError(
+            "response_mask has no generated token in the whole batch: group advantages are undefined "
+            "(all-masked rows are fine, an all-masked batch is a bug upstream)"
+        )
+
+
+def affine(stats: torch.Tensor, index: torch.Tensor, estimator: str, eps: float, scale: str, group=None):
+    """Row statistics [B, 5] float64 + index int64 [B] -> (shift, scale) float32 [B] each, and
+    on_rewards (bool: which finish applies). Statistics span `group`'s ranks when it is given."""
+    start, B = 0, stats.shape[0]
+    if group is not None:
+        stats, start = all_gather_rows(stats, group)
+        index, _ = all_gather_rows(index, group)
+    n, s, m2_r, sum_g, m2_g = stats.double().unbind(1)
+    check_has_tokens(n)
+    _, inverse = torch.unique(index, return_inverse=True)
+    n_groups = int(inverse.max()) + 1 if inverse.numel() else 0
+    one = torch.ones_like(s)
+    on_rewards = False
+    if estimator == "grpo":
+        shift, std, _ = _mean_std(s, inverse, n_groups)
+        if scale == "batch":
+            std = _batch_std(s)
+        mult = one if scale == "none" else 1.0 / (std + eps)
+    elif estimator == "rloo":
+        mean, _, k = _mean_std(s, inverse, n_groups)
+        # leave-one-out mean = (k·mean − s_i)/(k − 1); a singleton has mean 0 and keeps its return
+        shift = torch.where(k > 1, (k * mean - s) / (k - 1).clamp_min(1), 0.0)
+        mult = one
+    elif estimator == "reinforce_pp":
+        mean, inv_std = _whiten(n, sum_g, m2_g, eps, estimator)
+        shift, mult = mean * one, inv_std * one
+    elif estimator == "reinforce_pp_baseline":
+        base, _, _ = _mean_std(s, inverse, n_groups)
+        mean, inv_std = _whiten(n, sum_g - n * base, m2_g, eps, estimator)
+        shift, mult = base + mean, inv_std * one
+    elif estimator == "grpo_process":
+        shift, std = _token_mean_std(n, s, m2_r, inverse, n_groups)
+        if scale == "batch":
+            _, std = _token_mean_std(n, s, m2_r, torch.zeros_like(inverse), 1)
+        mult = one if scale == "none" else 1.0 / (std + eps)
+        on_rewards = True
+    else:
+        raise ValueError(f"estimator must be one of {list(ESTIMATORS)}, got {estimator!r}")
+    rows = slice(start, start + B)
+    return shift[rows].float(), mult[rows].float(), on_rewards
+
+
+def _batch_std(s: torch.Tensor) -> torch.Tensor:
+    """Unbiased std of s over the batch (1 for fewer than 2 rows), broadcast to [B]."""
+    std = s.std() if s.numel() >= 2 else s.new_tensor(1.0)
+    return std * torch.ones_like(s)
+
+
+# --- wiring -----------------------------------------------------------------------------------
+
+
+def group_advantages(row_pass_fn, finish_fn, rewards, response_mask, index, estimator, gamma, eps, scale, group):
+    """A backend's group_advantages from its two passes (see the module docstring)."""
+    returns, stats = row_pass_fn(rewards, response_mask, gamma)
+    shift, mult, on_rewards = affine(stats, index, estimator, eps, scale, group)
+    return finish_fn(rewards, returns, response_mask, shift, mult, gamma, on_rewards)
+
+
+def fused_reward_group_advantages(
+    fused_row_pass_fn, finish_fn, hidden, weight, bias, response_mask, prompt_len, index, estimator="grpo",
+    logprobs=None, ref_logprobs=None, kl_coef=0.0, kl_estimator="k1", kl_clamp=None, first="prompt", beta_c=1.0,
+    reward_clip=None, gamma=1.0, eps=1e-6, scale="group", group=None,
+):
+    """A backend's fused_reward_group_advantages from its fused row pass and finish -> (rewards, advantages)."""
+    rewards, returns, stats = fused_row_pass_fn(
+        hidden, weight, bias, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp,
+        first, beta_c, reward_clip, gamma,
+    )
+    shift, mult, on_rewards = affine(stats, index, estimator, eps, scale, group)
+    return rewards, finish_fn(rewards, returns, response_mask, shift, mult, gamma, on_rewards)
+
+
+def fused_row_pass(
+    hidden, weight, bias, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp,
+    first, beta_c, reward_clip, gamma,
+):
+    """Torch form of the fused row pass -> (rewards, returns, stats); see step 1."""
+    from .reference import prefix_scores, token_rewards
+
+    rewards = token_rewards(
+        prefix_scores(hidden, weight, bias), response_mask, prompt_len, logprobs, ref_logprobs, kl_coef,
+        kl_estimator, kl_clamp, first, beta_c, reward_clip,
+    )
+    returns, stats = row_pass(rewards, response_mask, gamma)
+    return rewards, returns, stats
