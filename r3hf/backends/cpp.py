@@ -9,12 +9,16 @@ Setting R3HF_NO_EXT=1 at run time ignores a built extension (and does not warn).
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 
 import torch
 
-OPS = ("prefix_scores", "redistribute", "kl_penalty", "token_rewards", "gae", "fused_reward_gae")
+OPS = (
+    "prefix_scores", "redistribute", "kl_penalty", "token_rewards", "gae", "fused_reward_gae",
+    "reward_to_go", "group_advantages", "fused_reward_group_advantages",
+)
 
 BUILD_HINT = "build it with `pip install --no-build-isolation -e .` (or `pip install --no-build-isolation .`) with torch installed"
 
@@ -100,9 +104,70 @@ def fused_reward_gae(
     )
 
 
+# --- group advantages (issue 12): C++ row pass and finish around r3hf/_group_stats.affine ------
+
+
+def reward_to_go(rewards, response_mask, gamma=1.0, holes="skip"):
+    return torch.ops.r3hf.reward_to_go(rewards, response_mask, float(gamma), holes)
+
+
+# The row pass returns no `returns` tensor (None): the C++ finish recomputes G from the rewards
+# with the same fp32 operations, so G is never written to or read back from memory. The
+# statistics are r3hf/_group_stats.py's [B, 5] float64 columns; group_advantages computes only
+# the columns its estimator reads (_COLUMNS), the others are NaN.
+_COLUMNS = {  # estimator -> (returns_stats: SUM_G and M2_G, reward_m2: M2_R)
+    "grpo": (False, False),
+    "rloo": (False, False),
+    "reinforce_pp": (True, False),
+    "reinforce_pp_baseline": (True, False),
+    "grpo_process": (False, True),
+}
+
+
+def _row_pass(rewards, response_mask, gamma, estimator=None):
+    returns_stats, reward_m2 = _COLUMNS.get(estimator, (True, True))
+    return None, torch.ops.r3hf.group_row_pass(rewards, response_mask, float(gamma), returns_stats, reward_m2)
+
+
+def _fused_row_pass(hidden, weight, bias, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator,
+                    kl_clamp, first, beta_c, reward_clip, gamma):
+    rewards, stats = torch.ops.r3hf.fused_reward_group_row_pass(
+        hidden, weight, bias, response_mask, prompt_len, logprobs, ref_logprobs, float(kl_coef), kl_estimator,
+        _range(kl_clamp), first, float(beta_c), _range(reward_clip), float(gamma),
+    )
+    return rewards, None, stats
+
+
+def _finish(rewards, returns, response_mask, shift, scale, gamma, on_rewards):
+    return torch.ops.r3hf.group_finish(rewards, response_mask, shift, scale, float(gamma), bool(on_rewards))
+
+
+def group_advantages(rewards, response_mask, index, estimator="grpo", gamma=1.0, eps=1e-6, scale="group", group=None):
+    from r3hf import _group_stats
+
+    row_pass = functools.partial(_row_pass, estimator=estimator)
+    return _group_stats.group_advantages(row_pass, _finish, rewards, response_mask, index, estimator, gamma, eps,
+                                         scale, group)
+
+
+def fused_reward_group_advantages(
+    hidden, weight, bias, response_mask, prompt_len, index, estimator="grpo", logprobs=None, ref_logprobs=None,
+    kl_coef=0.0, kl_estimator="k1", kl_clamp=None, first="prompt", beta_c=1.0, reward_clip=None, gamma=1.0,
+    eps=1e-6, scale="group", group=None,
+):
+    from r3hf import _group_stats
+
+    return _group_stats.fused_reward_group_advantages(
+        _fused_row_pass, _finish, hidden, weight, bias, response_mask, prompt_len, index, estimator, logprobs,
+        ref_logprobs, kl_coef, kl_estimator, kl_clamp, first, beta_c, reward_clip, gamma, eps, scale, group,
+    )
+
+
 # --- shapes for tracing (torch.compile, FakeTensor, meta) --------------------------------
 
 if _C is not None:
+
+    from r3hf._group_stats import N_STATS as _N_STATS
 
     def _f32(like: torch.Tensor, *shape):
         return like.new_empty(shape, dtype=torch.float32)
@@ -133,3 +198,21 @@ if _C is not None:
           kl_clamp, gamma, lam, first, beta_c, reward_clip, bootstrap):
         shape = response_mask.shape
         return _f32(hidden, *shape), _f32(hidden, *shape), _f32(hidden, *shape)
+
+    @torch.library.register_fake("r3hf::reward_to_go")
+    def _(rewards, response_mask, gamma, holes):
+        return _f32(rewards, *rewards.shape)
+
+    @torch.library.register_fake("r3hf::group_row_pass")
+    def _(rewards, response_mask, gamma, returns_stats=True, reward_m2=True):
+        return rewards.new_empty((rewards.shape[0], _N_STATS), dtype=torch.float64)
+
+    @torch.library.register_fake("r3hf::fused_reward_group_row_pass")
+    def _(hidden, weight, bias, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp,
+          first, beta_c, reward_clip, gamma):
+        shape = response_mask.shape
+        return _f32(hidden, *shape), hidden.new_empty((shape[0], _N_STATS), dtype=torch.float64)
+
+    @torch.library.register_fake("r3hf::group_finish")
+    def _(rewards, response_mask, shift, scale, gamma, on_rewards):
+        return _f32(rewards, *rewards.shape)
