@@ -74,7 +74,8 @@ def main(argv=None) -> int:
     bench.add_argument("--quick", action="store_true", help="tiny shapes, seconds (CI)")
     bench.add_argument("--size", choices=["quick", "cpu", "gpu"], help="shape set (default: by device)")
     bench.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    bench.add_argument("--groups", default="gae,rewards,fused,memory", help="comma-separated: gae,rewards,fused,memory")
+    bench.add_argument("--groups", default="gae,rewards,fused,memory,group,rtg,fused_group",
+                       help="comma-separated: gae,rewards,fused,memory,group,rtg,fused_group")
     bench.add_argument("--min-time", type=float, default=0.5, help="seconds of timing per provider and case")
     bench.add_argument("--out", default="bench-out", help="folder for the JSON and PNG")
     bench.set_defaults(func=_bench)
