@@ -67,6 +67,9 @@ def _why_not(name: str, op: str, device: torch.device, options=()) -> str | None
         why = module.unavailable_reason(device)
         if why:
             return why
+        devices = getattr(module, "OP_DEVICES", {}).get(op)  # ops a backend implements on some devices only
+        if devices is not None and device.type not in devices:
+            return f"{name} backend has no {device.type} kernel for {op}"
     return None
 
 

@@ -85,6 +85,17 @@ def test_ops_are_chosen_on_cpu():
         assert info["ops"][op]["cpu"] == "cpp", (op, info["ops"][op])
 
 
+def test_group_ops_are_cpu_only(monkeypatch):
+    # Even in a CUDA build, the group ops have no CUDA C++ kernel: never chosen for CUDA tensors.
+    from r3hf import _dispatch
+
+    monkeypatch.setattr(cpp, "unavailable_reason", lambda device: None)
+    for op in ("reward_to_go", "group_advantages", "fused_reward_group_advantages"):
+        assert "no cuda kernel" in _dispatch._why_not("cpp", op, torch.device("cuda"))
+        assert _dispatch._why_not("cpp", op, torch.device("cpu")) is None
+    assert _dispatch._why_not("cpp", "gae", torch.device("cuda")) is None
+
+
 # --- reward_to_go -------------------------------------------------------------------------------
 
 

@@ -20,6 +20,9 @@ OPS = (
     "reward_to_go", "group_advantages", "fused_reward_group_advantages",
 )
 
+# The group-advantage ops have CPU kernels only (Triton covers CUDA).
+OP_DEVICES = {op: ("cpu",) for op in ("reward_to_go", "group_advantages", "fused_reward_group_advantages")}
+
 BUILD_HINT = "build it with `pip install --no-build-isolation -e .` (or `pip install --no-build-isolation .`) with torch installed"
 
 _C = None
