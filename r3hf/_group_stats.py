@@ -32,6 +32,9 @@ torch.distributed process group.
        2 M2_R   Σ_t m·(r_t − s_i/n_i)²               (0 when n_i = 0);
        3 SUM_G  Σ_t m·G_t;
        4 M2_G   Σ_t m·(G_t − SUM_G/n_i)²             (0 when n_i = 0).
+     `affine` reads only the columns the estimator needs (COLUMNS below: COUNT and SUM_R for
+     grpo/rloo, + M2_R for grpo_process, COUNT/SUM_G/M2_G for reinforce_pp, + SUM_R for
+     reinforce_pp_baseline); a row pass told the estimator may fill the others with NaN.
      Sums are over generated tokens only. Compute them in float64 (C++: double accumulators,
      two passes over the row for the M2 columns, the second one around the row mean). A GPU
      kernel may accumulate in fp32 per block if it combines blocks around the row mean (Chan et
@@ -57,9 +60,12 @@ torch.distributed process group.
                            1/(σ_g^tok + eps) ("group"), 1/(σ^tok over the batch + eps) ("batch"),
                            1 ("none"); here the finish works on rewards (ON_REWARDS).
    Token-level statistics merge the per-row (COUNT, SUM, M2) in float64 (Chan's parallel
-   formula), so no [B, L] data crosses ranks. Data errors found after the gather (no generated
-   token in the whole batch; fewer than 2 for the whitening estimators) raise ValueError on
-   every rank alike.
+   formula), so no [B, L] data crosses ranks. Without `group` this step makes no host sync
+   (~40 tiny torch ops, ~0.5-1 ms on 2 CPU cores at B = 1024; a backend chasing launch latency
+   may replace `affine` by its own kernel if it returns the same). The data errors (no
+   generated token in the whole batch; fewer than 2 for the whitening estimators) are raised by
+   r3hf._validate before the row pass, or, with `group`, here after the gather on every rank
+   alike (`check_tokens`).
 
 3. Finish pass  `finish(rewards, returns, response_mask, shift, scale, gamma, on_rewards) -> A`
    float32 [B, L], 0 at masked positions:
@@ -78,6 +84,14 @@ ESTIMATORS = ("grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "grpo_pro
 SCALES = ("group", "batch", "none")
 N_STATS = 5
 STAT_COUNT, STAT_SUM_R, STAT_M2_R, STAT_SUM_G, STAT_M2_G = range(N_STATS)
+# The stats columns each estimator's group statistics read (the others may be NaN).
+COLUMNS = {
+    "grpo": (STAT_COUNT, STAT_SUM_R),
+    "rloo": (STAT_COUNT, STAT_SUM_R),
+    "reinforce_pp": (STAT_COUNT, STAT_SUM_G, STAT_M2_G),
+    "reinforce_pp_baseline": (STAT_COUNT, STAT_SUM_R, STAT_SUM_G, STAT_M2_G),
+    "grpo_process": (STAT_COUNT, STAT_SUM_R, STAT_M2_R),
+}
 
 
 # --- 1 and 3: the torch form of the backend passes --------------------------------------------
@@ -196,37 +210,50 @@ def _token_mean_std(n, total, m2, inverse, n_groups):
     return torch.where(few, 0.0, mean)[inverse], torch.where(few, 1.0, std)[inverse]
 
 
-def _whiten(n, total, m2, eps: float, estimator: str):
+def _whiten(n, total, m2, eps: float):
     """Global (mean, rsqrt(unbiased var + eps)) over every generated token, as veRL's masked_whiten."""
-    zeros = torch.zeros_like(n, dtype=torch.int64)
-    N, mean, M2 = _merge(n, total, m2, zeros, 1)
-    if float(N[0]) < 2:
-        raise ValueError(
-            f"response_mask selects {int(N[0])} generated token(s) in the batch; estimator={estimator!r} whitens "
-            "over tokens with an unbiased variance and needs at least 2"
-        )
-    return mean[0], torch.rsqrt(M2[0] / (N[0] - 1) + eps)
+    N, mean, M2 = _merge(n, total, m2, torch.zeros_like(n, dtype=torch.int64), 1)
+    return mean[0], torch.rsqrt(M2[0] / (N[0] - 1).clamp_min(1) + eps)
 
 
-def check_has_tokens(count: torch.Tensor) -> None:
-    if not bool((count > 0).any()):
+def check_tokens(n_tokens: int, estimator: str) -> None:
+    """The data errors of a whole batch: no generated token, or fewer than 2 to whiten over."""
+    if n_tokens == 0:
         raise ValueError(
             "response_mask has no generated token in the whole batch: group advantages are undefined "
             "(all-masked rows are fine, an all-masked batch is a bug upstream)"
         )
+    if n_tokens < 2 and estimator in ("reinforce_pp", "reinforce_pp_baseline"):
+        raise ValueError(
+            f"response_mask selects {n_tokens} generated token(s) in the batch; estimator={estimator!r} whitens "
+            "over tokens with an unbiased variance and needs at least 2"
+        )
+
+
+def dense_ids(index: torch.Tensor) -> torch.Tensor:
+    """Group ids -> 0..n_groups-1 (in sorted id order), without a host sync (unlike torch.unique)."""
+    ids, order = torch.sort(index)
+    starts = torch.ones_like(ids, dtype=torch.bool)
+    starts[1:] = ids[1:] != ids[:-1]
+    return torch.empty_like(ids).scatter_(0, order, starts.cumsum(0) - 1)
 
 
 def affine(stats: torch.Tensor, index: torch.Tensor, estimator: str, eps: float, scale: str, group=None):
     """Row statistics [B, 5] float64 + index int64 [B] -> (shift, scale) float32 [B] each, and
-    on_rewards (bool: which finish applies). Statistics span `group`'s ranks when it is given."""
+    on_rewards (bool: which finish applies). Statistics span `group`'s ranks when it is given.
+
+    Without `group` this makes no host sync (a few dozen tiny torch ops on [B] tensors): the data
+    checks were made by r3hf._validate before the row pass. With `group`, the all-gather syncs
+    anyway, and the checks are made here on the global batch, on every rank alike.
+    """
     start, B = 0, stats.shape[0]
     if group is not None:
         stats, start = all_gather_rows(stats, group)
         index, _ = all_gather_rows(index, group)
+        check_tokens(int(stats[:, STAT_COUNT].sum()), estimator)
     n, s, m2_r, sum_g, m2_g = stats.double().unbind(1)
-    check_has_tokens(n)
-    _, inverse = torch.unique(index, return_inverse=True)
-    n_groups = int(inverse.max()) + 1 if inverse.numel() else 0
+    inverse = dense_ids(index)
+    n_groups = inverse.shape[0]  # an upper bound: unused slots are never read back
     one = torch.ones_like(s)
     on_rewards = False
     if estimator == "grpo":
@@ -240,11 +267,11 @@ def affine(stats: torch.Tensor, index: torch.Tensor, estimator: str, eps: float,
         shift = torch.where(k > 1, (k * mean - s) / (k - 1).clamp_min(1), 0.0)
         mult = one
     elif estimator == "reinforce_pp":
-        mean, inv_std = _whiten(n, sum_g, m2_g, eps, estimator)
+        mean, inv_std = _whiten(n, sum_g, m2_g, eps)
         shift, mult = mean * one, inv_std * one
     elif estimator == "reinforce_pp_baseline":
         base, _, _ = _mean_std(s, inverse, n_groups)
-        mean, inv_std = _whiten(n, sum_g - n * base, m2_g, eps, estimator)
+        mean, inv_std = _whiten(n, sum_g - n * base, m2_g, eps)
         shift, mult = base + mean, inv_std * one
     elif estimator == "grpo_process":
         shift, std = _token_mean_std(n, s, m2_r, inverse, n_groups)

@@ -430,14 +430,13 @@ def _group_options(estimator, eps, scale):
     return estimator, eps, scale
 
 
-def _check_generated(mask: torch.Tensor, group) -> None:
+def _check_generated(mask: torch.Tensor, group, estimator: str) -> None:
     # With a group, the whole batch decides (after the all-gather, on every rank alike).
-    # (a max over the bytes: torch's bool any() is ~100x slower on CPU, 9 ms at [1024, 4096])
-    if group is None and not (mask.numel() and bool(mask.view(torch.uint8).amax())):
-        raise ValueError(
-            "response_mask has no generated token: group advantages are undefined "
-            "(all-masked rows are fine, an all-masked batch is a bug upstream)"
-        )
+    if group is None:
+        from ._group_stats import check_tokens
+
+        # count_nonzero: torch's bool sum() takes 50 ms at [1024, 4096] on one CPU thread, this 1 ms
+        check_tokens(int(torch.count_nonzero(mask)), estimator)
 
 
 def group_advantages_args(rewards, response_mask, index, estimator, gamma, eps, scale, group):
@@ -447,7 +446,7 @@ def group_advantages_args(rewards, response_mask, index, estimator, gamma, eps, 
     group = check_group(group)
     B = args["response_mask"].shape[0]
     index = as_index(index, B, rewards.device, group)
-    _check_generated(args["response_mask"], group)
+    _check_generated(args["response_mask"], group, estimator)
     return dict(args, index=index, estimator=estimator, eps=eps, scale=scale, group=group)
 
 
@@ -468,6 +467,6 @@ def fused_group_args(
     estimator, eps, scale = _group_options(estimator, eps, scale)
     group = check_group(group)
     index = as_index(index, B, hidden.device, group)
-    _check_generated(rew["response_mask"], group)
+    _check_generated(rew["response_mask"], group, estimator)
     return {**proj, **rew, "index": index, "estimator": estimator, "gamma": check_unit_interval("gamma", gamma),
             "eps": eps, "scale": scale, "group": group}

@@ -86,6 +86,11 @@ def cases(draw, max_B, max_L, max_D):
         kl_clamp=draw(st.sampled_from([None, 0.5, (-0.2, 3.0)])),
         reward_clip=draw(st.sampled_from([None, 0.3, (-1.0, 0.1)])),
         bootstrap=draw(st.sampled_from([None, 0.5, "tensor"])),
+        # group advantages (issue 12): ids in any order, or contiguous groups of G rows
+        index=draw(st.sampled_from([1, B])) if draw(st.booleans()) else torch.randint(0, max(1, B // 2), (B,), generator=gen),
+        estimator=draw(st.sampled_from(["grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "grpo_process"])),
+        scale=draw(st.sampled_from(["group", "batch", "none"])),
+        holes=draw(st.sampled_from(["skip", "discount"])),
     )
 
 
@@ -132,6 +137,27 @@ def run_all(c, backend):
         )
     if supports(backend, "masked_whiten") and int((c["response_mask"] != 0).sum()) >= 2:
         out["masked_whiten"] = ops.masked_whiten(c["values"], c["response_mask"], backend=backend)
+    out.update(run_group(c, backend, kl, mix, common))
+    return out
+
+
+def run_group(c, backend, kl, mix, common):
+    """The group-advantage ops (issue 12) on every backend that lists them."""
+    out = {}
+    if supports(backend, "reward_to_go"):
+        out["reward_to_go"] = ops.reward_to_go(c["rewards"], c["response_mask"], c["gamma"], holes=c["holes"],
+                                               backend=backend)
+    if int((c["response_mask"] != 0).sum()) < 2:  # an all-masked batch is an error; whitening needs 2 tokens
+        return out
+    group = dict(gamma=c["gamma"], scale=c["scale"] if c["estimator"] in ("grpo", "grpo_process") else "group")
+    if supports(backend, "group_advantages"):
+        out["group_advantages"] = ops.group_advantages(c["rewards"], c["response_mask"], c["index"], c["estimator"],
+                                                       **group, backend=backend)
+    if supports(backend, "fused_reward_group_advantages"):
+        out["fused_reward_group_advantages"] = ops.fused_reward_group_advantages(
+            c["hidden"], c["weight"], c["bias"], *common, c["index"], c["estimator"], **kl, **mix,
+            reward_clip=c["reward_clip"], **group, backend=backend,
+        )
     return out
 
 

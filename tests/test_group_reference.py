@@ -4,6 +4,7 @@ Also pins the contract layer (r3hf._group_stats: row pass -> group statistics ->
 reference, so the C++/Triton backends that plug their passes into it inherit the spec.
 """
 
+import functools
 import math
 
 import pytest
@@ -12,8 +13,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import r3hf._group_stats as gs
-import r3hf.ops as ops
+import r3hf.ops
 import r3hf.reference as ref
+
+
+class _TorchOps:
+    """r3hf.ops pinned to backend="torch": this file checks the spec itself (validated entry points)."""
+
+    def __getattr__(self, name):
+        return functools.partial(getattr(r3hf.ops, name), backend="torch")
+
+
+ops = _TorchOps()
 
 EPS = 1e-6
 ESTIMATORS = gs.ESTIMATORS
@@ -131,6 +142,17 @@ def test_equal_scores_give_zero_grpo_advantage_in_the_sparse_case():
     assert torch.equal(a, torch.zeros(4, 3))
 
 
+def test_tied_group_divides_the_dense_shaping_by_eps():
+    """Documented hazard (docs/group.md): equal scores give σ_g = 0; sparse advantages are 0 but
+    the dense part −(Φ_t − Φ_1) is divided by eps. scale="none"/"batch" keep it at its scale."""
+    dense = _t([[0.5, 0.5], [1.5, -0.5]])  # both rows score 1
+    m = torch.ones(2, 2, dtype=torch.bool)
+    # G = [[1, 0.5], [1, −0.5]], s = (1, 1)
+    _close(ops.group_advantages(dense, m, 2, "grpo"), [[0, -0.5 / EPS], [0, -1.5 / EPS]], rtol=1e-4)
+    _close(ops.group_advantages(dense, m, 2, "grpo", scale="none"), [[0, -0.5], [0, -1.5]])
+    _close(ops.group_advantages(dense, m, 2, "rloo"), [[0, -0.5], [0, -1.5]])
+
+
 # --- properties ---------------------------------------------------------------------------------
 
 
@@ -176,6 +198,19 @@ def test_contract_layer_equals_reference(b):
                                   scale, None)
         big = 1.0 + float(want.abs().max())
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * big, msg=lambda m: f"{est}/{scale}: {m}")
+
+
+@given(batches())
+def test_affine_reads_only_the_estimators_columns(b):
+    """A row pass may leave the columns an estimator does not need as NaN (gs.COLUMNS)."""
+    _, stats = gs.row_pass(b["rewards"], b["mask"], b["gamma"])
+    for est in ESTIMATORS:
+        for scale in (gs.SCALES if est in ("grpo", "grpo_process") else ("group",)):
+            holes = stats.clone()
+            unused = [c for c in range(gs.N_STATS) if c not in gs.COLUMNS[est]]
+            holes[:, unused] = float("nan")
+            for x, y in zip(gs.affine(stats, b["index"], est, EPS, scale), gs.affine(holes, b["index"], est, EPS, scale)):
+                assert x == y if isinstance(x, bool) else torch.equal(x, y), est
 
 
 @given(batches())

@@ -27,5 +27,8 @@ if [ -n "$changed" ]; then
   echo "installing veRL changed packages that were already installed:"; echo "$changed"; exit 1
 fi
 echo "veRL installed in $(( $(date +%s) - start ))s"
+# OpenRLHF 0.11's source only (it pins flash-attn, deepspeed, vLLM), so that tests/test_group_verl.py
+# compares holes="discount" with its own get_cumulative_returns rather than a transcription.
+"${PIP[@]}" install -q --no-deps "openrlhf==0.11.0"
 # R3HF_REQUIRE_VERL makes the tests fail, not skip, if veRL does not import.
-R3HF_REQUIRE_VERL=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_integrations_verl.py
+R3HF_REQUIRE_VERL=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_integrations_verl.py tests/test_group_verl.py

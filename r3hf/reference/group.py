@@ -6,6 +6,7 @@ G = reward_to_go(r, m, γ, holes="skip"). Groups are the rows sharing an `index`
 
 import torch
 
+from .._group_stats import check_tokens
 from .returns import reward_to_go
 from .whiten import masked_whiten
 
@@ -38,20 +39,6 @@ def _token_mean_std(rewards: torch.Tensor, mask: torch.Tensor, index: torch.Tens
     return mean, std
 
 
-def _check_tokens(mask: torch.Tensor, estimator: str) -> None:
-    n = int(mask.sum())
-    if n == 0:
-        raise ValueError(
-            "response_mask has no generated token in the whole batch: group advantages are undefined "
-            "(all-masked rows are fine, an all-masked batch is a bug upstream)"
-        )
-    if n < 2 and estimator in ("reinforce_pp", "reinforce_pp_baseline"):
-        raise ValueError(
-            f"response_mask selects {n} generated token(s) in the batch; estimator={estimator!r} whitens "
-            "over tokens with an unbiased variance and needs at least 2"
-        )
-
-
 def group_advantages(
     rewards: torch.Tensor,
     response_mask: torch.Tensor,
@@ -78,7 +65,7 @@ def group_advantages(
     """
     if group is not None:
         return _on_whole_batch(rewards, response_mask, index, group, estimator, gamma, eps, scale)
-    _check_tokens(response_mask, estimator)
+    check_tokens(int(response_mask.sum()), estimator)
     m = response_mask
     r = torch.where(m, rewards.float(), 0.0)
     G = reward_to_go(r, m, gamma)
