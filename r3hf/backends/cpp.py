@@ -117,18 +117,13 @@ def reward_to_go(rewards, response_mask, gamma=1.0, holes="skip"):
 # The row pass returns no `returns` tensor (None): the C++ finish recomputes G from the rewards
 # with the same fp32 operations, so G is never written to or read back from memory. The
 # statistics are r3hf/_group_stats.py's [B, 5] float64 columns; group_advantages computes only
-# the columns its estimator reads (_COLUMNS), the others are NaN.
-_COLUMNS = {  # estimator -> (returns_stats: SUM_G and M2_G, reward_m2: M2_R)
-    "grpo": (False, False),
-    "rloo": (False, False),
-    "reinforce_pp": (True, False),
-    "reinforce_pp_baseline": (True, False),
-    "grpo_process": (False, True),
-}
-
-
+# the columns its estimator reads (_group_stats.COLUMNS), the others are NaN.
 def _row_pass(rewards, response_mask, gamma, estimator=None):
-    returns_stats, reward_m2 = _COLUMNS.get(estimator, (True, True))
+    from r3hf import _group_stats as gs
+
+    cols = gs.COLUMNS.get(estimator, range(gs.N_STATS))
+    returns_stats = gs.STAT_SUM_G in cols or gs.STAT_M2_G in cols
+    reward_m2 = gs.STAT_M2_R in cols
     return None, torch.ops.r3hf.group_row_pass(rewards, response_mask, float(gamma), returns_stats, reward_m2)
 
 
