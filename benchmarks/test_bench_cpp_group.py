@@ -45,7 +45,8 @@ def case(name):
 
 def _run(benchmark, c, provider, slow):
     benchmark.group = f"cpp: {c.name} (baseline {c.baseline})"
-    benchmark.extra_info.update(c.params, baseline=c.baseline, bytes_read=c.bytes_read)
+    benchmark.extra_info.update(c.params, baseline=c.baseline, bytes_read=c.bytes_read, provider=provider,
+                                torch_threads=torch.get_num_threads())
     fn = c.providers[provider]
     if slow:  # the veRL loops take seconds per call here: a few rounds are enough
         benchmark.pedantic(fn, rounds=3, warmup_rounds=1, iterations=1)
