@@ -3,7 +3,8 @@ veRL is not installed; CI installs it in .ci/steps/40-verl.sh and sets R3HF_REQU
 
 The sparse special case is the contract: each row's score at its last generated token, no KL.
 Batches mix padded, multi-turn (holes), truncated, one-token and all-masked rows, groups in
-shuffled order, singletons, and groups whose rows have equal scores. Compared at every position.
+shuffled order, singletons, and groups whose rows have equal scores. Compared at every position,
+on every backend that runs here and implements the op (Triton's interpreter on the small shapes).
 
 holes="discount" is compared with OpenRLHF 0.11's `get_cumulative_returns`: its own source when
 openrlhf is installed (`pip install --no-deps openrlhf==0.11.0`; the method is taken out of
@@ -23,6 +24,7 @@ import torch
 
 from r3hf import ops
 
+from backends_here import runnable, supports
 from peer_batches import assert_close, response_mask
 
 
@@ -38,6 +40,16 @@ AlgoConfig = _import("verl.trainer.config").AlgoConfig
 
 WHITEN_EPS = 1e-8  # veRL's masked_whiten: (x − mean)·rsqrt(var + 1e-8)
 SHAPES = [(2, 3), (6, 7), (9, 47), (16, 300)]  # (B, L)
+BACKENDS = runnable()
+
+
+def _backend(backend, op, B, L):
+    """Skip a backend without the op; the Triton interpreter only gets the smaller shapes."""
+    if not supports(backend, op):
+        pytest.skip(f"{backend} does not implement {op}")
+    if backend == "triton" and B * L > 500:
+        pytest.skip("Triton interpreter: small shapes only")
+    return backend
 
 
 def _batch(B, L, seed, equal_scores=True):
@@ -65,55 +77,65 @@ def _uids(ids):
 @pytest.mark.parametrize("B,L", SHAPES)
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("norm", [True, False])
-def test_grpo_equals_verl(B, L, seed, norm):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_grpo_equals_verl(backend, B, L, seed, norm):
+    backend = _backend(backend, "group_advantages", B, L)
     rewards, mask, ids = _batch(B, L, seed)
     keep = rewards.clone()
     want, _ = core_algos.compute_grpo_outcome_advantage(rewards.clone(), mask.float(), _uids(ids), epsilon=1e-6,
                                                         norm_adv_by_std_in_grpo=norm)
-    got = ops.group_advantages(rewards, mask, ids, "grpo", scale="group" if norm else "none")
+    got = ops.group_advantages(rewards, mask, ids, "grpo", scale="group" if norm else "none", backend=backend)
     assert_close(got, want, "grpo")
     assert torch.equal(rewards, keep)
 
 
 @pytest.mark.parametrize("B,L", SHAPES)
 @pytest.mark.parametrize("seed", [0, 1])
-def test_rloo_equals_verl(B, L, seed):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rloo_equals_verl(backend, B, L, seed):
+    backend = _backend(backend, "group_advantages", B, L)
     rewards, mask, ids = _batch(B, L, seed)
     want, _ = core_algos.compute_rloo_outcome_advantage(rewards.clone(), mask.float(), _uids(ids))
-    assert_close(ops.group_advantages(rewards, mask, ids, "rloo"), want, "rloo")
+    assert_close(ops.group_advantages(rewards, mask, ids, "rloo", backend=backend), want, "rloo")
 
 
 @pytest.mark.parametrize("B,L", SHAPES)
 @pytest.mark.parametrize("gamma", [1.0, 0.9, 0.0])
-def test_reinforce_pp_and_its_returns_equal_verl(B, L, gamma):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reinforce_pp_and_its_returns_equal_verl(backend, B, L, gamma):
+    backend = _backend(backend, "group_advantages", B, L)
     rewards, mask, ids = _batch(B, L, seed=B + L)
     want_adv, want_ret = core_algos.compute_reinforce_plus_plus_outcome_advantage(
         rewards.clone(), mask.float(), config=AlgoConfig(gamma=gamma)
     )
-    assert_close(ops.reward_to_go(rewards, mask, gamma, holes="skip"), want_ret, "returns")
-    got = ops.group_advantages(rewards, mask, ids, "reinforce_pp", gamma=gamma, eps=WHITEN_EPS)
+    assert_close(ops.reward_to_go(rewards, mask, gamma, holes="skip", backend=backend), want_ret, "returns")
+    got = ops.group_advantages(rewards, mask, ids, "reinforce_pp", gamma=gamma, eps=WHITEN_EPS, backend=backend)
     assert_close(got, want_adv, "reinforce_pp")
 
 
 @pytest.mark.parametrize("B,L", SHAPES)
 @pytest.mark.parametrize("gamma", [1.0, 0.95])
-def test_reward_to_go_skip_equals_verl_on_dense_rewards(B, L, gamma):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reward_to_go_skip_equals_verl_on_dense_rewards(backend, B, L, gamma):
+    backend = _backend(backend, "reward_to_go", B, L)
     # veRL's reinforce_plus_plus returns for any token rewards (dense here), holes carried.
     gen = torch.Generator().manual_seed(B * L)
     rewards, mask = torch.randn(B, L, generator=gen), response_mask(B, L, gen=gen)
     _, want = core_algos.compute_reinforce_plus_plus_outcome_advantage(
         rewards * mask, mask.float(), config=AlgoConfig(gamma=gamma)
     )
-    assert_close(ops.reward_to_go(rewards, mask, gamma), want, "returns")
+    assert_close(ops.reward_to_go(rewards, mask, gamma, backend=backend), want, "returns")
 
 
 @pytest.mark.parametrize("B,L", SHAPES)
 @pytest.mark.parametrize("seed", [0, 1])
-def test_reinforce_pp_baseline_equals_verl(B, L, seed):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reinforce_pp_baseline_equals_verl(backend, B, L, seed):
+    backend = _backend(backend, "group_advantages", B, L)
     rewards, mask, ids = _batch(B, L, seed)
     want, _ = core_algos.compute_reinforce_plus_plus_baseline_outcome_advantage(rewards.clone(), mask.float(),
                                                                                 _uids(ids))
-    got = ops.group_advantages(rewards, mask, ids, "reinforce_pp_baseline", eps=WHITEN_EPS)
+    got = ops.group_advantages(rewards, mask, ids, "reinforce_pp_baseline", eps=WHITEN_EPS, backend=backend)
     assert_close(got, want, "reinforce_pp_baseline")
 
 
@@ -197,12 +219,14 @@ _REAL = _openrlhf_cumulative_returns()
 @pytest.mark.parametrize("peer", ["openrlhf-source" if _REAL else "transcription"])
 @pytest.mark.parametrize("B,L", SHAPES)
 @pytest.mark.parametrize("gamma", [1.0, 0.9])
-def test_reward_to_go_discount_equals_openrlhf(peer, B, L, gamma):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reward_to_go_discount_equals_openrlhf(backend, peer, B, L, gamma):
+    backend = _backend(backend, "reward_to_go", B, L)
     fn = _REAL or _transcribed_cumulative_returns
     gen = torch.Generator().manual_seed(B + 7 * L)
     rewards, mask = torch.randn(B, L, generator=gen), response_mask(B, L, gen=gen)
     want = fn(rewards.clone(), mask.float(), gamma)
-    got = ops.reward_to_go(rewards, mask, gamma, holes="discount")
+    got = ops.reward_to_go(rewards, mask, gamma, holes="discount", backend=backend)
     # r3hf writes 0 at masked positions; OpenRLHF keeps the running return there (the loss masks it).
     assert_close(got, want * mask, "returns")
     has_holes = bool((~mask & (mask.flip(1).cumsum(1).flip(1) > 0)).any())  # a gap before a generated token

@@ -65,7 +65,7 @@ def group_advantages(
     """
     if group is not None:
         return _on_whole_batch(rewards, response_mask, index, group, estimator, gamma, eps, scale)
-    check_tokens(int(response_mask.sum()), estimator)
+    check_tokens(int(torch.count_nonzero(response_mask)), estimator)
     m = response_mask
     r = torch.where(m, rewards.float(), 0.0)
     G = reward_to_go(r, m, gamma)
