@@ -11,7 +11,7 @@ session (ratios within a group are measured in the same run, on the same inputs)
     pytest benchmarks/test_bench_cpp_group.py --benchmark-only --benchmark-json=out.json
     python benchmarks/cpp_ratios.py out.json
 
-The cases are r3hf/bench/cases.py's (`r3hf bench --groups group,rtg,fused_group`). Skipped without
+R3HF_BENCH_THREADS=n sets torch's thread count for every provider. The cases are r3hf/bench/cases.py's (`r3hf bench --groups group,rtg,fused_group`). Skipped without
 the extension (R3HF_NO_EXT=1); the veRL groups are skipped with the reason when veRL is absent.
 """
 
@@ -27,6 +27,9 @@ if os.environ.get("R3HF_NO_EXT", "0") == "1":
     pytest.skip("R3HF_NO_EXT=1", allow_module_level=True)
 
 CPU = torch.device("cpu")
+# R3HF_BENCH_THREADS=n runs every provider on n torch threads (default: torch's default).
+if int(os.environ.get("R3HF_BENCH_THREADS", "0")):
+    torch.set_num_threads(int(os.environ["R3HF_BENCH_THREADS"]))
 VERL = vb.unavailable_reason()
 needs_verl = pytest.mark.skipif(VERL is not None, reason=str(VERL))
 _cases = {}

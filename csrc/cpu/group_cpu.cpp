@@ -101,14 +101,14 @@ Tensor reward_to_go_cpu(const Tensor& rewards_in, const Tensor& mask_in, double 
 // in a fixed order, so the bits do not depend on threads.
 constexpr int kLanes = 8;
 
-double lane_total(const double* acc) {
+inline double lane_total(const double* acc) {
   double total = 0.0;
   for (int l = 0; l < kLanes; ++l) total += acc[l];
   return total;
 }
 
-// (Σ m, Σ m·x) of one row.
-void masked_sum(const float* x, const bool* m, int64_t L, double& count, double& sum) {
+// (Σ m, Σ m·x) of one row. (R3HF_CLONES, from dot.h: also compiled for AVX2, picked at load time.)
+R3HF_CLONES void masked_sum(const float* x, const bool* m, int64_t L, double& count, double& sum) {
   double acc_n[kLanes] = {0.0}, acc_s[kLanes] = {0.0};
   int64_t t = 0;
   for (; t + kLanes <= L; t += kLanes) {
@@ -127,7 +127,7 @@ void masked_sum(const float* x, const bool* m, int64_t L, double& count, double&
 }
 
 // Σ m·(x − mean)² of one row (the second pass, around the row mean).
-double masked_m2(const float* x, const bool* m, int64_t L, double mean) {
+R3HF_CLONES double masked_m2(const float* x, const bool* m, int64_t L, double mean) {
   double acc[kLanes] = {0.0};
   int64_t t = 0;
   for (; t + kLanes <= L; t += kLanes) {
