@@ -1,4 +1,5 @@
-"""Ratios of a pytest-benchmark JSON from benchmarks/test_bench_cpp.py, as markdown:
+"""Ratios of a pytest-benchmark JSON from benchmarks/test_bench_cpp.py or test_bench_cpp_group.py
+(providers named by extra_info["provider"] when set, else by the test parameter), as markdown:
 
     python benchmarks/cpp_ratios.py out.json > benchmarks/results/cpp.md
 """
@@ -12,7 +13,7 @@ def main(path):
     data = json.load(open(path))
     groups = defaultdict(dict)
     for b in data["benchmarks"]:
-        groups[b["group"]][b["param"]] = b
+        groups[b["group"]][b["extra_info"].get("provider", b["param"])] = b
     print(f"machine: {data['machine_info'].get('cpu', {}).get('brand_raw', '?')}, "
           f"{data['machine_info'].get('cpu', {}).get('count', '?')} cpus; {data['datetime']}\n")
     for group, runs in groups.items():

@@ -51,6 +51,21 @@ TORCH_LIBRARY(r3hf, m) {
   m.def(
       "whiten_apply(Tensor x, Tensor mask, Tensor sums, Tensor sqsum, bool shift_mean, bool unbiased, float eps, "
       "bool eps_max, bool transform_masked) -> Tensor");
+  // Group advantages (issue 12): reward_to_go is the op itself; the other three are the backend
+  // passes around the Python group statistics (r3hf/_group_stats.py): stats f64 [B, 5],
+  // shift/scale f32 [B]; holes is "skip" | "discount".
+  m.def("reward_to_go(Tensor rewards, Tensor response_mask, float gamma, str holes) -> Tensor");
+  // group_row_pass computes the columns SUM_G/M2_G and M2_R only when asked (NaN otherwise).
+  m.def(
+      "group_row_pass(Tensor rewards, Tensor response_mask, float gamma, bool returns_stats=True, "
+      "bool reward_m2=True) -> Tensor");
+  m.def(
+      "fused_reward_group_row_pass(Tensor hidden, Tensor weight, Tensor? bias, Tensor response_mask, "
+      "Tensor prompt_len, Tensor? logprobs, Tensor? ref_logprobs, float kl_coef, str kl_estimator, "
+      "float[]? kl_clamp, str first, float beta_c, float[]? reward_clip, float gamma) -> (Tensor, Tensor)");
+  m.def(
+      "group_finish(Tensor rewards, Tensor response_mask, Tensor shift, Tensor scale, float gamma, "
+      "bool on_rewards) -> Tensor");
 }
 
 namespace {

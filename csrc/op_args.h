@@ -7,6 +7,7 @@
 
 #include <string>
 
+#include "group_math.h"
 #include "r3hf_math.h"
 
 namespace r3hf {
@@ -25,6 +26,12 @@ inline bool parse_first(c10::string_view first) {
   TORCH_CHECK_VALUE(first == "prompt" || first == "zero", "first must be one of ['prompt', 'zero'], got '",
                     std::string(first), "'");
   return first == "prompt";
+}
+
+inline int parse_holes(c10::string_view holes) {
+  if (holes == "skip") return HOLES_SKIP;
+  if (holes == "discount") return HOLES_DISCOUNT;
+  TORCH_CHECK_VALUE(false, "holes must be one of ['skip', 'discount'], got '", std::string(holes), "'");
 }
 
 inline Range parse_range(const char* name, const OptRange& r) {

@@ -61,15 +61,15 @@ def _why_not(name: str, op: str, device: torch.device, options=()) -> str | None
     if name != "torch":
         if op not in module.OPS:
             return f"{name} backend does not implement {op}"
-        op_why = getattr(module, "op_unavailable_reason", None)
-        if op_why is not None and (why := op_why(op, device)):
-            return why
         missing = [o for o in options if o not in getattr(module, "OPTIONS", {}).get(op, ())]
         if missing:
             return f"{name} backend does not implement {op}'s option {', '.join(missing)}"
         why = module.unavailable_reason(device)
         if why:
             return why
+        devices = getattr(module, "OP_DEVICES", {}).get(op)  # ops a backend implements on some devices only
+        if devices is not None and device.type not in devices:
+            return f"{name} backend has no {device.type} kernel for {op}"
     return None
 
 

@@ -46,7 +46,9 @@ def _bench(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     size = "quick" if args.quick else (args.size or ("gpu" if device == "cuda" else "cpu"))
     groups = tuple(args.groups.split(","))
-    print(f"r3hf bench: size={size} device={device} groups={','.join(groups)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"r3hf bench: size={size} device={device} groups={','.join(groups)} threads={torch.get_num_threads()}")
     report = runner.run(size, device, groups, min_time=0.05 if args.quick else args.min_time, out_dir=args.out)
     print(runner.table(report))
     for f in report.get("files", []):
@@ -79,9 +81,12 @@ def main(argv=None) -> int:
     bench.add_argument("--quick", action="store_true", help="tiny shapes, seconds (CI)")
     bench.add_argument("--size", choices=["quick", "cpu", "gpu"], help="shape set (default: by device)")
     bench.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    bench.add_argument("--groups", default="gae,rewards,fused,memory", help="comma-separated: gae,rewards,fused,memory")
+    bench.add_argument("--groups", default="gae,rewards,fused,memory,group,rtg,fused_group",
+                       help="comma-separated: gae,rewards,fused,memory,group,rtg,fused_group")
     bench.add_argument("--min-time", type=float, default=0.5, help="seconds of timing per provider and case")
     bench.add_argument("--out", default="bench-out", help="folder for the JSON and PNG")
+    bench.add_argument("--threads", type=int, default=0,
+                       help="torch CPU threads for every provider (default 0 = torch's default)")
     bench.set_defaults(func=_bench)
     explain = sub.add_parser(
         "explain", help="colour each response token by its R3HF reward under a local reward model",

@@ -14,66 +14,18 @@
 
 #include "../op_args.h"
 #include "../r3hf_math.h"
-#include "dot.h"
+#include "cpu_common.h"
 
 namespace r3hf {
 namespace {
 
 using at::Tensor;
-
-Tensor as_long(const Tensor& t) { return t.to(at::kLong).contiguous(); }
-
-void check_cpu(const Tensor& t, const char* name) {
-  TORCH_CHECK_VALUE(t.device().is_cpu(), name, " must be a CPU tensor for the CPU kernel, got ", t.device());
-}
-
-// Rows per parallel_for task: about 2^18 element-steps per task, so that small batches stay on one
-// thread (an OpenMP region costs more than a [64, 1024] GAE, and far more on a loaded machine);
-// any grain gives the same bits because a row is never split.
-int64_t grain(int64_t work_per_row) { return std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, work_per_row)); }
-
-// The reward head as fp32 [D] and the hidden states as they are (any strides: a hidden state
-// strided over D is gathered into a D-sized per-thread buffer, never copied as a whole tensor).
-struct Projection {
-  Tensor hidden;
-  Tensor weight;
-  float bias = 0.f;
-  bool has_bias = false;
-  int64_t D = 0;
-
-  Projection(const Tensor& h, const Tensor& w, const c10::optional<Tensor>& b) : hidden(h) {
-    TORCH_CHECK_VALUE(h.dim() == 3, "hidden must be [B, S, D], got ", h.sizes());
-    D = h.size(2);
-    TORCH_CHECK_VALUE(w.numel() == D, "weight must have D = ", D, " elements, got ", w.sizes());
-    weight = f32(w.reshape({D}));
-    if (b.has_value()) {
-      TORCH_CHECK_VALUE(b->numel() == 1, "bias must be a [1] tensor, got ", b->sizes());
-      has_bias = true;
-      bias = b->to(at::kFloat).item<float>();
-    }
-  }
-
-  // hidden[b, t, :] · weight (+ bias). The gathered path converts to fp32 first and then runs the
-  // same lanes in the same order, so it gives the same bits as the unit-stride path.
-  template <typename scalar_t>
-  float score(const scalar_t* base, int64_t b, int64_t t) const {
-    const scalar_t* x = base + b * hidden.stride(0) + t * hidden.stride(1);
-    const int64_t sd = hidden.stride(2);
-    float s;
-    if (sd == 1 || D == 1) {
-      s = cpu::dot(x, weight.data_ptr<float>(), D);
-    } else {
-      thread_local std::vector<float> row;
-      row.resize(D);
-      for (int64_t d = 0; d < D; ++d) row[d] = static_cast<float>(x[d * sd]);
-      s = cpu::dot(row.data(), weight.data_ptr<float>(), D);
-    }
-    return has_bias ? s + bias : s;
-  }
-};
-
-#define R3HF_DISPATCH_HIDDEN(TYPE, NAME, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+using cpu::as_long;
+using cpu::check_cpu;
+using cpu::check_prompt_len;
+using cpu::grain;
+using cpu::load_row_scores;
+using cpu::Projection;
 
 Tensor prefix_scores_cpu(const Tensor& hidden, const Tensor& weight, const c10::optional<Tensor>& bias) {
   check_cpu(hidden, "hidden");
@@ -88,14 +40,6 @@ Tensor prefix_scores_cpu(const Tensor& hidden, const Tensor& weight, const c10::
     });
   });
   return out;
-}
-
-// s[k] = scores[b, prompt_len − 1 + k] for k in [0, L] (0 where that index is −1).
-void load_row_scores(const float* p_scores, int64_t S, int64_t p, int64_t L, float* s) {
-  for (int64_t k = 0; k <= L; ++k) {
-    const int64_t t = p - 1 + k;
-    s[k] = (t >= 0 && t < S) ? p_scores[t] : 0.f;
-  }
 }
 
 // token_rewards of a row whose generated tokens are one contiguous run [first, last] (the common
@@ -145,11 +89,6 @@ bool contiguous_row_rewards(const float* s, const bool* mask, const float* lp, c
     }
   }
   return true;
-}
-
-void check_prompt_len(int64_t p, int64_t L, int64_t S, bool first_prompt) {
-  TORCH_CHECK_VALUE(p >= (first_prompt ? 1 : 0) && p + L <= S, "prompt_len ", p, " out of range for S = ", S,
-                    ", L = ", L);
 }
 
 Tensor token_rewards_impl(const Tensor& scores_in, const Tensor& mask_in, const Tensor& prompt_len_in,

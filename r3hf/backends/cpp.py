@@ -9,6 +9,7 @@ Setting R3HF_NO_EXT=1 at run time ignores a built extension (and does not warn).
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 
@@ -17,9 +18,15 @@ import torch
 from r3hf import _checks
 from r3hf.reference.whiten import _all_reduce
 
-OPS = ("prefix_scores", "redistribute", "kl_penalty", "token_rewards", "gae", "fused_reward_gae", "masked_whiten")
+OPS = (
+    "prefix_scores", "redistribute", "kl_penalty", "token_rewards", "gae", "fused_reward_gae",
+    "masked_whiten", "reward_to_go", "group_advantages", "fused_reward_group_advantages",
+)
 # Peer-convention options this backend implements (see r3hf._dispatch).
 OPTIONS = {"masked_whiten": ("transform_masked", "eps_mode")}
+
+# Ops with CPU kernels only in r3hf._C (Triton runs them on CUDA).
+OP_DEVICES = {op: ("cpu",) for op in ("masked_whiten", "reward_to_go", "group_advantages", "fused_reward_group_advantages")}
 
 BUILD_HINT = "build it with `pip install --no-build-isolation -e .` (or `pip install --no-build-isolation .`) with torch installed"
 
@@ -61,12 +68,6 @@ def unavailable_reason(device: torch.device) -> str | None:
             return "r3hf._C was built without CUDA (no CUDA toolkit or CPU-only torch at build time; see docs/ENV.md)"
         return None
     return f"r3hf._C has no kernels for {device.type} tensors"
-
-
-def op_unavailable_reason(op: str, device: torch.device) -> str | None:
-    if op == "masked_whiten" and device.type != "cpu":
-        return "masked_whiten has a CPU kernel only in r3hf._C (Triton runs it on CUDA)"
-    return None
 
 
 def _range(r):
@@ -121,9 +122,65 @@ def masked_whiten(x, mask, shift_mean=True, unbiased=True, eps=1e-8, group=None,
                                        transform_masked)
 
 
+# --- group advantages (issue 12): C++ row pass and finish around r3hf/_group_stats.affine ------
+
+
+def reward_to_go(rewards, response_mask, gamma=1.0, holes="skip"):
+    return torch.ops.r3hf.reward_to_go(rewards, response_mask, float(gamma), holes)
+
+
+# The row pass returns no `returns` tensor (None): the C++ finish recomputes G from the rewards
+# with the same fp32 operations, so G is never written to or read back from memory. The
+# statistics are r3hf/_group_stats.py's [B, 5] float64 columns; group_advantages computes only
+# the columns its estimator reads (_group_stats.COLUMNS), the others are NaN.
+def _row_pass(rewards, response_mask, gamma, estimator=None):
+    from r3hf import _group_stats as gs
+
+    cols = gs.COLUMNS.get(estimator, range(gs.N_STATS))
+    returns_stats = gs.STAT_SUM_G in cols or gs.STAT_M2_G in cols
+    reward_m2 = gs.STAT_M2_R in cols
+    return None, torch.ops.r3hf.group_row_pass(rewards, response_mask, float(gamma), returns_stats, reward_m2)
+
+
+def _fused_row_pass(hidden, weight, bias, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator,
+                    kl_clamp, first, beta_c, reward_clip, gamma):
+    rewards, stats = torch.ops.r3hf.fused_reward_group_row_pass(
+        hidden, weight, bias, response_mask, prompt_len, logprobs, ref_logprobs, float(kl_coef), kl_estimator,
+        _range(kl_clamp), first, float(beta_c), _range(reward_clip), float(gamma),
+    )
+    return rewards, None, stats
+
+
+def _finish(rewards, returns, response_mask, shift, scale, gamma, on_rewards):
+    return torch.ops.r3hf.group_finish(rewards, response_mask, shift, scale, float(gamma), bool(on_rewards))
+
+
+def group_advantages(rewards, response_mask, index, estimator="grpo", gamma=1.0, eps=1e-6, scale="group", group=None):
+    from r3hf import _group_stats
+
+    row_pass = functools.partial(_row_pass, estimator=estimator)
+    return _group_stats.group_advantages(row_pass, _finish, rewards, response_mask, index, estimator, gamma, eps,
+                                         scale, group)
+
+
+def fused_reward_group_advantages(
+    hidden, weight, bias, response_mask, prompt_len, index, estimator="grpo", logprobs=None, ref_logprobs=None,
+    kl_coef=0.0, kl_estimator="k1", kl_clamp=None, first="prompt", beta_c=1.0, reward_clip=None, gamma=1.0,
+    eps=1e-6, scale="group", group=None,
+):
+    from r3hf import _group_stats
+
+    return _group_stats.fused_reward_group_advantages(
+        _fused_row_pass, _finish, hidden, weight, bias, response_mask, prompt_len, index, estimator, logprobs,
+        ref_logprobs, kl_coef, kl_estimator, kl_clamp, first, beta_c, reward_clip, gamma, eps, scale, group,
+    )
+
+
 # --- shapes for tracing (torch.compile, FakeTensor, meta) --------------------------------
 
 if _C is not None:
+
+    from r3hf._group_stats import N_STATS as _N_STATS
 
     def _f32(like: torch.Tensor, *shape):
         return like.new_empty(shape, dtype=torch.float32)
@@ -166,3 +223,21 @@ if _C is not None:
     @torch.library.register_fake("r3hf::whiten_apply")
     def _(x, mask, sums, sqsum, shift_mean, unbiased, eps, eps_max, transform_masked):
         return _f32(x, *x.shape)
+
+    @torch.library.register_fake("r3hf::reward_to_go")
+    def _(rewards, response_mask, gamma, holes):
+        return _f32(rewards, *rewards.shape)
+
+    @torch.library.register_fake("r3hf::group_row_pass")
+    def _(rewards, response_mask, gamma, returns_stats=True, reward_m2=True):
+        return rewards.new_empty((rewards.shape[0], _N_STATS), dtype=torch.float64)
+
+    @torch.library.register_fake("r3hf::fused_reward_group_row_pass")
+    def _(hidden, weight, bias, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp,
+          first, beta_c, reward_clip, gamma):
+        shape = response_mask.shape
+        return _f32(hidden, *shape), hidden.new_empty((shape[0], _N_STATS), dtype=torch.float64)
+
+    @torch.library.register_fake("r3hf::group_finish")
+    def _(rewards, response_mask, shift, scale, gamma, on_rewards):
+        return _f32(rewards, *rewards.shape)

@@ -20,16 +20,25 @@ SIZES = {
         "gae": [(8, 256)],
         "rewards": [(8, 256)],
         "fused": [(2, 256, 1024)],
+        "group": [(16, 256, 4)],
+        "rtg": [(8, 256)],
+        "fused_group": [(2, 256, 1024)],
     },
     "cpu": {
         "gae": [(1, 1024), (8, 1024), (64, 256), (64, 1024), (64, 4096), (256, 1024)],
         "rewards": [(64, 1024), (64, 4096)],
         "fused": [(8, 2048, 1024), (8, 2048, 4096)],
+        "group": [(1024, 4096, 8)],  # (B, L, G): issue 12's CPU target
+        "rtg": [(64, 1024)],
+        "fused_group": [(8, 2048, 4096)],
     },
     "gpu": {
         "gae": [(1, 16384), (8, 16384), (64, 4096), (256, 1024), (256, 16384)],
         "rewards": [(256, 4096)],
         "fused": [(8, 4096, 4096), (64, 4096, 1024), (64, 4096, 4096)],
+        "group": [(1024, 4096, 8)],
+        "rtg": [(256, 4096)],
+        "fused_group": [(8, 4096, 4096), (64, 4096, 4096)],
     },
 }
 PROMPT = 64
@@ -121,7 +130,90 @@ def fused_case(B, S, D, device) -> Case:
                 bytes_read=hidden.numel() * hidden.element_size())
 
 
-def build(size: str, device: torch.device, groups=("gae", "rewards", "fused")) -> list[Case]:
+# --- group advantages (issue 12) -----------------------------------------------------------------
+
+
+def _sparse_rewards(B, T, gen, device):
+    """Trailing-padding masks and each row's score at its last generated token (veRL's layout), so
+    that r3hf and veRL compute the same advantages on these inputs."""
+    m = _trailing_mask(B, T, gen, device)
+    last = (m.sum(1) - 1).clamp_min(0)
+    r = torch.zeros(B, T, device=device)
+    r[torch.arange(B, device=device), last] = torch.randn(B, generator=gen).to(device)
+    return r, m
+
+
+def group_cases(B, T, G, device) -> list[Case]:
+    """group_advantages per estimator against veRL's own function of the same family."""
+    from . import verl_baselines as vb
+
+    why = vb.unavailable_reason()
+    if why:
+        print(f"  skipping group advantages B={B} T={T}: {why}")
+        return []
+    gen = torch.Generator().manual_seed(B * 31 + T)
+    r, m = _sparse_rewards(B, T, gen, device)
+    index = torch.arange(B, device=device) // G
+    out = []
+    for est in vb.VERL_FUNCTIONS:
+        providers = {
+            f"r3hf-{b}": (lambda b=b, est=est: ops.group_advantages(r, m, G, est, backend=b))
+            for b in r3hf_backends("group_advantages", device)
+            if b != "torch" or B * T <= 65536  # the reference loops over groups in Python
+        }
+        providers[f"verl-{est}"] = vb.estimator(est, r, m, index)
+        out.append(Case("group", f"group_advantages {est} B={B} G={G} T={T}", dict(B=B, T=T, G=G, estimator=est),
+                        providers, baseline=f"verl-{est}", notes={"verl": vb.version()}))
+    return out
+
+
+def rtg_case(B, T, device) -> Case | None:
+    """reward_to_go (holes="skip") against veRL's reinforce_plus_plus estimator, whose time is its
+    per-position loop over T (its final masked whitening is a few [B, T] ops)."""
+    from . import verl_baselines as vb
+
+    why = vb.unavailable_reason()
+    if why:
+        print(f"  skipping reward_to_go B={B} T={T}: {why}")
+        return None
+    gen = torch.Generator().manual_seed(B * 13 + T)
+    r = torch.randn(B, T, generator=gen).to(device)
+    m = _trailing_mask(B, T, gen, device)
+    providers = {f"r3hf-{b}": (lambda b=b: ops.reward_to_go(r, m, 1.0, backend=b))
+                 for b in r3hf_backends("reward_to_go", device)}
+    providers["verl-reinforce_pp"] = vb.estimator("reinforce_pp", r, m, torch.zeros(B, dtype=torch.int64))
+    return Case("rtg", f"reward_to_go B={B} T={T}", dict(B=B, T=T), providers, baseline="verl-reinforce_pp",
+                notes={"verl": vb.version()})
+
+
+def fused_group_case(B, S, D, device) -> Case:
+    """fused_reward_group_advantages (grpo, KL on) on bf16 hidden states, every position generated
+    so the op reads all B·S·D bytes: its bandwidth against the read probe over the same tensor."""
+    T = S - PROMPT
+    gen = torch.Generator().manual_seed(B + S + D + 1)
+    hidden = torch.randn(B, S, D, generator=gen, dtype=torch.bfloat16).to(device)
+    weight = (torch.randn(D, generator=gen) / D**0.5).to(torch.bfloat16).to(device)
+    m = torch.ones(B, T, dtype=torch.bool, device=device)
+    lp, ref = (-torch.rand(B, T, generator=gen)).to(device), (-torch.rand(B, T, generator=gen)).to(device)
+    G = 4 if B % 4 == 0 else 1
+    backends = [b for b in r3hf_backends("fused_reward_group_advantages", device) if b != "torch"] or ["torch"]
+    providers = {
+        f"r3hf-{b}": (lambda b=b: ops.fused_reward_group_advantages(
+            hidden, weight, None, m, PROMPT, G, "grpo", logprobs=lp, ref_logprobs=ref, kl_coef=KL_COEF, backend=b))
+        for b in backends
+    }
+    providers["read-probe"] = lambda: bl.read_bandwidth_probe(hidden)
+    if device.type == "cuda":
+        dst = torch.empty_like(hidden)
+        providers["copy-probe"] = lambda: bl.copy_bandwidth_probe(hidden, dst)
+    return Case("fused_group", f"fused_group B={B} S={S} D={D} bf16", dict(B=B, S=S, D=D), providers,
+                baseline="read-probe", bytes_read=hidden.numel() * hidden.element_size())
+
+
+GROUPS = ("gae", "rewards", "fused", "group", "rtg", "fused_group")
+
+
+def build(size: str, device: torch.device, groups=GROUPS) -> list[Case]:
     sizes = SIZES[size]
     out = []
     if "gae" in groups:
@@ -130,4 +222,10 @@ def build(size: str, device: torch.device, groups=("gae", "rewards", "fused")) -
         out += [rewards_case(B, T, device) for B, T in sizes["rewards"]]
     if "fused" in groups:
         out += [fused_case(B, S, D, device) for B, S, D in sizes["fused"]]
+    if "group" in groups:
+        out += [c for B, T, G in sizes["group"] for c in group_cases(B, T, G, device)]
+    if "rtg" in groups:
+        out += [c for B, T in sizes["rtg"] if (c := rtg_case(B, T, device)) is not None]
+    if "fused_group" in groups:
+        out += [fused_group_case(B, S, D, device) for B, S, D in sizes["fused_group"]]
     return out
