@@ -144,3 +144,16 @@ def _gae_float64(r, v, mask, gamma, lam):
         acc[i] = a
     out[idx] = acc
     return out[None]
+
+
+@pytest.mark.parametrize("backend", runnable())
+def test_prefix_scores_stay_fp32_inside_autocast(backend):
+    """A caller's bf16 autocast region must not lower the projection's precision or output dtype."""
+    gen = torch.Generator().manual_seed(3)
+    hidden = torch.randn(2, 9, 64, generator=gen)
+    weight = torch.randn(64, generator=gen)
+    plain = ops.prefix_scores(hidden, weight, 0.5, backend=backend)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = ops.prefix_scores(hidden, weight, 0.5, backend=backend)
+    assert inside.dtype == torch.float32
+    torch.testing.assert_close(inside, plain, rtol=0, atol=0)
