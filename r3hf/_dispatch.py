@@ -118,5 +118,15 @@ def backends() -> dict:
 @torch.compiler.assume_constant_result
 def choose_once(op: str, backend: str, device_type: str, options: tuple) -> str:
     """`choose`, run once at trace time and a constant to torch.compile: dispatch is decided outside
-    the traced graph (in eager mode it runs per call; `load` is memoised)."""
-    return choose(op, backend, torch.device(device_type), options)
+    the traced graph (in eager mode a dict lookup per call after the first; `load` is memoised)."""
+    if load is not _LOAD:  # load replaced (tests' fake backends): nothing cached is valid
+        return choose(op, backend, torch.device(device_type), options)
+    key = (op, backend, device_type, options)
+    name = _CHOSEN.get(key)
+    if name is None:  # a backend's availability is fixed once imported, so one choice per key
+        name = _CHOSEN[key] = choose(op, backend, torch.device(device_type), options)
+    return name
+
+
+_LOAD = load
+_CHOSEN: dict = {}

@@ -125,11 +125,7 @@ def _make(name: str, n_out: int):
         if op.checks is not None and not _checked:
             op.checks(a)
         out = getattr(_dispatch.load(backend)[0], name)(**_backend_kwargs(a))
-        outs = out if isinstance(out, tuple) else (out,)
-        # A custom op's outputs may not alias its inputs.
-        inputs = [t for t in args if isinstance(t, torch.Tensor)]
-        outs = tuple(o.clone() if any(o.data_ptr() == t.data_ptr() and o.numel() for t in inputs) else o for o in outs)
-        return outs if n_out > 1 else outs[0]
+        return _unalias(out, args, n_out)
 
     def fake(*args):
         *args, backend = args
@@ -149,6 +145,7 @@ def _define(name: str) -> None:
     torch.library.define(qual, f"({op.schema}, str backend) -> {_returns(n_out)}")
     impl, fake = _make(name, n_out)
     _EAGER[name] = impl
+    _KNOWN[name] = frozenset(op.names) | {"group"}
     torch.library.impl(qual, "CompositeExplicitAutograd")(impl)
     torch.library.register_fake(qual)(fake)
     torch.library.register_autograd(qual, _backward(name, n_out), setup_context=_setup_context(name))
@@ -247,9 +244,21 @@ def call(name: str, backend: str, args: dict):
         # statistics and transform phases) are Python: run eagerly, not as the custom op.
         return getattr(_dispatch.load(backend)[0], name)(**args)
     op = OPS[name]
-    unknown = sorted(set(args) - set(op.names) - {"group"})
-    if unknown:  # never drop an argument the user set: the schema must carry every option
-        raise TypeError(f"r3hf internal error: {name}'s custom-op schema lacks {', '.join(unknown)}")
+    known = _KNOWN[name]
+    for k in args:
+        if k not in known:  # never drop an argument the user set: the schema must carry every option
+            unknown = sorted(set(args) - known)
+            raise TypeError(f"r3hf internal error: {name}'s custom-op schema lacks {', '.join(unknown)}")
+    if _plain_cpu_eager(args):
+        # The eager CPU fast path: the backend function straight from the normalised kwargs (what
+        # `impl` would hand it after the schema-list round trip), without the dispatcher and
+        # autograd-wrapper round trip (tens of µs per call, as much as a small op's whole work).
+        # Only when nothing traces, fakes or needs a gradient; eager validation already checked
+        # host data (r3hf._validate), so CPU values need no second look (impl's `_checked`).
+        kwargs = {k: val for k, val in args.items()
+                  if k != "group" and not (k in _DEFAULTS and val == _DEFAULTS[k])}
+        out = getattr(_dispatch.load(backend)[0], name)(**kwargs)
+        return _unalias(out, args.values(), op.outputs)
     full = {k: _DEFAULTS.get(k) for k in op.names if k in _DEFAULTS}
     full.update({k: val for k, val in args.items() if k != "group"})
     values = [_schema_arg(full.get(k)) for k in op.names]
@@ -260,6 +269,26 @@ def call(name: str, backend: str, args: dict):
         on_cpu = all(t.device.type == "cpu" for t in values if isinstance(t, torch.Tensor))
         return _EAGER[name](*values, backend, _checked=on_cpu)
     return getattr(getattr(torch.ops, NAMESPACE), name)(*values, backend)
+
+
+def _unalias(out, inputs, n_out: int):
+    """A custom op's outputs may not alias its inputs: an output sharing an input's memory is cloned."""
+    outs = out if isinstance(out, tuple) else (out,)
+    ptrs = {t.data_ptr() for t in inputs if isinstance(t, torch.Tensor)}
+    outs = tuple(o.clone() if o.numel() and o.data_ptr() in ptrs else o for o in outs)
+    return outs if n_out > 1 else outs[0]
+
+
+def _plain_cpu_eager(args: dict) -> bool:
+    """Eager, CPU only, plain tensors, no gradient wanted."""
+    if torch.compiler.is_compiling():
+        return False
+    grad = torch.is_grad_enabled()
+    for t in args.values():
+        if isinstance(t, torch.Tensor):
+            if type(t) is not torch.Tensor or t.device.type != "cpu" or (grad and t.requires_grad):
+                return False
+    return True
 
 
 def _plain_eager(values) -> bool:
@@ -274,6 +303,7 @@ def _plain_eager(values) -> bool:
 
 
 _EAGER: dict = {}
+_KNOWN: dict = {}  # op -> the argument names `call` accepts (its schema's, and `group`)
 
 
 for _name in OPS:
