@@ -249,16 +249,16 @@ def call(name: str, backend: str, args: dict):
         if k not in known:  # never drop an argument the user set: the schema must carry every option
             unknown = sorted(set(args) - known)
             raise TypeError(f"r3hf internal error: {name}'s custom-op schema lacks {', '.join(unknown)}")
-    if _plain_cpu_eager(args):
+    fast = _plain_cpu_eager(args)
+    if fast is not None:
         # The eager CPU fast path: the backend function straight from the normalised kwargs (what
         # `impl` would hand it after the schema-list round trip), without the dispatcher and
         # autograd-wrapper round trip (tens of µs per call, as much as a small op's whole work).
         # Only when nothing traces, fakes or needs a gradient; eager validation already checked
         # host data (r3hf._validate), so CPU values need no second look (impl's `_checked`).
-        kwargs = {k: val for k, val in args.items()
-                  if k != "group" and not (k in _DEFAULTS and val == _DEFAULTS[k])}
+        kwargs, inputs = fast
         out = getattr(_dispatch.load(backend)[0], name)(**kwargs)
-        return _unalias(out, args.values(), op.outputs)
+        return _unalias(out, inputs, op.outputs)
     full = {k: _DEFAULTS.get(k) for k in op.names if k in _DEFAULTS}
     full.update({k: val for k, val in args.items() if k != "group"})
     values = [_schema_arg(full.get(k)) for k in op.names]
@@ -279,16 +279,27 @@ def _unalias(out, inputs, n_out: int):
     return outs if n_out > 1 else outs[0]
 
 
-def _plain_cpu_eager(args: dict) -> bool:
-    """Eager, CPU only, plain tensors, no gradient wanted."""
+_SCALARS = frozenset({float, int, bool, str, tuple, type(None)})
+
+
+def _plain_cpu_eager(args: dict):
+    """Eager, CPU only, plain tensors, no gradient wanted -> (the backend's kwargs: options at their
+    default and `group` dropped, as `impl` hands them; the input tensors), else None. One pass."""
     if torch.compiler.is_compiling():
-        return False
+        return None
     grad = torch.is_grad_enabled()
-    for t in args.values():
-        if isinstance(t, torch.Tensor):
-            if type(t) is not torch.Tensor or t.device.type != "cpu" or (grad and t.requires_grad):
-                return False
-    return True
+    kwargs, tensors = {}, []
+    for k, t in args.items():
+        if type(t) is torch.Tensor:
+            if not t.is_cpu or (grad and t.requires_grad):
+                return None
+            tensors.append(t)
+        elif type(t) not in _SCALARS and isinstance(t, torch.Tensor):  # a subclass (fake, functional...)
+            return None
+        elif k == "group" or (k in _DEFAULTS and t == _DEFAULTS[k]):
+            continue
+        kwargs[k] = t
+    return kwargs, tensors
 
 
 def _plain_eager(values) -> bool:

@@ -68,7 +68,7 @@ def check_same_device(**tensors) -> torch.device:
 
 
 def check_unit_interval(name: str, x) -> float:
-    if isinstance(x, bool) or not isinstance(x, Real):
+    if type(x) is not float and (isinstance(x, bool) or not isinstance(x, Real)):  # float: skip the ABC check
         raise TypeError(f"{name} must be a float in [0, 1], got {type(x).__name__}")
     x = float(x)
     if not (0.0 <= x <= 1.0):
@@ -77,7 +77,7 @@ def check_unit_interval(name: str, x) -> float:
 
 
 def check_finite_float(name: str, x) -> float:
-    if isinstance(x, bool) or not isinstance(x, Real):
+    if type(x) is not float and (isinstance(x, bool) or not isinstance(x, Real)):  # float: skip the ABC check
         raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
     x = float(x)
     if not math.isfinite(x):
@@ -120,7 +120,7 @@ def as_range(name: str, r):
 
 
 def check_range_bound(name: str, v) -> float:
-    if isinstance(v, bool) or not isinstance(v, Real):
+    if type(v) is not float and (isinstance(v, bool) or not isinstance(v, Real)):  # float: skip the ABC check
         raise TypeError(f"{name} bounds must be real numbers, got {type(v).__name__}")
     v = float(v)
     if math.isnan(v):

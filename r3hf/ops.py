@@ -37,7 +37,7 @@ __all__ = [
 
 
 def _run(op: str, backend: str, device: torch.device, args: dict):
-    options = tuple(k for k in v.OP_OPTIONS.get(op, ()) if k in args)  # present only when non-default
+    options = tuple([k for k in v.OP_OPTIONS.get(op, ()) if k in args])  # present only when non-default
     # Chosen once (a constant under torch.compile), then run as the custom op torch.ops.r3hf_ops.<op>.
     return _library.call(op, choose_once(op, v.check_backend(backend), device.type, options), args)
 
