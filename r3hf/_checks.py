@@ -24,6 +24,22 @@ def _fail(ok: torch.Tensor, message: str) -> None:
         torch._assert_async(ok, message)
 
 
+def prompt_len_range(lo: int, hi: int, S: int, L: int, first: str, scores_name: str = "scores") -> None:
+    """Host-side check of prompt_len's min `lo` and max `hi` (ints) with the eager ValueErrors."""
+    if lo < 0:
+        raise ValueError(f"prompt_len must be >= 0, got {lo}")
+    if lo < (1 if first == "prompt" else 0):
+        raise ValueError(
+            "prompt_len must be >= 1 with first='prompt' (the prompt-only score is scores[prompt_len - 1]); "
+            "got 0 — use first='zero' for rows without a prompt"
+        )
+    if hi + L > S:
+        raise ValueError(
+            f"{scores_name} must cover prompt_len + L positions: S = {S} < prompt_len + L = {hi} + {L} "
+            "(prompt_len too large, or response_mask too long)"
+        )
+
+
 def prompt_len_values(prompt_len: torch.Tensor, S: int, L: int, first: str, scores_name: str = "scores") -> None:
     """0 (1 with first="prompt") <= prompt_len[b] and prompt_len[b] + L <= S for every row."""
     if prompt_len.numel() == 0:
@@ -31,19 +47,7 @@ def prompt_len_values(prompt_len: torch.Tensor, S: int, L: int, first: str, scor
     lowest = 1 if first == "prompt" else 0
     lo, hi = torch.aminmax(prompt_len)
     if prompt_len.device.type == "cpu":  # exact messages, as before this module existed
-        lo, hi = int(lo), int(hi)
-        if lo < 0:
-            raise ValueError(f"prompt_len must be >= 0, got {lo}")
-        if lo < lowest:
-            raise ValueError(
-                "prompt_len must be >= 1 with first='prompt' (the prompt-only score is scores[prompt_len - 1]); "
-                "got 0 — use first='zero' for rows without a prompt"
-            )
-        if hi + L > S:
-            raise ValueError(
-                f"{scores_name} must cover prompt_len + L positions: S = {S} < prompt_len + L = {hi} + {L} "
-                "(prompt_len too large, or response_mask too long)"
-            )
+        prompt_len_range(int(lo), int(hi), S, L, first, scores_name)
         return
     _fail(lo >= lowest, f"prompt_len must be >= {lowest} (first={first!r})")
     _fail(hi + L <= S, f"{scores_name} must cover prompt_len + L positions (S = {S}, L = {L}): prompt_len too large")

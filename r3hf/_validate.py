@@ -142,7 +142,6 @@ def as_prompt_len(
     prompt_len, B: int, S: int, L: int, device: torch.device, first: str, scores_name: str = "scores"
 ) -> torch.Tensor:
     """int or integer tensor [B] -> int64 [B] on `device`, checked against S and L."""
-    lowest = 1 if first == "prompt" else 0
     if isinstance(prompt_len, torch.Tensor):
         if prompt_len.is_floating_point() or prompt_len.is_complex() or prompt_len.dtype == torch.bool:
             raise TypeError(f"prompt_len must be an int or an integer tensor [B], got {prompt_len.dtype}")
@@ -158,21 +157,9 @@ def as_prompt_len(
     else:
         if isinstance(prompt_len, bool) or not isinstance(prompt_len, int):
             raise TypeError(f"prompt_len must be an int or an integer tensor [B], got {type(prompt_len).__name__}")
-        lo = hi = int(prompt_len)
-        p = torch.full((B,), lo, dtype=torch.int64, device=device)
-    if lo < 0:
-        raise ValueError(f"prompt_len must be >= 0, got {lo}")
-    if lo < lowest:
-        raise ValueError(
-            "prompt_len must be >= 1 with first='prompt' (the prompt-only score is scores[prompt_len - 1]); "
-            "got 0 — use first='zero' for rows without a prompt"
-        )
-    if hi + L > S:
-        raise ValueError(
-            f"{scores_name} must cover prompt_len + L positions: S = {S} < prompt_len + L = {hi} + {L} "
-            "(prompt_len too large, or response_mask too long)"
-        )
-    return p
+        p = int(prompt_len)
+        _checks.prompt_len_range(p, p, S, L, first, scores_name)
+        return torch.full((B,), p, dtype=torch.int64, device=device)
 
 
 def as_weight(weight, D: int) -> torch.Tensor:
