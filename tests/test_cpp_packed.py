@@ -358,3 +358,56 @@ def test_inputs_not_modified_and_options_declared():
     for op in cpp.OPS:
         assert "cu_seqlens" in cpp.OPTIONS[op]
     assert cpp.OPTION_DEVICES == {"cu_seqlens": ("cpu",)}
+
+
+# --- through the public API (r3hf.ops, validation and dispatch from core-packed) ----------------
+
+
+@pytest.mark.parametrize("N,max_len", [(1, 60), (7, 60), (20, 47)])
+@pytest.mark.parametrize("cu_dtype", [torch.int64, torch.int32])
+def test_public_ops_packed_on_cpp(N, max_len, cu_dtype):
+    b, P = batch_for(N, max_len, 100 + N, cu_dtype=cu_dtype)
+    cu, m = b["cu_seqlens"], b["response_mask"]
+    kl = dict(logprobs=b["logprobs"], ref_logprobs=b["ref_logprobs"], kl_coef=0.1, kl_estimator="k3")
+    calls = {
+        "prefix_scores": lambda be: ops.prefix_scores(b["hidden"], b["weight"], b["bias"], cu_seqlens=cu, backend=be),
+        "redistribute": lambda be: ops.redistribute(b["scores"], m, beta_c=0.4, cu_seqlens=cu, backend=be),
+        "kl_penalty": lambda be: ops.kl_penalty(b["logprobs"], b["ref_logprobs"], "k2", cu_seqlens=cu, backend=be),
+        "token_rewards": lambda be: ops.token_rewards(b["scores"], m, **kl, reward_clip=0.5, cu_seqlens=cu,
+                                                      backend=be),
+        "gae": lambda be: ops.gae(b["rewards"], b["values"], m, 0.99, 0.9, b["bootstrap"], cu_seqlens=cu,
+                                  backend=be),
+        "masked_whiten": lambda be: ops.masked_whiten(b["rewards"], m, transform_masked=True, eps_mode="max",
+                                                      cu_seqlens=cu, backend=be),
+        "fused_reward_gae": lambda be: ops.fused_reward_gae(b["hidden"], b["weight"], b["bias"], b["values"], m,
+                                                            **kl, bootstrap=0.5, cu_seqlens=cu, backend=be),
+        "reward_to_go": lambda be: ops.reward_to_go(b["rewards"], m, 0.9, holes="discount", cu_seqlens=cu,
+                                                    backend=be),
+        "group_advantages": lambda be: ops.group_advantages(b["rewards"], m, b["index"], "reinforce_pp_baseline",
+                                                            gamma=0.95, cu_seqlens=cu, backend=be),
+        "fused_reward_group_advantages": lambda be: ops.fused_reward_group_advantages(
+            b["hidden"], b["weight"], b["bias"], m, None, 1, "grpo_process", **kl, cu_seqlens=cu, backend=be),
+    }
+    assert set(calls) == set(cpp.OPS)
+    report = ops.backends()["packed"]
+    for op, call in calls.items():
+        assert report[op]["cpu"] == "cpp", op  # "auto" runs the packed C++ kernel on CPU
+        got, want = call("cpp"), call("torch")
+        got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
+        for g, w in zip(got, want):
+            assert g.shape == (P.T,), op
+            close(g, w, scaled=op.endswith("group_advantages"))
+    # The public op and the direct backend call (the oracle-tested one) give the same bits.
+    same(calls["fused_reward_gae"]("cpp")[2], cpp.fused_reward_gae(
+        b["hidden"], b["weight"], b["bias"], b["values"], m, None, **kl, bootstrap=torch.full((N,), 0.5),
+        cu_seqlens=cu.long())[2])
+
+
+def test_public_ops_packed_cpp_refuses_what_it_lacks():
+    b, _ = batch_for(7, 60, 1)
+    # gae's carry_masked is not in the C++ backend (padded either): explicit cpp refuses, auto runs torch.
+    with pytest.raises(ops.BackendUnavailableError, match="carry_masked"):
+        ops.gae(b["rewards"], b["values"], b["response_mask"], carry_masked=True, cu_seqlens=b["cu_seqlens"],
+                backend="cpp")
+    adv, _ = ops.gae(b["rewards"], b["values"], b["response_mask"], carry_masked=True, cu_seqlens=b["cu_seqlens"])
+    assert adv.shape == b["rewards"].shape

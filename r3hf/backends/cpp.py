@@ -206,16 +206,15 @@ def _finish(rewards, returns, response_mask, shift, scale, gamma, on_rewards, cu
     return torch.ops.r3hf.group_finish(rewards, response_mask, shift, scale, float(gamma), bool(on_rewards))
 
 
-# Packed (cu_seqlens): a sequence is a row, index is [N]; cu_seqlens is bound into the passes, so
-# the wiring of r3hf._group_stats (affine on [N] statistics) is the padded one.
+# Packed (cu_seqlens): a sequence is a row, index is [N]; r3hf._group_stats hands cu_seqlens to the
+# passes (affine works on the [N] statistics as padded).
 def group_advantages(rewards, response_mask, index, estimator="grpo", gamma=1.0, eps=1e-6, scale="group", group=None,
                      *, cu_seqlens=None):
     from r3hf import _group_stats
 
-    row_pass = functools.partial(_row_pass, cu_seqlens=cu_seqlens, estimator=estimator)
-    finish = functools.partial(_finish, cu_seqlens=cu_seqlens)
-    return _group_stats.group_advantages(row_pass, finish, rewards, response_mask, index, estimator, gamma, eps,
-                                         scale, group)
+    row_pass = functools.partial(_row_pass, estimator=estimator)
+    return _group_stats.group_advantages(row_pass, _finish, rewards, response_mask, index, estimator, gamma, eps,
+                                         scale, group, cu_seqlens=cu_seqlens)
 
 
 def fused_reward_group_advantages(
@@ -225,11 +224,10 @@ def fused_reward_group_advantages(
 ):
     from r3hf import _group_stats
 
-    fused_row_pass = functools.partial(_fused_row_pass, cu_seqlens=cu_seqlens)
-    finish = functools.partial(_finish, cu_seqlens=cu_seqlens)
     return _group_stats.fused_reward_group_advantages(
-        fused_row_pass, finish, hidden, weight, bias, response_mask, prompt_len, index, estimator, logprobs,
+        _fused_row_pass, _finish, hidden, weight, bias, response_mask, prompt_len, index, estimator, logprobs,
         ref_logprobs, kl_coef, kl_estimator, kl_clamp, first, beta_c, reward_clip, gamma, eps, scale, group,
+        cu_seqlens=cu_seqlens,
     )
 
 
