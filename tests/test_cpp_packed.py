@@ -411,3 +411,31 @@ def test_public_ops_packed_cpp_refuses_what_it_lacks():
                 backend="cpp")
     adv, _ = ops.gae(b["rewards"], b["values"], b["response_mask"], carry_masked=True, cu_seqlens=b["cu_seqlens"])
     assert adv.shape == b["rewards"].shape
+
+
+def _packed_opcheck_cases():
+    b, _ = batch_for(7, 30, 4)
+    bf, _ = batch_for(7, 30, 4, dtype=torch.bfloat16)
+    cu, m = b["cu_seqlens"], b["response_mask"]
+    lp, ref, N = b["logprobs"], b["ref_logprobs"], 7
+    r = torch.ops.r3hf
+    return [
+        (r.packed_token_rewards.default, (b["scores"], m, cu, lp, ref, 0.1, "k3", [-1.0, 1.0], "prompt", 0.5, None)),
+        (r.packed_gae.default, (b["rewards"], b["values"], m, cu, 0.99, 0.95, b["bootstrap"])),
+        (r.packed_fused_reward_gae.default,
+         (bf["hidden"], b["weight"], b["bias"], b["values"], m, cu, lp, ref, 0.1, "k1", None, 1.0, 0.95, "prompt",
+          1.0, [-2.0, 2.0], None)),
+        (r.packed_response_region.default, (m, cu)),
+        (r.packed_reward_to_go.default, (b["rewards"], m, cu, 0.9, "discount")),
+        (r.packed_group_row_pass.default, (b["rewards"], m, cu, 0.9, True, True)),
+        (r.packed_fused_reward_group_row_pass.default,
+         (b["hidden"], b["weight"], None, m, cu, None, None, 0.0, "k1", None, "prompt", 1.0, None, 1.0)),
+        (r.packed_group_finish.default, (b["rewards"], m, cu, torch.randn(N), torch.rand(N), 0.9, True)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_packed_opcheck(case):
+    # Schema, fake (meta) kernels and their agreement with the CPU kernels.
+    op, args = _packed_opcheck_cases()[case]
+    torch.library.opcheck(op, args)
