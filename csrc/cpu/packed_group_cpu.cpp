@@ -39,6 +39,7 @@ using cpu::finish_step;
 using cpu::first_generated;
 using cpu::packed_hidden;
 using cpu::packed_offsets;
+using cpu::parallel_seqs;
 using cpu::Projection;
 using cpu::row_pass_block;
 using cpu::RowPassColumns;
@@ -197,9 +198,9 @@ std::tuple<Tensor, Tensor> packed_fused_reward_group_row_pass_cpu(
   const float g = static_cast<float>(gamma);
   R3HF_DISPATCH_HIDDEN(proj.hidden.scalar_type(), "r3hf::packed_fused_reward_group_row_pass", [&] {
     const scalar_t* base = proj.hidden.data_ptr<scalar_t>();
-    at::parallel_for(0, N, seq_grain(T, N, proj.D), [&](int64_t begin, int64_t end) {
-      std::vector<float> s, G;
-      std::vector<char> need;
+    parallel_seqs(N, seq_grain(T, N, proj.D), [&](int64_t begin, int64_t end) {
+      thread_local std::vector<float> s, G;
+      thread_local std::vector<char> need;
       for (int64_t i = begin; i < end; ++i) {
         const int64_t c0 = p_cu[i], c1 = p_cu[i + 1], s0 = first_generated(p_m, c0, c1), L = c1 - s0;
         std::fill(p_rw + c0, p_rw + s0, 0.f);
