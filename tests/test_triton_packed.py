@@ -513,3 +513,71 @@ def test_gpu_lognormal_stream(scan, dtype, monkeypatch):
                        estimator=est), dtype, scale)
     close(tb.masked_whiten(d["values"], P.mask, transform_masked=True, cu_seqlens=P.cu),
           P.oracle("masked_whiten", resp=[("x", f["values"]), ("mask", P.mask)], transform_masked=True), dtype)
+
+
+# --- through the public API (r3hf.ops, backend="triton") --------------------------------------
+
+
+def test_public_ops_packed(monkeypatch):
+    """Every op via r3hf.ops with cu_seqlens (int32 here, as flash-attn hands it over), hidden
+    [1, T, D], an int group size and a float bootstrap: the same as the oracle, and as the torch
+    backend's packed reference."""
+    monkeypatch.setenv("R3HF_TRITON_CHUNK", "16")
+    P = make("edge")
+    d = data(P, D=12, seed=14)
+    cu32 = P.cu.to(torch.int32)
+    pl = P.prompt_len.to(DEV)
+    kl = dict(logprobs=d["logprobs"], ref_logprobs=d["ref_logprobs"], kl_coef=0.05)
+    index = (torch.arange(P.N) // 3).to(DEV)
+    cases = [
+        ("prefix_scores", (d["hidden"], d["weight"], d["bias"]), {},
+         lambda: ops.prefix_scores(d["hidden"][None], d["weight"], d["bias"], backend="torch")[0]),
+        ("kl_penalty", (d["logprobs"], d["ref_logprobs"], "k3"), {},
+         lambda: ops.kl_penalty(d["logprobs"][None], d["ref_logprobs"][None], "k3", backend="torch")[0]),
+        ("redistribute", (d["scores"], P.mask), dict(beta_c=0.5),
+         lambda: P.oracle("redistribute", stream=[("scores", d["scores"])], resp=[("response_mask", P.mask)],
+                          prompt_len=pl, beta_c=0.5)),
+        ("token_rewards", (d["scores"], P.mask), kl,
+         lambda: P.oracle("token_rewards", stream=[("scores", d["scores"])],
+                          resp=[("response_mask", P.mask), ("logprobs", d["logprobs"]),
+                                ("ref_logprobs", d["ref_logprobs"])], prompt_len=pl, kl_coef=0.05)),
+        ("gae", (d["rewards"], d["values"], P.mask, 0.99, 0.95, 0.5), {},
+         lambda: P.oracle("gae", resp=[("rewards", d["rewards"]), ("values", d["values"]), ("response_mask", P.mask)],
+                          gamma=0.99, lam=0.95, bootstrap=0.5)),
+        ("masked_whiten", (d["values"], P.mask), dict(transform_masked=True),
+         lambda: P.oracle("masked_whiten", resp=[("x", d["values"]), ("mask", P.mask)], transform_masked=True)),
+        ("fused_reward_gae", (d["hidden"][None], d["weight"], 0.3, d["values"], P.mask), dict(kl, bootstrap=0.5),
+         lambda: P.oracle("fused_reward_gae", stream=[("hidden", d["hidden"])],
+                          resp=[("values", d["values"]), ("response_mask", P.mask), ("logprobs", d["logprobs"]),
+                                ("ref_logprobs", d["ref_logprobs"])], weight=d["weight"], bias=0.3, prompt_len=pl,
+                          kl_coef=0.05, bootstrap=0.5)),
+        ("reward_to_go", (d["rewards"], P.mask, 0.9), dict(holes="discount"),
+         lambda: P.oracle("reward_to_go", resp=[("rewards", d["rewards"]), ("response_mask", P.mask)], gamma=0.9,
+                          holes="discount")),
+        ("group_advantages", (d["rewards"], P.mask, 3, "rloo"), {},
+         lambda: P.oracle("group_advantages", resp=[("rewards", d["rewards"]), ("response_mask", P.mask)],
+                          index=index, estimator="rloo")),
+        ("fused_reward_group_advantages", (d["hidden"], d["weight"], 0.3, P.mask), dict(kl, index=3),
+         lambda: P.oracle("fused_reward_group_advantages", stream=[("hidden", d["hidden"])],
+                          resp=[("response_mask", P.mask), ("logprobs", d["logprobs"]),
+                                ("ref_logprobs", d["ref_logprobs"])], weight=d["weight"], bias=0.3, prompt_len=pl,
+                          index=index, kl_coef=0.05)),
+    ]
+    for op, args, kw, oracle in cases:
+        got = getattr(ops, op)(*args, **kw, cu_seqlens=cu32, backend="triton")
+        close(got, oracle(), scale=4.0)
+        close(got, getattr(ops, op)(*args, **kw, cu_seqlens=cu32, backend="torch"), scale=4.0)
+    report = ops.backends()
+    assert report["packed"]["fused_reward_gae"]["cpu"] != "triton"  # auto never picks the interpreter
+    if torch.cuda.is_available():
+        assert all(report["packed"][op]["cuda"] == "triton" for op in tb.OPS)
+
+
+def test_public_ops_packed_first_prompt_needs_a_prompt():
+    P = Packed(*layout([("seq", 2, 4, 0.0, 0), ("seq", 0, 3, 0.0, 0)]))
+    d = data(P)
+    with pytest.raises(ValueError):
+        ops.token_rewards(d["scores"], P.mask, cu_seqlens=P.cu, backend="triton")
+    got = ops.token_rewards(d["scores"], P.mask, first="zero", cu_seqlens=P.cu, backend="triton")
+    close(got, P.oracle("token_rewards", stream=[("scores", d["scores"])], resp=[("response_mask", P.mask)],
+                        prompt_len=torch.tensor([2, 0], device=DEV), first="zero"))

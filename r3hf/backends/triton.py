@@ -93,18 +93,12 @@ def reward_to_go(rewards, response_mask, gamma=1.0, holes="skip", cu_seqlens=Non
     return _returns.reward_to_go(rewards, response_mask, gamma, holes, cu_seqlens=cu_seqlens)
 
 
-# The group estimators: the kernels' row pass and finish around the shared group statistics.
-def _packed(fn, cu_seqlens):
-    """fn with cu_seqlens bound (a sequence is a row), or fn itself for padded rows."""
-    if cu_seqlens is None:
-        return fn
-    return lambda *args: fn(*args, cu_seqlens=cu_seqlens)
-
-
+# The group estimators: the kernels' row pass and finish around the shared group statistics
+# (packed: the passes take cu_seqlens, each sequence a row).
 def group_advantages(rewards, response_mask, index, estimator="grpo", gamma=1.0, eps=1e-6, scale="group", group=None,
                      cu_seqlens=None):
-    return _group_stats.group_advantages(_packed(_returns.row_pass, cu_seqlens), _packed(_returns.finish, cu_seqlens),
-                                         rewards, response_mask, index, estimator, gamma, eps, scale, group)
+    return _group_stats.group_advantages(_returns.row_pass, _returns.finish, rewards, response_mask, index,
+                                         estimator, gamma, eps, scale, group, cu_seqlens=cu_seqlens)
 
 
 def fused_reward_group_advantages(hidden, weight, bias, response_mask, prompt_len, index, estimator="grpo",
@@ -112,9 +106,9 @@ def fused_reward_group_advantages(hidden, weight, bias, response_mask, prompt_le
                                   first="prompt", beta_c=1.0, reward_clip=None, gamma=1.0, eps=1e-6, scale="group",
                                   group=None, cu_seqlens=None):
     return _group_stats.fused_reward_group_advantages(
-        _packed(_group.fused_row_pass, cu_seqlens), _packed(_returns.finish, cu_seqlens), hidden, weight, bias,
-        response_mask, prompt_len, index, estimator, logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp, first,
-        beta_c, reward_clip, gamma, eps, scale, group)
+        _group.fused_row_pass, _returns.finish, hidden, weight, bias, response_mask, prompt_len, index, estimator,
+        logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp, first, beta_c, reward_clip, gamma, eps, scale, group,
+        cu_seqlens=cu_seqlens)
 
 
 def masked_whiten(x, mask, shift_mean=True, unbiased=True, eps=1e-8, group=None, transform_masked=False,
