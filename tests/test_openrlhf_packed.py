@@ -199,3 +199,73 @@ def test_bad_inputs(cpu_packing):
         adapter.packed_dense_reward(stream, 0.1, kl, mask, action, advantage_estimator="rloo")
     with pytest.raises(ValueError, match="action_mask must be"):
         adapter.packed_dense_reward(stream, 0.1, kl, mask, None, advantage_estimator="gae")
+
+
+# --- ring attention: the value head's slices gathered over the ring group -----------------------
+
+
+class _TokenLocalBody(torch.nn.Module):
+    """A base model without attention (each position sees its token and position only), so every
+    ring rank's slice gives the same outputs as the whole stream without ring-flash-attn (which
+    does not install here). The test is about gathering the slices back into OpenRLHF's layout."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.wte = torch.nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = torch.nn.Embedding(config.n_positions, config.n_embd)
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        return {"last_hidden_state": torch.tanh(self.wte(input_ids) + self.wpe(position_ids))}
+
+
+RING = 2
+
+
+def _ring_worker(rank, init_file):
+    import torch.distributed as dist
+    from torch.distributed.nn.functional import all_gather
+    from transformers import GPT2Config, GPT2PreTrainedModel
+    from transformers.modeling_flash_attention_utils import _pad_input, _unpad_input
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=RING)
+    try:
+        ring = sys.modules["openrlhf.models.ring_attn_utils"]
+        ring.unpad_input, ring.pad_input = _unpad_input, _pad_input
+        ring.index_first_axis, ring.rearrange = (lambda tensor, indices: tensor[indices]), _rearrange
+        ring.update_ring_attn_params = lambda cu_seqlens: None  # configures ring-flash-attn's kernels only
+        ring.all_gather = lambda x, group: torch.cat(all_gather(x.contiguous(), group=group))  # flash-attn's
+        make = REAL["openrlhf.models.model"]._get_reward_model
+        config = GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=8, n_layer=1, n_head=1)
+        config.normalize_reward = True
+        config.mean, config.std = 0.3, 2.0
+        torch.manual_seed(0)
+        packed = make(GPT2PreTrainedModel, _TokenLocalBody, "score", packing_samples=True)(config).eval()
+        padded = make(GPT2PreTrainedModel, _TokenLocalBody, "score", packing_samples=False)(config).eval()
+        padded.load_state_dict(packed.state_dict())
+        for padding, B, S in [("right", 4, 11), ("left", 3, 8)]:
+            seq, mask = _batch(B, S, padding, seed=B)
+            if rank == 0:
+                assert int(mask.sum()) % RING == 1  # an odd stream: OpenRLHF pads it for the ring
+            group = dist.group.WORLD
+            with torch.no_grad():
+                stream = adapter.packed_prefix_values(packed, seq, mask, ring_attn_group=group)
+                want = adapter.prefix_values(padded, seq, mask)
+                assert_close(stream.values, want.flatten()[stream.indices], f"rank {rank}: stream")
+                reward, values = adapter.prefix_values(packed, seq, mask, return_reward=True, ring_attn_group=group)
+                assert_close(values, want, f"rank {rank}: prefix_values")
+                assert_close(reward, padded(seq, attention_mask=mask), f"rank {rank}: reward")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ring_attention_slices_are_gathered():
+    import os
+    import tempfile
+
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_ring_worker, args=(os.path.join(tmp, "rendezvous"),), nprocs=RING, join=True)
