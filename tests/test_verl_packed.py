@@ -293,3 +293,43 @@ def test_bad_inputs():
         adapter.packed_prefix_rewards(torch.zeros(T), td["response_mask"], layout, kl_penalty="k9")
     with pytest.raises(ValueError, match="attention_mask"):
         adapter.packed_layout({"prompts": td["prompts"], "responses": td["responses"]})
+
+
+@pytest.mark.parametrize("B,P,L", [(3, 2, 5), (7, 4, 12)])
+@pytest.mark.parametrize("gamma,lam", [(1.0, 1.0), (0.99, 0.95)])
+def test_gae_on_the_stream_equals_verls(B, P, L, gamma, lam):
+    core_algos = _import("verl.trainer.ppo.core_algos")
+    td = _batch(B, P, L, seed=7 * B + L)
+    unpadded, _ = _packed(td)
+    cu = unpadded["input_ids"].offsets()
+    T = int(cu[-1])
+    gen = torch.Generator().manual_seed(B)
+    critic_out = torch.nested.nested_tensor_from_jagged(randn(T, gen=gen), offsets=cu)  # the value engine's output
+    scores = randn(T, gen=gen)
+    rewards = adapter.packed_prefix_rewards(scores, td["response_mask"], unpadded)
+    values = padding.no_padding_2_padding(critic_out, unpadded)  # what veRL's trainer hands its GAE
+    mask = td["response_mask"]
+    want_adv, want_ret = core_algos.compute_gae_advantage_return(rewards, values, mask, gamma, lam)
+    valid = torch.arange(L)[None, :] < td["attention_mask"][:, P:].sum(1)[:, None]
+    packed_rewards = adapter.packed_prefix_rewards(scores, mask, unpadded, output="packed")
+    for r, v in [(rewards, critic_out), (packed_rewards, critic_out.values()), (rewards, values)]:
+        adv, ret = adapter.compute_gae_advantage_return(r, v, mask, unpadded, gamma, lam)
+        assert_close(adv[valid], want_adv[valid], "advantages")
+        assert_close(ret[valid], want_ret[valid], "returns")
+        assert not adv[~valid].any() and not ret[~valid].any()
+    adv_packed, _ = adapter.compute_gae_advantage_return(packed_rewards, critic_out, mask, unpadded, gamma, lam,
+                                                         output="packed")
+    assert torch.equal(adapter.unpack_responses(adv_packed, unpadded, shift=0), adv)
+
+
+def test_gae_bad_inputs():
+    td = _batch(5, 3, 7, seed=2)
+    unpadded, _ = _packed(td)
+    T = int(unpadded["input_ids"].offsets()[-1])
+    with pytest.raises(ValueError, match="output"):
+        adapter.compute_gae_advantage_return(torch.zeros(T), torch.zeros(T), td["response_mask"], unpadded,
+                                             output="padded")
+    with pytest.raises(ValueError, match="values must be"):
+        adapter.compute_gae_advantage_return(torch.zeros(T), torch.zeros(T, 2, 2), td["response_mask"], unpadded)
+    with pytest.raises(ValueError, match="token_level_rewards must be"):
+        adapter.compute_gae_advantage_return(torch.zeros(T + 1), torch.zeros(T), td["response_mask"], unpadded)

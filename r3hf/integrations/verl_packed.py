@@ -20,8 +20,10 @@ token-aligned (token j's reward is score(y≤j) − score(y<j)), so they use `sh
 - `packed_response_mask(response_mask, layout)`: veRL's response_mask on the stream, bool [T].
 - `packed_prefix_rewards(scores, response_mask, layout, ...)`: a reward model's packed per-token
   scores -> R3HF `token_level_scores` / `token_level_rewards` [B, L] (or [T]).
+- `compute_gae_advantage_return(rewards, values, response_mask, layout, ...)`: veRL's GAE on the
+  stream, from the critic's packed values.
 
-Indexing only: the rewards are `r3hf.ops.token_rewards(..., cu_seqlens=...)`.
+Indexing only: the math is `r3hf.ops` with `cu_seqlens=...`.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ __all__ = [
     "pack_responses",
     "packed_response_mask",
     "packed_prefix_rewards",
+    "compute_gae_advantage_return",
 ]
 
 
@@ -297,3 +300,48 @@ def packed_prefix_rewards(
         first=first, beta_c=beta_c, cu_seqlens=layout.cu_seqlens.to(s.device), backend=backend,
     )
     return rewards if output == "packed" else unpack_responses(rewards, layout, shift=0)
+
+
+def _token_aligned(name: str, x, layout: PackedLayout, *, model_output: bool) -> torch.Tensor:
+    """A stream [T] as given, or veRL's [B, L] response tensor packed (0 elsewhere).
+
+    model_output: a [T] / nested stream is veRL's raw model output (left-shifted; realigned here).
+    """
+    if isinstance(x, torch.Tensor) and not x.is_nested and x.dim() == 2:
+        return pack_responses(x, layout, shift=0)
+    x = _stream(name, x, layout)
+    if x.dim() != 1:
+        raise ValueError(f"{name} must be [T] or veRL's [B, L] response tensor, got {_shape(x)}")
+    return pack_responses(unpack_responses(x, layout, shift=1), layout, shift=0) if model_output else x
+
+
+def compute_gae_advantage_return(
+    token_level_rewards, values, response_mask, layout, gamma=1.0, lam=1.0, *, output="responses", backend="auto",
+):
+    """veRL's `compute_gae_advantage_return` on the packed stream -> (advantages, returns) float32.
+
+    token_level_rewards: token-aligned, [T] (e.g. `packed_prefix_rewards(..., output="packed")`)
+    or veRL's [B, L]. values: the critic's packed output as veRL's value engine returns it ([T] or
+    nested; response token j's value is the output one position left, as `no_padding_2_padding`
+    reads it), or veRL's [B, L] values. response_mask: veRL's [B, L] (or nested). layout: a
+    `PackedLayout` or veRL's batch. Masked positions carry the next value and the running advantage,
+    then advantages are whitened over response_mask == 1 (unbiased, eps 1e-8), as veRL does.
+    Returns [B, L] response tensors (output="responses"; equal to veRL's at every response token,
+    0 past a response's end, where veRL leaves whitened padding) or streams [T] ("packed"; 0 at
+    prompt tokens).
+    """
+    if output not in ("responses", "packed"):
+        raise ValueError(f"output must be 'responses' ([B, L]) or 'packed' ([T]), got {output!r}")
+    from .verl import _scalar
+
+    layout = _as_layout(layout)
+    rewards = _token_aligned("token_level_rewards", token_level_rewards, layout, model_output=False)
+    v = _token_aligned("values", values, layout, model_output=True).to(rewards.device)
+    mask = packed_response_mask(response_mask, layout).to(rewards.device)
+    cu = layout.cu_seqlens.to(rewards.device)
+    advantages, returns = ops.gae(rewards, v, mask, _scalar("gamma", gamma), _scalar("lam", lam), carry_masked=True,
+                                  cu_seqlens=cu, backend=backend)
+    advantages = ops.masked_whiten(advantages, mask, transform_masked=True, cu_seqlens=cu, backend=backend)
+    if output == "packed":
+        return advantages, returns
+    return unpack_responses(advantages, layout, shift=0), unpack_responses(returns, layout, shift=0)
