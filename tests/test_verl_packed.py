@@ -333,3 +333,26 @@ def test_gae_bad_inputs():
         adapter.compute_gae_advantage_return(torch.zeros(T), torch.zeros(T, 2, 2), td["response_mask"], unpadded)
     with pytest.raises(ValueError, match="token_level_rewards must be"):
         adapter.compute_gae_advantage_return(torch.zeros(T + 1), torch.zeros(T), td["response_mask"], unpadded)
+
+
+def test_prefix_rewards_with_the_nested_engines_tensors():
+    """The v1 trainer keeps response_mask and log-probs nested by response: same rewards."""
+    B, P, L = 6, 3, 9
+    td = _batch(B, P, L, seed=11)
+    unpadded, _ = _packed(td)
+    cu = unpadded["input_ids"].offsets()
+    T = int(cu[-1])
+    gen = torch.Generator().manual_seed(3)
+    scores = torch.nested.nested_tensor_from_jagged(randn(T, gen=gen), offsets=cu)
+    lp, ref = logprobs(B, L, gen=gen), logprobs(B, L, gen=gen)
+    rl = td["attention_mask"][:, P:].sum(1)
+
+    def nested(x):
+        return torch.nested.as_nested_tensor([x[b, : int(rl[b])] for b in range(B)], layout=torch.jagged)
+
+    layout = adapter.packed_layout(cu_seqlens=scores, response_lens=nested(td["response_mask"]), response_length=L)
+    got = adapter.packed_prefix_rewards(scores, nested(td["response_mask"]), layout, old_log_probs=nested(lp),
+                                        ref_log_prob=nested(ref), kl_coef=0.1, kl_penalty="k3")
+    want = adapter.packed_prefix_rewards(scores, td["response_mask"], unpadded, old_log_probs=lp, ref_log_prob=ref,
+                                         kl_coef=0.1, kl_penalty="k3")
+    assert torch.equal(got, want)

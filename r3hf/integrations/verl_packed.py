@@ -106,8 +106,9 @@ def packed_layout(data=None, *, cu_seqlens=None, response_lens=None, response_le
                 raise ValueError("packed_layout: data['responses'] must be nested when data['prompts'] is")
             prompt_lens = prompts.offsets().diff()
             resp = responses.offsets().diff()
-            width = _non_tensor(_get(data, "max_response_len"))
-            width = int(resp.max()) if (width is None or int(width) < 0) and resp.numel() else (int(width or 0))
+            width = _non_tensor(_get(data, "max_response_len"))  # set by left_right_2_no_padding
+            if width is None or int(width) < 0:  # veRL's default: the longest response
+                width = int(resp.max()) if resp.numel() else 0
         else:
             mask = _get(data, "attention_mask")
             if not isinstance(mask, torch.Tensor) or mask.is_nested or mask.dim() != 2 or prompts.dim() != 2 \
