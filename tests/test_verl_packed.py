@@ -356,3 +356,28 @@ def test_prefix_rewards_with_the_nested_engines_tensors():
     want = adapter.packed_prefix_rewards(scores, td["response_mask"], unpadded, old_log_probs=lp, ref_log_prob=ref,
                                          kl_coef=0.1, kl_penalty="k3")
     assert torch.equal(got, want)
+
+
+# --- any layout: veRL's own slicing on nested prompts/responses, and the round trip --------------
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@given(st.lists(st.tuples(st.integers(1, 6), st.integers(0, 7)), min_size=1, max_size=12), st.integers(0, 2**31 - 1))
+def test_any_layout_unpacks_as_verl_and_round_trips(rows, seed):
+    """rows: (prompt length, response length) per sequence; empty responses included."""
+    prompts = torch.nested.as_nested_tensor([torch.ones(p, dtype=torch.int64) for p, _ in rows], layout=torch.jagged)
+    responses = torch.nested.as_nested_tensor([torch.ones(r, dtype=torch.int64) for _, r in rows],
+                                              layout=torch.jagged)
+    data = {"prompts": prompts, "responses": responses}
+    layout = adapter.packed_layout(data)
+    T = sum(p + r for p, r in rows)
+    x = randn(T, gen=torch.Generator().manual_seed(seed))
+    assert torch.equal(adapter.unpack_responses(x, layout, shift=1), padding.no_padding_2_padding(x, data))
+    for shift in (0, 1):
+        unpacked = adapter.unpack_responses(x, layout, shift=shift)
+        back = adapter.pack_responses(unpacked, layout, shift=shift)
+        read = adapter.pack_responses(torch.ones_like(unpacked, dtype=torch.bool), layout, shift=shift)
+        assert int(read.sum()) == sum(r for _, r in rows)
+        assert torch.equal(back[read], x[read]) and not back[~read].any()
