@@ -78,9 +78,10 @@ def _get(data, key):
 
 
 def _int_vector(name: str, x) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor) or x.is_nested or x.dim() != 1 or x.dtype.is_floating_point or x.dtype == torch.bool:
-        raise ValueError(f"{name} must be a 1-D integer tensor, got {_shape(x)}"
-                         + (f" of {x.dtype}" if isinstance(x, torch.Tensor) and not x.is_nested else ""))
+    ok = isinstance(x, torch.Tensor) and not x.is_nested and x.dim() == 1
+    if not ok or x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+        dtype = f" {x.dtype}" if ok else ""
+        raise ValueError(f"{name} must be a 1-D integer tensor, got {_shape(x)}{dtype}")
     return x.to(torch.int64)
 
 
