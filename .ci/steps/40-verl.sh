@@ -31,5 +31,5 @@ echo "veRL installed in $(( $(date +%s) - start ))s"
 # compares holes="discount" with its own get_cumulative_returns rather than a transcription.
 "${PIP[@]}" install -q --no-deps "openrlhf==0.11.0"
 # R3HF_REQUIRE_VERL makes the tests fail, not skip, if veRL does not import.
-R3HF_REQUIRE_VERL=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_integrations_verl.py tests/test_group_verl.py \
+R3HF_REQUIRE_VERL=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_integrations_verl.py tests/test_group_verl.py tests/test_verl_packed.py \
   tests/test_verl_group.py tests/test_integrations_docs_peers.py::test_verl_example

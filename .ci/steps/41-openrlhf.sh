@@ -24,5 +24,5 @@ if [ -n "$changed" ]; then
 fi
 # R3HF_REQUIRE_OPENRLHF makes the tests fail instead of falling back to the transcription.
 R3HF_REQUIRE_OPENRLHF=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
-  tests/test_openrlhf_group.py tests/test_integrations_openrlhf.py \
+  tests/test_openrlhf_group.py tests/test_integrations_openrlhf.py tests/test_openrlhf_packed.py \
   tests/test_integrations_docs_peers.py::test_openrlhf_example tests/test_integrations_docs_peers.py::test_there_are_runnable_peer_examples

@@ -11,6 +11,8 @@ dense variants, replaces the trainer's sparse score with R3HF token-level reward
 The submodules import their trainer only where needed (e.g. `verl.register()`), so all three
 import without veRL, OpenRLHF or TRL ≤ 1.12 installed. See docs/integrations.md.
 `r3hf.integrations.verl_reward` (a subclass of veRL's reward-manager base) needs veRL.
+`r3hf.integrations.verl_packed` maps veRL's packed (no-padding) stream to its [B, L] response
+tensors and computes R3HF rewards on the stream (torch only; veRL is not imported).
 """
 
 __all__ = ["verl", "openrlhf", "trl"]

@@ -18,11 +18,17 @@ def prefix_values(reward_model, sequences, attention_mask, *, return_reward=Fals
     values[b, t] is the reward the model gives the truncation sequences[b, :t + 1] (its last
     attended token at or before t), the same normalisation applied; positions before a row's
     first attended token (left padding) are 0. One forward: the model's own, with a hook on its
-    value head (`value_head_prefix`). Packed samples (`packing_samples=True`) are not supported:
-    their head output is in the flash-attention unpadded layout.
+    value head (`value_head_prefix`). A `packing_samples=True` model runs on its packed stream
+    (flash-attn's unpadded layout); its head output is put back in [B, S] as OpenRLHF pads its
+    values (`packed_prefix_values` keeps the stream).
     """
     if getattr(reward_model, "packing_samples", False):
-        raise NotImplementedError("prefix_values: a RewardModel with packing_samples=True is not supported")
+        from ._openrlhf_packed import packed_prefix_values, to_padded
+
+        packed = packed_prefix_values(reward_model, sequences, attention_mask, **forward_kwargs)
+        values = to_padded(packed.values, packed.indices, *sequences.shape)
+        values = _fill_padding(values, attention_mask)
+        return (packed.reward, values) if return_reward else values
     if not isinstance(sequences, torch.Tensor) or sequences.dim() != 2:
         raise ValueError(f"sequences must be [B, S], got {getattr(sequences, 'shape', type(sequences).__name__)}")
     if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != sequences.shape:
@@ -44,10 +50,14 @@ def prefix_values(reward_model, sequences, attention_mask, *, return_reward=Fals
     if not reward_model.training and getattr(reward_model, "normalize_reward", False):
         # the model's own reward normalisation, applied to every position as to the last one
         values = (values - reward_model.mean.float()) / reward_model.std.float()
+    values = _fill_padding(values, attention_mask)
+    return (reward, values) if return_reward else values
+
+
+def _fill_padding(values, attention_mask):
     # Padding positions: the value of the last attended token at or before them (what scoring that
     # truncation returns); 0 before the first attended token.
     attended = attention_mask != 0
     pos = torch.arange(values.shape[1], device=values.device).expand_as(values)
     src = torch.where(attended, pos, torch.full_like(pos, -1)).cummax(1).values
-    values = torch.where(src >= 0, values.gather(1, src.clamp_min(0)), 0.0)
-    return (reward, values) if return_reward else values
+    return torch.where(src >= 0, values.gather(1, src.clamp_min(0)), 0.0)

@@ -33,6 +33,10 @@ __all__ = [
     "compute_advantages_and_returns",
     "advantages_and_returns",
     "prefix_values",
+    "packed_prefix_values",
+    "packed_token_rewards",
+    "packed_dense_reward",
+    "PackedValues",
 ]
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
@@ -108,13 +112,7 @@ def compute_dense_reward(
     apply a group baseline to the scalar reward before `compute_reward`, which per-experience
     rewards cannot carry, so they raise: use `compute_advantages_and_returns` for them.
     """
-    estimator = _check_estimator(advantage_estimator)
-    if estimator not in ("gae", "reinforce"):
-        raise ValueError(
-            f"compute_dense_reward cannot apply the group baseline of advantage_estimator={estimator!r} (OpenRLHF "
-            "subtracts it from the scalar reward before compute_reward); use "
-            "r3hf.integrations.openrlhf.compute_advantages_and_returns(experiences, args, kl_coef, prefix_scores=...)"
-        )
+    _check_dense_estimator(advantage_estimator)
     kl_reward = _kl_reward(kl_coef, kl)
     B, A = kl.shape
     m = _mask(action_mask, kl)
@@ -138,6 +136,17 @@ def compute_dense_reward(
     )
     dense = torch.zeros(B, A, dtype=torch.float32, device=m.device).scatter_add_(1, src, dense_w * inside)
     return dense + kl_reward
+
+
+def _check_dense_estimator(advantage_estimator):
+    estimator = _check_estimator(advantage_estimator)
+    if estimator not in ("gae", "reinforce"):
+        raise ValueError(
+            f"compute_dense_reward cannot apply the group baseline of advantage_estimator={estimator!r} (OpenRLHF "
+            "subtracts it from the scalar reward before compute_reward); use "
+            "r3hf.integrations.openrlhf.compute_advantages_and_returns(experiences, args, kl_coef, prefix_scores=...)"
+        )
+    return estimator
 
 
 def _check_estimator(advantage_estimator):
@@ -183,3 +192,4 @@ def normalize_advantages(advantages, action_mask, *, backend="auto"):
 
 from ._openrlhf_advantages import advantages_and_returns, compute_advantages_and_returns  # noqa: E402
 from ._openrlhf_prefix import prefix_values  # noqa: E402
+from ._openrlhf_packed import PackedValues, packed_dense_reward, packed_prefix_values, packed_token_rewards  # noqa: E402
