@@ -76,3 +76,44 @@ def group_tokens(mask: torch.Tensor, estimator: str) -> None:
     _fail(n > 0, "response_mask has no generated token in the whole batch: group advantages are undefined")
     if estimator in ("reinforce_pp", "reinforce_pp_baseline"):
         _fail(n >= 2, f"estimator={estimator!r} whitens over tokens and needs at least 2 generated tokens")
+
+
+def cu_seqlens_values(cu_seqlens: torch.Tensor, T: int, stream_name: str) -> None:
+    """cu_seqlens[0] = 0, non-decreasing, cu_seqlens[-1] = T (the packed stream's length)."""
+    cu = cu_seqlens
+    if cu.device.type == "cpu":
+        if int(cu[0]) != 0:
+            raise ValueError(f"cu_seqlens[0] must be 0, got {int(cu[0])}")
+        drops = (cu[1:] < cu[:-1]).nonzero()
+        if drops.numel():
+            i = int(drops[0])
+            raise ValueError(
+                f"cu_seqlens must be non-decreasing (sequence i holds positions cu_seqlens[i] .. cu_seqlens[i+1]-1), "
+                f"got cu_seqlens[{i}] = {int(cu[i])} > cu_seqlens[{i + 1}] = {int(cu[i + 1])}"
+            )
+        if int(cu[-1]) != T:
+            raise ValueError(f"cu_seqlens[-1] must equal T = {T}, the length of the packed {stream_name}; got {int(cu[-1])}")
+        return
+    _fail(cu[0] == 0, "cu_seqlens[0] must be 0")
+    _fail((cu[1:] >= cu[:-1]).all(), "cu_seqlens must be non-decreasing")
+    _fail(cu[-1] == T, f"cu_seqlens[-1] must equal T = {T}, the length of the packed {stream_name}")
+
+
+def packed_prompts(cu_seqlens: torch.Tensor, response_mask: torch.Tensor, first: str) -> None:
+    """first="prompt" reads the score just before each sequence's first generated token, so that
+    token must not be the sequence's first position (padded ops: prompt_len >= 1)."""
+    T = response_mask.shape[0]
+    if first != "prompt" or T == 0:
+        return
+    begin, end = cu_seqlens[:-1], cu_seqlens[1:]
+    starts_generated = response_mask[begin.clamp(0, T - 1)] & (end > begin)
+    message = ("first='prompt' needs a prompt token before each sequence's first generated token (the prompt-only "
+               "score is the score just before it)")
+    if response_mask.device.type == "cpu":
+        bad = starts_generated.nonzero()
+        if bad.numel():
+            i = int(bad[0])
+            raise ValueError(f"{message}; sequence {i} (response_mask[cu_seqlens[{i}]]) starts with a generated "
+                             "token — use first='zero' for sequences without a prompt")
+        return
+    _fail(~starts_generated.any(), message)

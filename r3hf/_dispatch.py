@@ -3,9 +3,10 @@
 A backend is a module exposing the ops it implements (same names and normalised arguments as
 `r3hf.reference`), an `OPS` tuple naming them and `unavailable_reason(device) -> str | None`.
 "auto" prefers Triton for CUDA tensors, then the C++ extension, then the torch reference.
-Peer-convention options (`r3hf._validate.OP_OPTIONS`, e.g. gae's carry_masked) reach a backend
-only when set, and only a backend listing them in an optional `OPTIONS` dict (op -> names) is
-chosen for such a call; "auto" otherwise falls back to torch, which implements them all.
+Peer-convention options (`r3hf._validate.OP_OPTIONS`, e.g. gae's carry_masked, or cu_seqlens for a
+packed batch) reach a backend only when set, and only a backend listing them in an optional
+`OPTIONS` dict (op -> names), on a device its optional `OPTION_DEVICES` (option -> device types)
+allows, is chosen for such a call; "auto" otherwise falls back to torch, which implements them all.
 """
 
 from __future__ import annotations
@@ -64,6 +65,11 @@ def _why_not(name: str, op: str, device: torch.device, options=()) -> str | None
         missing = [o for o in options if o not in getattr(module, "OPTIONS", {}).get(op, ())]
         if missing:
             return f"{name} backend does not implement {op}'s option {', '.join(missing)}"
+        # Options a backend implements on some devices only (e.g. C++ packed kernels on CPU only).
+        for o in options:
+            on = getattr(module, "OPTION_DEVICES", {}).get(o)
+            if on is not None and device.type not in on:
+                return f"{name} backend implements {op}'s option {o} on {', '.join(on)} only"
         why = module.unavailable_reason(device)
         if why:
             return why
@@ -91,7 +97,8 @@ def implementation(op: str, backend: str, device: torch.device, options=()):
 
 
 def backends() -> dict:
-    """Which backends exist, why the others do not, and which one each op uses per device."""
+    """Which backends exist, why the others do not, and which one each op uses per device, padded
+    ("ops") and packed ("packed", with cu_seqlens)."""
     report = {}
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     for name in _MODULES:
@@ -104,6 +111,8 @@ def backends() -> dict:
             entry["build"] = build()
         report[name] = entry
     report["ops"] = {op: {d.type: choose(op, "auto", d) for d in devices} for op in OP_NAMES}
+    # Packed batches (cu_seqlens, docs/packed.md): a backend may run an op padded but not packed.
+    report["packed"] = {op: {d.type: choose(op, "auto", d, ("cu_seqlens",)) for d in devices} for op in OP_NAMES}
     report["why_not"] = {
         d.type: {
             name: why

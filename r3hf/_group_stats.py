@@ -74,6 +74,13 @@ torch.distributed process group.
                         holes="skip"; recomputed from r rather than G − shift·count-to-go, which
                         cancels badly when the shift is large).
    shift and scale are float32 [B]; compute in fp32.
+
+Packed batches (issue 16, `cu_seqlens` int64 [N + 1]): a sequence is a row. A backend listing
+"cu_seqlens" in its OPTIONS for these ops is called with keyword `cu_seqlens`; its passes then take
+it too: row_pass(rewards [T], response_mask [T], gamma, cu_seqlens=) -> (returns [T], stats [N, 5]),
+finish(..., shift [N], scale [N], gamma, on_rewards, cu_seqlens=) -> [T], fused_row_pass(hidden
+[T, D], ..., prompt_len=None, ..., cu_seqlens=). Each sequence's statistics cover its response
+region only (r3hf.reference.packed); every position outside the response regions is 0.
 """
 
 from __future__ import annotations
@@ -118,8 +125,15 @@ def _row_moments(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, tor
     return n, total, m2
 
 
-def row_pass(rewards: torch.Tensor, response_mask: torch.Tensor, gamma: float):
-    """-> (returns float32 [B, L], stats float64 [B, 5]); see the module docstring, step 1."""
+def row_pass(rewards: torch.Tensor, response_mask: torch.Tensor, gamma: float, cu_seqlens=None):
+    """-> (returns float32 [B, L], stats float64 [B, 5]); see the module docstring, step 1.
+    Packed ([T], cu_seqlens [N + 1]) -> (returns [T], stats [N, 5]), a sequence per row."""
+    if cu_seqlens is not None:
+        from .reference.packed import Packing
+
+        p = Packing(cu_seqlens, response_mask)
+        returns, stats = row_pass(p.rows(rewards), p.rows(response_mask), gamma)
+        return p.unpack(returns), stats
     r = torch.where(response_mask, rewards.float(), 0.0)
     returns = _scan(r, response_mask, gamma)
     n, s, m2_r = _row_moments(r, response_mask)
@@ -127,8 +141,14 @@ def row_pass(rewards: torch.Tensor, response_mask: torch.Tensor, gamma: float):
     return returns, torch.stack([n, s, m2_r, sum_g, m2_g], dim=1)
 
 
-def finish(rewards, returns, response_mask, shift, scale, gamma: float, on_rewards: bool) -> torch.Tensor:
-    """-> advantages float32 [B, L]; see the module docstring, step 3."""
+def finish(rewards, returns, response_mask, shift, scale, gamma: float, on_rewards: bool, cu_seqlens=None):
+    """-> advantages float32 [B, L]; see the module docstring, step 3. Packed: [T], shift/scale [N]."""
+    if cu_seqlens is not None:
+        from .reference.packed import Packing
+
+        p = Packing(cu_seqlens, response_mask)
+        rows = finish(p.rows(rewards), p.rows(returns), p.rows(response_mask), shift, scale, gamma, on_rewards)
+        return p.unpack(rows)
     if on_rewards:
         x = torch.where(response_mask, (rewards.float() - shift[:, None]) * scale[:, None], 0.0)
         return _scan(x, response_mask, gamma)
@@ -294,37 +314,45 @@ def _batch_std(s: torch.Tensor) -> torch.Tensor:
 # --- wiring -----------------------------------------------------------------------------------
 
 
-def group_advantages(row_pass_fn, finish_fn, rewards, response_mask, index, estimator, gamma, eps, scale, group):
+def _packed(cu_seqlens) -> dict:
+    """cu_seqlens for a backend's passes, handed over only for a packed batch."""
+    return {} if cu_seqlens is None else {"cu_seqlens": cu_seqlens}
+
+
+def group_advantages(row_pass_fn, finish_fn, rewards, response_mask, index, estimator, gamma, eps, scale, group,
+                     cu_seqlens=None):
     """A backend's group_advantages from its two passes (see the module docstring)."""
-    returns, stats = row_pass_fn(rewards, response_mask, gamma)
+    packed = _packed(cu_seqlens)
+    returns, stats = row_pass_fn(rewards, response_mask, gamma, **packed)
     shift, mult, on_rewards = affine(stats, index, estimator, eps, scale, group)
-    return finish_fn(rewards, returns, response_mask, shift, mult, gamma, on_rewards)
+    return finish_fn(rewards, returns, response_mask, shift, mult, gamma, on_rewards, **packed)
 
 
 def fused_reward_group_advantages(
     fused_row_pass_fn, finish_fn, hidden, weight, bias, response_mask, prompt_len, index, estimator="grpo",
     logprobs=None, ref_logprobs=None, kl_coef=0.0, kl_estimator="k1", kl_clamp=None, first="prompt", beta_c=1.0,
-    reward_clip=None, gamma=1.0, eps=1e-6, scale="group", group=None,
+    reward_clip=None, gamma=1.0, eps=1e-6, scale="group", group=None, cu_seqlens=None,
 ):
     """A backend's fused_reward_group_advantages from its fused row pass and finish -> (rewards, advantages)."""
+    packed = _packed(cu_seqlens)
     rewards, returns, stats = fused_row_pass_fn(
         hidden, weight, bias, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp,
-        first, beta_c, reward_clip, gamma,
+        first, beta_c, reward_clip, gamma, **packed,
     )
     shift, mult, on_rewards = affine(stats, index, estimator, eps, scale, group)
-    return rewards, finish_fn(rewards, returns, response_mask, shift, mult, gamma, on_rewards)
+    return rewards, finish_fn(rewards, returns, response_mask, shift, mult, gamma, on_rewards, **packed)
 
 
 def fused_row_pass(
     hidden, weight, bias, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp,
-    first, beta_c, reward_clip, gamma,
+    first, beta_c, reward_clip, gamma, cu_seqlens=None,
 ):
-    """Torch form of the fused row pass -> (rewards, returns, stats); see step 1."""
+    """Torch form of the fused row pass -> (rewards, returns, stats); see step 1. Packed: hidden [T, D]."""
     from .reference import prefix_scores, token_rewards
 
     rewards = token_rewards(
         prefix_scores(hidden, weight, bias), response_mask, prompt_len, logprobs, ref_logprobs, kl_coef,
-        kl_estimator, kl_clamp, first, beta_c, reward_clip,
+        kl_estimator, kl_clamp, first, beta_c, reward_clip, cu_seqlens=cu_seqlens,
     )
-    returns, stats = row_pass(rewards, response_mask, gamma)
+    returns, stats = row_pass(rewards, response_mask, gamma, cu_seqlens)
     return rewards, returns, stats

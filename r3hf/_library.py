@@ -40,11 +40,25 @@ class Op:
     names: tuple = field(default=())  # filled in from the schema
 
 
-def _prompt_len_check(scores_arg: str):
+def _layout_check(stream_arg: str, prompt_len: bool = False, then=None):
+    """Data checks of the batch layout: prompt_len's range (padded), or cu_seqlens' values and
+    first="prompt"'s prompt tokens (packed); then `then(a)` if given."""
     def check(a):
-        S = a[scores_arg].shape[1]
-        _checks.prompt_len_values(a["prompt_len"], S, a["response_mask"].shape[1], a["first"], scores_arg)
+        cu = a.get("cu_seqlens")
+        if cu is not None:
+            _checks.cu_seqlens_values(cu, a[stream_arg].shape[0], stream_arg)
+            if prompt_len:
+                _checks.packed_prompts(cu, a["response_mask"], a["first"])
+        elif prompt_len:
+            S = a[stream_arg].shape[1]
+            _checks.prompt_len_values(a["prompt_len"], S, a["response_mask"].shape[1], a["first"], stream_arg)
+        if then is not None:
+            then(a)
     return check
+
+
+def _group_tokens(a):
+    _checks.group_tokens(a["response_mask"], a["estimator"])
 
 
 def _BL(a):
@@ -53,46 +67,66 @@ def _BL(a):
 
 OPS: dict[str, Op] = {
     "prefix_scores": Op(
-        "Tensor hidden, Tensor weight, Tensor? bias", lambda a: [tuple(a["hidden"].shape[:2])]),
+        "Tensor hidden, Tensor weight, Tensor? bias, Tensor? cu_seqlens", lambda a: [tuple(a["hidden"].shape[:-1])],
+        checks=_layout_check("hidden")),
     "redistribute": Op(
-        "Tensor scores, Tensor response_mask, Tensor prompt_len, str first, float beta_c, bool beta_c_auto", _BL,
-        checks=_prompt_len_check("scores")),
+        "Tensor scores, Tensor response_mask, Tensor? prompt_len, str first, float beta_c, bool beta_c_auto, "
+        "Tensor? cu_seqlens", _BL,
+        checks=_layout_check("scores", prompt_len=True)),
     "kl_penalty": Op(
-        "Tensor logprobs, Tensor ref_logprobs, str estimator, float[]? clamp",
-        lambda a: [tuple(a["logprobs"].shape)], ranges=("clamp",), kl="kl"),
+        "Tensor logprobs, Tensor ref_logprobs, str estimator, float[]? clamp, Tensor? cu_seqlens",
+        lambda a: [tuple(a["logprobs"].shape)], ranges=("clamp",), kl="kl", checks=_layout_check("logprobs")),
     "token_rewards": Op(
-        "Tensor scores, Tensor response_mask, Tensor prompt_len, Tensor? logprobs, Tensor? ref_logprobs, "
+        "Tensor scores, Tensor response_mask, Tensor? prompt_len, Tensor? logprobs, Tensor? ref_logprobs, "
         "float kl_coef, str kl_estimator, float[]? kl_clamp, str first, float beta_c, float[]? reward_clip, "
-        "bool beta_c_auto", _BL, ranges=("kl_clamp", "reward_clip"), checks=_prompt_len_check("scores"), kl="rewards"),
+        "bool beta_c_auto, "
+        "Tensor? cu_seqlens", _BL, ranges=("kl_clamp", "reward_clip"), checks=_layout_check("scores", prompt_len=True),
+        kl="rewards"),
     "gae": Op(
         "Tensor rewards, Tensor values, Tensor response_mask, float gamma, float lam, Tensor? bootstrap, "
-        "bool carry_masked", lambda a: [tuple(a["rewards"].shape)] * 2, outputs=2),
+        "bool carry_masked, "
+        "Tensor? cu_seqlens", lambda a: [tuple(a["rewards"].shape)] * 2, outputs=2, checks=_layout_check("rewards")),
     "masked_whiten": Op(
-        "Tensor x, Tensor mask, bool shift_mean, bool unbiased, float eps, bool transform_masked, str eps_mode",
-        lambda a: [tuple(a["x"].shape)]),
+        "Tensor x, Tensor mask, bool shift_mean, bool unbiased, float eps, bool transform_masked, str eps_mode, "
+        "Tensor? cu_seqlens",
+        lambda a: [tuple(a["x"].shape)], checks=_layout_check("x")),
     "fused_reward_gae": Op(
-        "Tensor hidden, Tensor weight, Tensor? bias, Tensor values, Tensor response_mask, Tensor prompt_len, "
+        "Tensor hidden, Tensor weight, Tensor? bias, Tensor values, Tensor response_mask, Tensor? prompt_len, "
         "Tensor? logprobs, Tensor? ref_logprobs, float kl_coef, str kl_estimator, float[]? kl_clamp, float gamma, "
-        "float lam, str first, float beta_c, float[]? reward_clip, Tensor? bootstrap, bool beta_c_auto",
+        "float lam, str first, float beta_c, float[]? reward_clip, Tensor? bootstrap, bool beta_c_auto, "
+        "Tensor? cu_seqlens",
         lambda a: [tuple(a["response_mask"].shape)] * 3, ranges=("kl_clamp", "reward_clip"),
-        checks=_prompt_len_check("hidden"), kl="fused", outputs=3),
+        checks=_layout_check("hidden", prompt_len=True), kl="fused", outputs=3),
     # Group advantages (issue 12). `group=` (torch.distributed) calls run eagerly, outside the custom op.
     "reward_to_go": Op(
-        "Tensor rewards, Tensor response_mask, float gamma, str holes", lambda a: [tuple(a["rewards"].shape)]),
+        "Tensor rewards, Tensor response_mask, float gamma, str holes, "
+        "Tensor? cu_seqlens", lambda a: [tuple(a["rewards"].shape)],
+        checks=_layout_check("rewards")),
     "group_advantages": Op(
-        "Tensor rewards, Tensor response_mask, Tensor index, str estimator, float gamma, float eps, str scale",
-        lambda a: [tuple(a["rewards"].shape)], checks=lambda a: _checks.group_tokens(a["response_mask"], a["estimator"])),
+        "Tensor rewards, Tensor response_mask, Tensor index, str estimator, float gamma, float eps, str scale, "
+        "Tensor? cu_seqlens",
+        lambda a: [tuple(a["rewards"].shape)], checks=_layout_check("rewards", then=_group_tokens)),
     "fused_reward_group_advantages": Op(
-        "Tensor hidden, Tensor weight, Tensor? bias, Tensor response_mask, Tensor prompt_len, Tensor index, "
+        "Tensor hidden, Tensor weight, Tensor? bias, Tensor response_mask, Tensor? prompt_len, Tensor index, "
         "str estimator, Tensor? logprobs, Tensor? ref_logprobs, float kl_coef, str kl_estimator, float[]? kl_clamp, "
-        "str first, float beta_c, float[]? reward_clip, float gamma, float eps, str scale, bool beta_c_auto",
+        "str first, float beta_c, float[]? reward_clip, float gamma, float eps, str scale, bool beta_c_auto, "
+        "Tensor? cu_seqlens",
         lambda a: [tuple(a["response_mask"].shape)] * 2, ranges=("kl_clamp", "reward_clip"),
-        checks=lambda a: (_prompt_len_check("hidden")(a), _checks.group_tokens(a["response_mask"], a["estimator"])),
+        checks=_layout_check("hidden", prompt_len=True, then=_group_tokens),
         outputs=2),  # kl=None: the group statistics make the advantages non-linear in the KL; reference VJP
 }
 
 # Option defaults (r3hf._validate.OP_OPTIONS): a backend is handed an option only when it is set.
-_DEFAULTS = {"carry_masked": False, "transform_masked": False, "eps_mode": "add", "beta_c_auto": False}
+# cu_seqlens (a packed batch, issue 16) is an option too: backends list it in OPTIONS per op.
+_DEFAULTS = {"carry_masked": False, "transform_masked": False, "eps_mode": "add", "beta_c_auto": False,
+             "cu_seqlens": None}
+
+
+def _is_default(k: str, val) -> bool:
+    if k not in _DEFAULTS:
+        return False
+    default = _DEFAULTS[k]
+    return val is None if default is None else (not isinstance(val, torch.Tensor) and val == default)
 
 
 def _arg_names(schema: str) -> tuple:
@@ -113,7 +147,7 @@ def _kwargs(name: str, args) -> dict:
 
 
 def _backend_kwargs(a: dict) -> dict:
-    return {k: val for k, val in a.items() if not (k in _DEFAULTS and val == _DEFAULTS[k])}
+    return {k: val for k, val in a.items() if not _is_default(k, val)}
 
 
 def _make(name: str, n_out: int):
@@ -184,7 +218,7 @@ def _kl_grad(name: str, a: dict, grads) -> torch.Tensor:
     if name == "fused_reward_gae":
         g_scan = sum(g for g in grads[1:] if g is not None)
         if not isinstance(g_scan, int):
-            g_rewards = g_rewards.float() + ref_grad.gae_rewards_vjp(g_scan, mask, a["gamma"], a["lam"])
+            g_rewards = g_rewards.float() + ref_grad.gae_rewards_vjp(g_scan, mask, a["gamma"], a["lam"], a.get("cu_seqlens"))
     g = torch.where(mask, g_rewards.float(), torch.zeros((), device=mask.device)) * (-a["kl_coef"])
     return ref_grad.kl_penalty_grad(g, a["logprobs"], a["ref_logprobs"], a["kl_estimator"], a["kl_clamp"])
 
@@ -296,7 +330,7 @@ def _plain_cpu_eager(args: dict):
             tensors.append(t)
         elif type(t) not in _SCALARS and isinstance(t, torch.Tensor):  # a subclass (fake, functional...)
             return None
-        elif k == "group" or (k in _DEFAULTS and t == _DEFAULTS[k]):
+        elif k == "group" or _is_default(k, t):
             continue
         kwargs[k] = t
     return kwargs, tensors

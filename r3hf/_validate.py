@@ -31,6 +31,10 @@ OP_OPTIONS = {"gae": ("carry_masked",), "masked_whiten": ("transform_masked", "e
 # beta_c="auto" reaches the ops as beta_c_auto=True (beta_c then unused): an option like the above.
 OP_OPTIONS.update({op: ("beta_c_auto",) for op in ("redistribute", "token_rewards", "fused_reward_gae",
                                                     "fused_reward_group_advantages")})
+# cu_seqlens (a packed batch, r3hf._validate_packed) reaches a backend only if it lists it for the op.
+for _op in ("prefix_scores", "redistribute", "kl_penalty", "token_rewards", "gae", "masked_whiten", "fused_reward_gae",
+            "reward_to_go", "group_advantages", "fused_reward_group_advantages"):
+    OP_OPTIONS[_op] = OP_OPTIONS.get(_op, ()) + ("cu_seqlens",)
 BETA_C_AUTO = "auto"
 
 
@@ -142,6 +146,9 @@ def as_prompt_len(
     prompt_len, B: int, S: int, L: int, device: torch.device, first: str, scores_name: str = "scores"
 ) -> torch.Tensor:
     """int or integer tensor [B] -> int64 [B] on `device`, checked against S and L."""
+    if prompt_len is None:
+        raise TypeError("prompt_len must be an int or an integer tensor [B] for a padded batch "
+                        "(None only with cu_seqlens, for a packed one)")
     if isinstance(prompt_len, torch.Tensor):
         if prompt_len.is_floating_point() or prompt_len.is_complex() or prompt_len.dtype == torch.bool:
             raise TypeError(f"prompt_len must be an int or an integer tensor [B], got {prompt_len.dtype}")

@@ -24,16 +24,17 @@ def fused_reward_gae(
     reward_clip: tuple[float, float] | None = None,
     bootstrap: torch.Tensor | None = None,
     beta_c_auto: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """gae(token_rewards(prefix_scores(hidden, weight, bias), …), values, …).
 
     hidden [B, S, D], values/response_mask/logprobs [B, L] -> (rewards, advantages, returns),
-    each float32 [B, L]. Whitening is not part of it.
+    each float32 [B, L]. Whitening is not part of it. Packed: hidden [T, D], the rest [T], cu_seqlens.
     """
     scores = prefix_scores(hidden, weight, bias)
     rewards = token_rewards(
         scores, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp,
-        first, beta_c, reward_clip, beta_c_auto,
+        first, beta_c, reward_clip, beta_c_auto, cu_seqlens,
     )
-    advantages, returns = gae(rewards, values, response_mask, gamma, lam, bootstrap)
+    advantages, returns = gae(rewards, values, response_mask, gamma, lam, bootstrap, cu_seqlens=cu_seqlens)
     return rewards, advantages, returns

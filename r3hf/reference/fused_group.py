@@ -26,15 +26,16 @@ def fused_reward_group_advantages(
     scale: str = "group",
     group=None,
     beta_c_auto: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """group_advantages(token_rewards(prefix_scores(hidden, weight, bias), …), …).
 
     hidden [B, S, D], response_mask [B, L], index int64 [B] -> (rewards, advantages), each
-    float32 [B, L].
+    float32 [B, L]. Packed: hidden [T, D], the rest [T], index [N], cu_seqlens.
     """
     scores = prefix_scores(hidden, weight, bias)
     rewards = token_rewards(
         scores, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp,
-        first, beta_c, reward_clip, beta_c_auto,
+        first, beta_c, reward_clip, beta_c_auto, cu_seqlens,
     )
-    return rewards, group_advantages(rewards, response_mask, index, estimator, gamma, eps, scale, group)
+    return rewards, group_advantages(rewards, response_mask, index, estimator, gamma, eps, scale, group, cu_seqlens)

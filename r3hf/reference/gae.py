@@ -9,6 +9,7 @@ def gae(
     lam: float = 0.95,
     bootstrap: torch.Tensor | None = None,
     carry_masked: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation over [B, L] -> (advantages, returns), float32.
 
@@ -17,7 +18,12 @@ def gae(
     adv_t = a, v' = V_t; at a masked t, adv_t = 0 and v', a carry over unchanged (veRL ≥ 0.5's
     multi-turn rule). returns = (adv + V) at generated positions, 0 elsewhere. With only
     trailing padding this is the TRL/OpenRLHF loop; with γ = λ = 1 it is reward-to-go − V.
+    Packed ([T], cu_seqlens, bootstrap [N]): see `r3hf.reference.packed`.
     """
+    if cu_seqlens is not None:
+        from . import packed
+
+        return packed.gae(rewards, values, response_mask, gamma, lam, bootstrap, carry_masked, cu_seqlens)
     r = rewards.float()
     v = values.float()
     B, L = r.shape

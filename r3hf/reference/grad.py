@@ -43,14 +43,22 @@ def kl_penalty_grad(
     return g
 
 
-def gae_rewards_vjp(grad: torch.Tensor, response_mask: torch.Tensor, gamma: float, lam: float) -> torch.Tensor:
+def gae_rewards_vjp(
+    grad: torch.Tensor, response_mask: torch.Tensor, gamma: float, lam: float, cu_seqlens: torch.Tensor | None = None
+) -> torch.Tensor:
     """Σ_t grad[t] · ∂adv_t/∂r_s for GAE (r3hf.reference.gae) -> float32 [B, L].
 
     adv_t = Σ over generated s ≥ t of (γλ)^(number of generated tokens in (t, s]) · δ_s, and
     ∂δ_s/∂r_s = 1, so the transpose is a forward scan over generated positions:
     acc ← grad[s] + γλ·acc at a generated s (0 at masked positions, whose reward does not count).
-    returns = adv + V has the same Jacobian with respect to the rewards.
+    returns = adv + V has the same Jacobian with respect to the rewards. Packed ([T], cu_seqlens):
+    the same per sequence (`r3hf.reference.packed`).
     """
+    if cu_seqlens is not None:
+        from .packed import Packing
+
+        p = Packing(cu_seqlens, response_mask)
+        return p.unpack(gae_rewards_vjp(p.rows(grad), p.rows(response_mask), gamma, lam))
     g = grad.float()
     B, L = g.shape
     gl = gamma * lam

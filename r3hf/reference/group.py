@@ -48,6 +48,7 @@ def group_advantages(
     eps: float = 1e-6,
     scale: str = "group",
     group=None,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Token-level group advantages [B, L] -> float32 [B, L], 0 at masked positions.
 
@@ -62,7 +63,12 @@ def group_advantages(
     Means and unbiased stds follow veRL 0.9.1: a statistic over fewer than 2 values is mean 0,
     std 1 (a singleton group; RLOO's singleton keeps its own return). With a torch.distributed
     `group`, the result is this rank's rows of the same computation on every rank's rows together.
+    Packed ([T], cu_seqlens, index [N]: a sequence is a row): `r3hf.reference.packed`.
     """
+    if cu_seqlens is not None:
+        from . import packed
+
+        return packed.group_advantages(rewards, response_mask, index, estimator, gamma, eps, scale, group, cu_seqlens)
     if group is not None:
         return _on_whole_batch(rewards, response_mask, index, group, estimator, gamma, eps, scale)
     check_tokens(int(torch.count_nonzero(response_mask)), estimator)

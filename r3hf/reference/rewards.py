@@ -49,6 +49,7 @@ def redistribute(
     first: str = "prompt",
     beta_c: float = 1.0,
     beta_c_auto: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """R3HF/RED token rewards from prefix scores.
 
@@ -67,7 +68,14 @@ def redistribute(
     last token). beta_c_auto=True (ops' beta_c="auto") uses β(u_k)·Φ_k instead, with β from
     `auto_beta` (leave-one-out over the batch at each response position): the reward-to-go from
     u_k is R − β(u_k)·Φ_k, the variance-minimising scaled baseline.
+
+    cu_seqlens (int64 [N + 1]): a packed batch, scores and response_mask [T], prompt_len None
+    (`r3hf.reference.packed`).
     """
+    if cu_seqlens is not None:
+        from . import packed
+
+        return packed.redistribute(scores, response_mask, first, beta_c, beta_c_auto, cu_seqlens)
     s = scores.float()
     mask = response_mask
     B, L = mask.shape
@@ -102,8 +110,11 @@ def kl_penalty(
     ref_logprobs: torch.Tensor,
     estimator: str = "k1",
     clamp: tuple[float, float] | None = None,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-token KL estimate, d = logprobs − ref_logprobs ([B, L] -> float32 [B, L]).
+
+    Elementwise: a packed stream ([T], cu_seqlens given) is computed at every position alike.
 
     k1 = d; k2 = d²/2; k3 = exp(−d) − 1 + d (Schulman's low-variance estimator, as veRL's
     "low_var_kl" and OpenRLHF's k3); abs = |d|. clamp = (low, high) bounds the result.
@@ -137,11 +148,18 @@ def token_rewards(
     beta_c: float = 1.0,
     reward_clip: tuple[float, float] | None = None,
     beta_c_auto: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """mask · (clip(redistribute(scores)) − kl_coef · kl_penalty(logprobs, ref_logprobs)).
 
-    reward_clip bounds the reward-model part only. float32 [B, L], 0 where masked.
+    reward_clip bounds the reward-model part only. float32 [B, L], 0 where masked. Packed
+    ([T], cu_seqlens): see `r3hf.reference.packed`.
     """
+    if cu_seqlens is not None:
+        from . import packed
+
+        return packed.token_rewards(scores, response_mask, logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp,
+                                    first, beta_c, reward_clip, beta_c_auto, cu_seqlens)
     r = redistribute(scores, response_mask, prompt_len, first, beta_c, beta_c_auto)
     if reward_clip is not None:
         r = r.clamp(reward_clip[0], reward_clip[1])

@@ -20,6 +20,7 @@ def masked_whiten(
     group=None,
     transform_masked: bool = False,
     eps_mode: str = "add",
+    cu_seqlens: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Whiten x over the positions where mask is set; any shape, float32 out, 0 where masked.
 
@@ -31,7 +32,13 @@ def masked_whiten(
     Peer conventions, off by default: transform_masked=True transforms every position with the
     statistics of the selected ones instead of writing 0 where masked (veRL, OpenRLHF);
     eps_mode="max" uses rsqrt(max(var, eps)) instead of rsqrt(var + eps) (OpenRLHF).
+    Packed ([T], cu_seqlens): the same statistics; 0 outside the response regions
+    (`r3hf.reference.packed`).
     """
+    if cu_seqlens is not None:
+        from . import packed
+
+        return packed.masked_whiten(x, mask, shift_mean, unbiased, eps, group, transform_masked, eps_mode, cu_seqlens)
     xf = x.float()
     zero = torch.zeros_like(xf)
     count = _all_reduce(mask.sum().to(torch.float64).reshape(1), group)
