@@ -228,4 +228,8 @@ def build(size: str, device: torch.device, groups=GROUPS) -> list[Case]:
         out += [c for B, T in sizes["rtg"] if (c := rtg_case(B, T, device)) is not None]
     if "fused_group" in groups:
         out += [fused_group_case(B, S, D, device) for B, S, D in sizes["fused_group"]]
+    if "packed" in groups:  # opt-in (issue 16): packed vs padded, r3hf/bench/packed.py
+        from .packed import build as build_packed
+
+        out += build_packed(size, device)
     return out

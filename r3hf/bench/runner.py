@@ -40,7 +40,8 @@ def run_case(case: Case, device: torch.device, min_time: float) -> dict:
         r["speedup_vs_baseline"] = base / r["median_s"]
     if case.bytes_read:
         probe = "copy-probe" if "copy-probe" in results else "read-probe"
-        moved = case.bytes_read * (2 if probe == "copy-probe" else 1)
+        # The probe may read more than the op must (packed cases: all of hidden [T, D]).
+        moved = case.notes.get("probe_bytes", case.bytes_read) * (2 if probe == "copy-probe" else 1)
         probe_bw = moved / results[probe]["median_s"]
         for name, r in results.items():
             if name.endswith("-probe"):
