@@ -411,3 +411,94 @@ def test_public_ops_packed_cpp_refuses_what_it_lacks():
                 backend="cpp")
     adv, _ = ops.gae(b["rewards"], b["values"], b["response_mask"], carry_masked=True, cu_seqlens=b["cu_seqlens"])
     assert adv.shape == b["rewards"].shape
+
+
+def _packed_opcheck_cases():
+    b, _ = batch_for(7, 30, 4)
+    bf, _ = batch_for(7, 30, 4, dtype=torch.bfloat16)
+    cu, m = b["cu_seqlens"], b["response_mask"]
+    lp, ref, N = b["logprobs"], b["ref_logprobs"], 7
+    r = torch.ops.r3hf
+    return [
+        (r.packed_token_rewards.default, (b["scores"], m, cu, lp, ref, 0.1, "k3", [-1.0, 1.0], "prompt", 0.5, None)),
+        (r.packed_gae.default, (b["rewards"], b["values"], m, cu, 0.99, 0.95, b["bootstrap"])),
+        (r.packed_fused_reward_gae.default,
+         (bf["hidden"], b["weight"], b["bias"], b["values"], m, cu, lp, ref, 0.1, "k1", None, 1.0, 0.95, "prompt",
+          1.0, [-2.0, 2.0], None)),
+        (r.packed_response_region.default, (m, cu)),
+        (r.packed_reward_to_go.default, (b["rewards"], m, cu, 0.9, "discount")),
+        (r.packed_group_row_pass.default, (b["rewards"], m, cu, 0.9, True, True)),
+        (r.packed_fused_reward_group_row_pass.default,
+         (b["hidden"], b["weight"], None, m, cu, None, None, 0.0, "k1", None, "prompt", 1.0, None, 1.0)),
+        (r.packed_group_finish.default, (b["rewards"], m, cu, torch.randn(N), torch.rand(N), 0.9, True)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_packed_opcheck(case):
+    # Schema, fake (meta) kernels and their agreement with the CPU kernels.
+    op, args = _packed_opcheck_cases()[case]
+    torch.library.opcheck(op, args)
+
+
+# --- property: any layout, packed == padded C++ bit for bit -------------------------------------
+
+from hypothesis import assume, given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_sequence = st.tuples(st.integers(0, 40), st.integers(0, 260), st.integers(0, 2**31 - 1))  # prompt, response, seed
+
+
+def _stream(seqs, first):
+    """cu_seqlens and mask [T] from (prompt length, response length, seed) per sequence: responses
+    with holes and trailing non-generated tokens; first="prompt" gets at least 1 prompt token."""
+    masks = []
+    for p, n, seed in seqs:
+        gen = torch.Generator().manual_seed(seed)
+        if first == "prompt" and n:
+            p = max(p, 1)
+        region = torch.rand(n, generator=gen) >= float(torch.rand((), generator=gen)) * 0.5
+        if n:
+            trailing = int(torch.randint(0, n, (1,), generator=gen)) if seed % 3 == 0 else 0
+            region[n - trailing:] = False
+            region[0] = True  # s_i
+        masks.append(torch.cat([torch.zeros(p, dtype=torch.bool), region]))
+    lengths = torch.tensor([m.numel() for m in masks])
+    cu = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
+    return cu, torch.cat(masks)
+
+
+@given(seqs=st.lists(_sequence, min_size=1, max_size=64), first=st.sampled_from(["prompt", "zero"]),
+       estimator=st.sampled_from(["grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "grpo_process"]),
+       holes=st.sampled_from(["skip", "discount"]), seed=st.integers(0, 2**31 - 1))
+def test_property_packed_equals_padded_cpp(seqs, first, estimator, holes, seed):
+    cu, m = _stream(seqs, first)
+    assume(int(m.sum()) >= 2)
+    T, N, D = m.numel(), len(seqs), 4
+    P = Padder(cu, m)
+    gen = torch.Generator().manual_seed(seed)
+    hidden, w = torch.randn(T, D, generator=gen), torch.randn(D, generator=gen)
+    x, v, lp, ref = (torch.randn(T, generator=gen) for _ in range(4))
+    index = torch.randint(0, max(1, N // 2), (N,), generator=gen)
+    kw = dict(kl_coef=0.1, kl_estimator="k3", kl_clamp=None, first=first, beta_c=0.6, reward_clip=(-3.0, 3.0))
+    got = cpp.fused_reward_gae(hidden, w, None, v, m, None, lp, ref, **kw, gamma=0.99, lam=0.9, cu_seqlens=cu)
+    want = ops.fused_reward_gae(P.seq(hidden), w, None, P.rows(v), P.rows(m), P.prompt_len, logprobs=P.rows(lp),
+                                ref_logprobs=P.rows(ref), **kw, gamma=0.99, lam=0.9, backend="cpp")
+    for g, wt in zip(got, want):
+        same(g, P.unpack(wt))
+    same(cpp.token_rewards(x, m, None, lp, ref, **kw, cu_seqlens=cu),
+         P.unpack(ops.token_rewards(P.seq(x), P.rows(m), P.prompt_len, logprobs=P.rows(lp), ref_logprobs=P.rows(ref),
+                                    **kw, backend="cpp")))
+    same(cpp.reward_to_go(x, m, 0.9, holes, cu_seqlens=cu),
+         P.unpack(ops.reward_to_go(P.rows(x), P.rows(m), 0.9, holes=holes, backend="cpp")))
+    same(cpp.masked_whiten(x, m, transform_masked=True, cu_seqlens=cu),
+         P.unpack(ops.masked_whiten(P.rows(x), P.rows(m), transform_masked=True, backend="cpp")))
+    same(cpp.group_advantages(x, m, index, estimator, 0.95, cu_seqlens=cu),
+         P.unpack(ops.group_advantages(P.rows(x), P.rows(m), index, estimator, gamma=0.95, backend="cpp")))
+    rw, adv = cpp.fused_reward_group_advantages(hidden, w, None, m, None, index, estimator, lp, ref, **kw,
+                                                gamma=0.95, cu_seqlens=cu)
+    want_rw, want_adv = ops.fused_reward_group_advantages(
+        P.seq(hidden), w, None, P.rows(m), P.prompt_len, index, estimator, logprobs=P.rows(lp),
+        ref_logprobs=P.rows(ref), **kw, gamma=0.95, backend="cpp")
+    same(rw, P.unpack(want_rw))
+    same(adv, P.unpack(want_adv))

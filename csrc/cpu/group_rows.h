@@ -84,35 +84,46 @@ struct RowPassColumns {
 // goes into the thread's scratch G [K, L]; G itself is not written out: the finish pass
 // recomputes it with the same fp32 operations (same bits), which saves writing and re-reading a
 // [B, L] tensor.
+// The statistics of one row from its rewards x [L] and, when cols.returns_stats, its scan G [L].
+inline void row_stats(const float* x, const bool* mk, int64_t L, const float* G, RowPassColumns cols, double* s) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  double n, sum;
+  masked_sum(x, mk, L, n, sum);
+  s[STAT_COUNT] = n;
+  s[STAT_SUM_R] = sum;
+  s[STAT_M2_R] = cols.reward_m2 ? masked_m2(x, mk, L, n > 0 ? sum / n : 0.0) : nan;
+  if (cols.returns_stats) {
+    double n_g, sum_g;
+    masked_sum(G, mk, L, n_g, sum_g);
+    s[STAT_SUM_G] = sum_g;
+    s[STAT_M2_G] = masked_m2(G, mk, L, n > 0 ? sum_g / n : 0.0);
+  } else {
+    s[STAT_SUM_G] = nan;
+    s[STAT_M2_G] = nan;
+  }
+}
+
 template <int K>
 void row_pass_block(const float* r, const bool* m, int64_t L, float gamma, RowPassColumns cols, float* G,
                     double* stats) {
   if (cols.returns_stats) rtg_block<K>(r, m, L, gamma, true, G);
-  const double nan = std::numeric_limits<double>::quiet_NaN();
-  for (int k = 0; k < K; ++k) {
-    const float* x = r + k * L;
-    const bool* mk = m + k * L;
-    double* s = stats + k * kStats;
-    double n, sum;
-    masked_sum(x, mk, L, n, sum);
-    s[STAT_COUNT] = n;
-    s[STAT_SUM_R] = sum;
-    s[STAT_M2_R] = cols.reward_m2 ? masked_m2(x, mk, L, n > 0 ? sum / n : 0.0) : nan;
-    if (cols.returns_stats) {
-      double n_g, sum_g;
-      masked_sum(G + k * L, mk, L, n_g, sum_g);
-      s[STAT_SUM_G] = sum_g;
-      s[STAT_M2_G] = masked_m2(G + k * L, mk, L, n > 0 ? sum_g / n : 0.0);
-    } else {
-      s[STAT_SUM_G] = nan;
-      s[STAT_M2_G] = nan;
-    }
-  }
+  for (int k = 0; k < K; ++k)
+    row_stats(r + k * L, m + k * L, L, cols.returns_stats ? G + k * L : nullptr, cols, stats + k * kStats);
 }
 
 // K rows of advantages, one reverse scan (holes="skip"):
 //   on_rewards false: G = reward_to_go(r) recomputed (the row pass's bits), A = m·(G − shift)·scale;
 //   on_rewards true:  A = reward_to_go(m·(r − shift)·scale).
+template <bool OnRewards>
+inline float finish_step(float r, bool mk, float sh, float sc, float gamma, float& running) {
+  if (OnRewards) {
+    const float x = mk ? (r - sh) * sc : 0.f;
+    return rtg_step(x, mk, gamma, true, running);
+  }
+  const float g = rtg_step(mk ? r : 0.f, mk, gamma, true, running);
+  return mk ? (g - sh) * sc : 0.f;
+}
+
 template <int K>
 void finish_block(const float* r, const bool* m, int64_t L, const float* shift, const float* scale, float gamma,
                   bool on_rewards, float* out) {
@@ -122,9 +133,7 @@ void finish_block(const float* r, const bool* m, int64_t L, const float* shift, 
     for (int64_t t = L - 1; t >= 0; --t) {
       for (int k = 0; k < K; ++k) {
         const int64_t i = k * L + t;
-        const bool mk = m[i];
-        const float x = mk ? (r[i] - sh[k]) * sc[k] : 0.f;
-        out[i] = rtg_step(x, mk, gamma, true, running[k]);
+        out[i] = finish_step<true>(r[i], m[i], sh[k], sc[k], gamma, running[k]);
       }
     }
     return;
@@ -132,9 +141,7 @@ void finish_block(const float* r, const bool* m, int64_t L, const float* shift, 
   for (int64_t t = L - 1; t >= 0; --t) {
     for (int k = 0; k < K; ++k) {
       const int64_t i = k * L + t;
-      const bool mk = m[i];
-      const float g = rtg_step(mk ? r[i] : 0.f, mk, gamma, true, running[k]);
-      out[i] = mk ? (g - sh[k]) * sc[k] : 0.f;
+      out[i] = finish_step<false>(r[i], m[i], sh[k], sc[k], gamma, running[k]);
     }
   }
 }

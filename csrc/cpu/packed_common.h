@@ -10,8 +10,10 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 
 #include "cpu_common.h"
@@ -64,6 +66,22 @@ inline void check_first_prompt(const int64_t* cu, int64_t N, const bool* m, bool
 // Sequences per parallel_for task, from the mean work of a sequence (see cpu::grain).
 inline int64_t seq_grain(int64_t T, int64_t N, int64_t work_per_token) {
   return grain(std::max<int64_t>(1, T / std::max<int64_t>(1, N)) * std::max<int64_t>(1, work_per_token));
+}
+
+// Sequences [0, N) in chunks of `grain`, handed out in order to the threads as they free up:
+// sequence lengths vary, so at::parallel_for's equal-count chunks would leave threads idle. A
+// sequence is still computed whole by one thread, so no bit depends on which thread or how many.
+template <typename F>
+void parallel_seqs(int64_t N, int64_t grain, const F& f) {
+  grain = std::max<int64_t>(1, grain);
+  if (N <= grain || at::get_num_threads() == 1) {
+    f(0, N);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
+    for (int64_t b; (b = next.fetch_add(grain)) < N;) f(b, std::min(N, b + grain));
+  });
 }
 
 // hidden [T, D] (or [1, T, D]) as the [1, T, D] view Projection reads (strides kept, no copy).

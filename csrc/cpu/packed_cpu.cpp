@@ -34,6 +34,7 @@ using cpu::contiguous_row_rewards;
 using cpu::first_generated;
 using cpu::packed_hidden;
 using cpu::packed_offsets;
+using cpu::parallel_seqs;
 using cpu::Projection;
 using cpu::seq_grain;
 
@@ -169,9 +170,9 @@ std::tuple<Tensor, Tensor, Tensor> packed_fused_reward_gae_cpu(
   float* p_ret = ret.data_ptr<float>();
   R3HF_DISPATCH_HIDDEN(proj.hidden.scalar_type(), "r3hf::packed_fused_reward_gae", [&] {
     const scalar_t* base = proj.hidden.data_ptr<scalar_t>();
-    at::parallel_for(0, N, seq_grain(T, N, proj.D), [&](int64_t begin, int64_t end) {
-      std::vector<float> s;
-      std::vector<char> need;
+    parallel_seqs(N, seq_grain(T, N, proj.D), [&](int64_t begin, int64_t end) {
+      thread_local std::vector<float> s;
+      thread_local std::vector<char> need;
       for (int64_t i = begin; i < end; ++i) {
         const int64_t c0 = p_cu[i], c1 = p_cu[i + 1], s0 = first_generated(p_m, c0, c1), L = c1 - s0;
         zero(p_rw + c0, s0 - c0);

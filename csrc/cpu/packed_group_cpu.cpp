@@ -3,12 +3,16 @@
 // sequence is a row (stats [N, 5], shift and scale [N]). See csrc/cpu/group_cpu.cpp for the padded
 // kernels and csrc/cpu/packed_common.h for the layout.
 //
-// One sequence per thread in a fixed order with the padded row functions (group_rows.h), so the
-// bits are the padded kernels' for any thread count:
+// Each sequence is computed by one thread with the padded kernels' per-position operations
+// (group_math.h, group_rows.h) in the same order, so the bits are the padded kernels' for any
+// thread count:
 // - the scans (reward-to-go, finish) run over the whole sequence [c0, c1): its prompt positions
 //   are masked and come last in the backward scan, so they change nothing and get 0;
 // - the row statistics run over the response region [s_i, c1), i.e. the padded row itself, so the
 //   moments' fixed lanes see the same positions as in the padded kernel.
+// A reverse scan is a chain of dependent adds, latency-bound one sequence at a time; as the padded
+// kernels interleave kRows rows, these interleave kSeqs sequences of similar length (sequences
+// sorted by scan length, ends aligned). Which sequences share a block changes no bit of any.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/Optional.h>
@@ -31,15 +35,62 @@ using at::Tensor;
 using cpu::check_cpu;
 using cpu::check_first_prompt;
 using cpu::check_stream;
-using cpu::finish_block;
+using cpu::finish_step;
 using cpu::first_generated;
 using cpu::packed_hidden;
 using cpu::packed_offsets;
+using cpu::parallel_seqs;
 using cpu::Projection;
 using cpu::row_pass_block;
 using cpu::RowPassColumns;
-using cpu::rtg_block;
+using cpu::row_stats;
 using cpu::seq_grain;
+
+constexpr int kSeqs = 4;
+
+// The segments [beg[k], end[k]) of K sequences, scanned backwards with their ends aligned: the
+// positions end[k] − 1 − j of all K together while j is below the shortest length, then the rest
+// of each alone. step(k, i) sees each segment's positions in backward order, as a one-sequence scan.
+template <int K, typename Step>
+inline void scan_segments(const int64_t* beg, const int64_t* end, Step&& step) {
+  int64_t n = end[0] - beg[0];
+  for (int k = 1; k < K; ++k) n = std::min(n, end[k] - beg[k]);
+  for (int64_t j = 0; j < n; ++j)
+    for (int k = 0; k < K; ++k) step(k, end[k] - 1 - j);
+  for (int k = 0; k < K; ++k)
+    for (int64_t i = end[k] - 1 - n; i >= beg[k]; --i) step(k, i);
+}
+
+// The segments [beg[i], end[i]) of N sequences in blocks of kSeqs of similar length (sorted by
+// length, ties by index: a fixed order), spread over threads. block(K, seqs) gets the sequence ids.
+template <typename Block>
+void for_seq_blocks(const std::vector<int64_t>& beg, const std::vector<int64_t>& end, int64_t T, Block&& block) {
+  const int64_t N = static_cast<int64_t>(beg.size());
+  std::vector<int64_t> order(N);
+  for (int64_t i = 0; i < N; ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+    const int64_t la = end[a] - beg[a], lb = end[b] - beg[b];
+    return la != lb ? la < lb : a < b;
+  });
+  const int64_t n_blocks = (N + kSeqs - 1) / kSeqs;
+  at::parallel_for(0, n_blocks, seq_grain(T, N, kSeqs), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t* ids = order.data() + b * kSeqs;
+      const int64_t n = std::min<int64_t>(kSeqs, N - b * kSeqs);
+      if (n == kSeqs) {
+        block(std::integral_constant<int, kSeqs>{}, ids);
+      } else {
+        for (int64_t k = 0; k < n; ++k) block(std::integral_constant<int, 1>{}, ids + k);
+      }
+    }
+  });
+}
+
+// (beg, end) per sequence: the whole sequence [cu[i], cu[i+1]).
+void sequence_segments(const int64_t* cu, int64_t N, std::vector<int64_t>& beg, std::vector<int64_t>& end) {
+  beg.assign(cu, cu + N);
+  end.assign(cu + 1, cu + N + 1);
+}
 
 Tensor packed_reward_to_go_cpu(const Tensor& rewards_in, const Tensor& mask_in, const Tensor& cu_in, double gamma,
                                c10::string_view holes) {
@@ -56,11 +107,14 @@ Tensor packed_reward_to_go_cpu(const Tensor& rewards_in, const Tensor& mask_in, 
   const bool* p_m = mask.data_ptr<bool>();
   float* p_out = out.data_ptr<float>();
   const float g = static_cast<float>(gamma);
-  at::parallel_for(0, N, seq_grain(T, N, 1), [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t c0 = p_cu[i];
-      rtg_block<1>(p_r + c0, p_m + c0, p_cu[i + 1] - c0, g, skip, p_out + c0);
-    }
+  std::vector<int64_t> beg, end;
+  sequence_segments(p_cu, N, beg, end);
+  for_seq_blocks(beg, end, T, [&](auto K_, const int64_t* ids) {
+    constexpr int K = decltype(K_)::value;
+    int64_t b[K], e[K];
+    float running[K];
+    for (int k = 0; k < K; ++k) b[k] = beg[ids[k]], e[k] = end[ids[k]], running[k] = 0.f;
+    scan_segments<K>(b, e, [&](int k, int64_t i) { p_out[i] = rtg_step(p_r[i], p_m[i], g, skip, running[k]); });
   });
   return out;
 }
@@ -82,13 +136,29 @@ Tensor packed_group_row_pass_cpu(const Tensor& rewards_in, const Tensor& mask_in
   RowPassColumns cols;
   cols.returns_stats = returns_stats;
   cols.reward_m2 = reward_m2;
-  at::parallel_for(0, N, seq_grain(T, N, 1), [&](int64_t begin, int64_t end) {
-    std::vector<float> G;  // the scan's scratch, one sequence long (not written out; see group_cpu.cpp)
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t c1 = p_cu[i + 1], s0 = first_generated(p_m, p_cu[i], c1);
-      if (cols.returns_stats) G.resize(c1 - s0);
-      row_pass_block<1>(p_r + s0, p_m + s0, c1 - s0, g, cols, G.data(), p_s + i * kStats);
+  // The response regions [s_i, c1): the padded rows.
+  std::vector<int64_t> beg(N), end(p_cu + 1, p_cu + N + 1);
+  at::parallel_for(0, N, seq_grain(T, N, 1), [&](int64_t b0, int64_t b1) {
+    for (int64_t i = b0; i < b1; ++i) beg[i] = first_generated(p_m, p_cu[i], p_cu[i + 1]);
+  });
+  for_seq_blocks(beg, end, T, [&](auto K_, const int64_t* ids) {
+    constexpr int K = decltype(K_)::value;
+    int64_t b[K], e[K], off[K + 1];
+    off[0] = 0;
+    for (int k = 0; k < K; ++k) b[k] = beg[ids[k]], e[k] = end[ids[k]], off[k + 1] = off[k] + e[k] - b[k];
+    // The scan's scratch (not written out: the finish recomputes G, see group_cpu.cpp).
+    thread_local std::vector<float> G;
+    if (cols.returns_stats) {
+      G.resize(off[K]);
+      float running[K];
+      for (int k = 0; k < K; ++k) running[k] = 0.f;
+      scan_segments<K>(b, e, [&](int k, int64_t i) {
+        G[off[k] + i - b[k]] = rtg_step(p_r[i], p_m[i], g, true, running[k]);
+      });
     }
+    for (int k = 0; k < K; ++k)
+      row_stats(p_r + b[k], p_m + b[k], e[k] - b[k], cols.returns_stats ? G.data() + off[k] : nullptr, cols,
+                p_s + ids[k] * kStats);
   });
   return stats;
 }
@@ -128,9 +198,9 @@ std::tuple<Tensor, Tensor> packed_fused_reward_group_row_pass_cpu(
   const float g = static_cast<float>(gamma);
   R3HF_DISPATCH_HIDDEN(proj.hidden.scalar_type(), "r3hf::packed_fused_reward_group_row_pass", [&] {
     const scalar_t* base = proj.hidden.data_ptr<scalar_t>();
-    at::parallel_for(0, N, seq_grain(T, N, proj.D), [&](int64_t begin, int64_t end) {
-      std::vector<float> s, G;
-      std::vector<char> need;
+    parallel_seqs(N, seq_grain(T, N, proj.D), [&](int64_t begin, int64_t end) {
+      thread_local std::vector<float> s, G;
+      thread_local std::vector<char> need;
       for (int64_t i = begin; i < end; ++i) {
         const int64_t c0 = p_cu[i], c1 = p_cu[i + 1], s0 = first_generated(p_m, c0, c1), L = c1 - s0;
         std::fill(p_rw + c0, p_rw + s0, 0.f);
@@ -171,10 +241,25 @@ Tensor packed_group_finish_cpu(const Tensor& rewards_in, const Tensor& mask_in, 
   const float* p_scale = scale.data_ptr<float>();
   float* p_out = out.data_ptr<float>();
   const float g = static_cast<float>(gamma);
-  at::parallel_for(0, N, seq_grain(T, N, 1), [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t c0 = p_cu[i];
-      finish_block<1>(p_r + c0, p_m + c0, p_cu[i + 1] - c0, p_shift + i, p_scale + i, g, on_rewards, p_out + c0);
+  std::vector<int64_t> beg, end;
+  sequence_segments(p_cu, N, beg, end);
+  // finish_block (group_rows.h) with K sequences interleaved.
+  for_seq_blocks(beg, end, T, [&](auto K_, const int64_t* ids) {
+    constexpr int K = decltype(K_)::value;
+    int64_t b[K], e[K];
+    float running[K], sh[K], sc[K];
+    for (int k = 0; k < K; ++k) {
+      b[k] = beg[ids[k]], e[k] = end[ids[k]];
+      running[k] = 0.f, sh[k] = p_shift[ids[k]], sc[k] = p_scale[ids[k]];
+    }
+    if (on_rewards) {
+      scan_segments<K>(b, e, [&](int k, int64_t i) {
+        p_out[i] = finish_step<true>(p_r[i], p_m[i], sh[k], sc[k], g, running[k]);
+      });
+    } else {
+      scan_segments<K>(b, e, [&](int k, int64_t i) {
+        p_out[i] = finish_step<false>(p_r[i], p_m[i], sh[k], sc[k], g, running[k]);
+      });
     }
   });
   return out;
