@@ -146,7 +146,7 @@ def _bootstrap(kind, N):
     return {"none": None, "float": 0.5}[kind]
 
 
-def _index(kind, N, seed):
+def _index(kind, seed, N):
     """[N] group ids in any order, or an int G dividing N (groups of G consecutive sequences)."""
     if kind == "ids":
         gen = torch.Generator().manual_seed(seed)
