@@ -97,7 +97,8 @@ def implementation(op: str, backend: str, device: torch.device, options=()):
 
 
 def backends() -> dict:
-    """Which backends exist, why the others do not, and which one each op uses per device."""
+    """Which backends exist, why the others do not, and which one each op uses per device, padded
+    ("ops") and packed ("packed", with cu_seqlens)."""
     report = {}
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     for name in _MODULES:
@@ -110,6 +111,8 @@ def backends() -> dict:
             entry["build"] = build()
         report[name] = entry
     report["ops"] = {op: {d.type: choose(op, "auto", d) for d in devices} for op in OP_NAMES}
+    # Packed batches (cu_seqlens, docs/packed.md): a backend may run an op padded but not packed.
+    report["packed"] = {op: {d.type: choose(op, "auto", d, ("cu_seqlens",)) for d in devices} for op in OP_NAMES}
     report["why_not"] = {
         d.type: {
             name: why
