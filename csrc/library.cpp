@@ -66,6 +66,34 @@ TORCH_LIBRARY(r3hf, m) {
   m.def(
       "group_finish(Tensor rewards, Tensor response_mask, Tensor shift, Tensor scale, float gamma, "
       "bool on_rewards) -> Tensor");
+  // Packed sequences (issue 16; CPU kernels in csrc/cpu/packed_cpu.cpp, packed_group_cpu.cpp): one
+  // stream of T positions, sequence i at [cu_seqlens[i], cu_seqlens[i+1]) (int32/int64 [N + 1]);
+  // per-token tensors and outputs [T], hidden [T, D] or [1, T, D], bootstrap/shift/scale [N],
+  // stats [N, 5]. Semantics: pad, the padded op, unpack; 0 outside the response regions.
+  m.def(
+      "packed_token_rewards(Tensor scores, Tensor response_mask, Tensor cu_seqlens, Tensor? logprobs, "
+      "Tensor? ref_logprobs, float kl_coef, str kl_estimator, float[]? kl_clamp, str first, float beta_c, "
+      "float[]? reward_clip) -> Tensor");
+  m.def(
+      "packed_gae(Tensor rewards, Tensor values, Tensor response_mask, Tensor cu_seqlens, float gamma, float lam, "
+      "Tensor? bootstrap) -> (Tensor, Tensor)");
+  m.def(
+      "packed_fused_reward_gae(Tensor hidden, Tensor weight, Tensor? bias, Tensor values, Tensor response_mask, "
+      "Tensor cu_seqlens, Tensor? logprobs, Tensor? ref_logprobs, float kl_coef, str kl_estimator, "
+      "float[]? kl_clamp, float gamma, float lam, str first, float beta_c, float[]? reward_clip, "
+      "Tensor? bootstrap) -> (Tensor, Tensor, Tensor)");
+  m.def("packed_response_region(Tensor response_mask, Tensor cu_seqlens) -> Tensor");
+  m.def("packed_reward_to_go(Tensor rewards, Tensor response_mask, Tensor cu_seqlens, float gamma, str holes) -> Tensor");
+  m.def(
+      "packed_group_row_pass(Tensor rewards, Tensor response_mask, Tensor cu_seqlens, float gamma, "
+      "bool returns_stats=True, bool reward_m2=True) -> Tensor");
+  m.def(
+      "packed_fused_reward_group_row_pass(Tensor hidden, Tensor weight, Tensor? bias, Tensor response_mask, "
+      "Tensor cu_seqlens, Tensor? logprobs, Tensor? ref_logprobs, float kl_coef, str kl_estimator, "
+      "float[]? kl_clamp, str first, float beta_c, float[]? reward_clip, float gamma) -> (Tensor, Tensor)");
+  m.def(
+      "packed_group_finish(Tensor rewards, Tensor response_mask, Tensor cu_seqlens, Tensor shift, Tensor scale, "
+      "float gamma, bool on_rewards) -> Tensor");
 }
 
 namespace {

@@ -26,6 +26,7 @@
 #include "../op_args.h"
 #include "../r3hf_math.h"
 #include "cpu_common.h"
+#include "group_rows.h"
 
 namespace r3hf {
 namespace {
@@ -36,6 +37,10 @@ using cpu::check_cpu;
 using cpu::check_prompt_len;
 using cpu::grain;
 using cpu::Projection;
+using cpu::finish_block;
+using cpu::row_pass_block;
+using cpu::RowPassColumns;
+using cpu::rtg_block;
 
 // Rows scanned together. Four independent chains hide the add latency; more rows at a
 // power-of-two L put every row's current position in the same L1 set and thrash it (measured:
@@ -66,17 +71,7 @@ void check_rows(const Tensor& x, const Tensor& mask, const char* name) {
 
 // --- reward_to_go -------------------------------------------------------------------------------
 
-template <int K>
-void rtg_block(const float* r, const bool* m, int64_t L, float gamma, bool skip, float* out) {
-  float running[K];
-  for (int k = 0; k < K; ++k) running[k] = 0.f;
-  for (int64_t t = L - 1; t >= 0; --t) {
-    for (int k = 0; k < K; ++k) {
-      const int64_t i = k * L + t;
-      out[i] = rtg_step(r[i], m[i], gamma, skip, running[k]);
-    }
-  }
-}
+// rtg_block: csrc/cpu/group_rows.h.
 
 Tensor reward_to_go_cpu(const Tensor& rewards_in, const Tensor& mask_in, double gamma, c10::string_view holes) {
   check_cpu(rewards_in, "rewards");
@@ -97,89 +92,7 @@ Tensor reward_to_go_cpu(const Tensor& rewards_in, const Tensor& mask_in, double 
 
 // --- row pass -----------------------------------------------------------------------------------
 
-// Row moments in double over kLanes fixed lanes: vectorised over t, and the lane sums are added
-// in a fixed order, so the bits do not depend on threads.
-constexpr int kLanes = 8;
-
-inline double lane_total(const double* acc) {
-  double total = 0.0;
-  for (int l = 0; l < kLanes; ++l) total += acc[l];
-  return total;
-}
-
-// (Σ m, Σ m·x) of one row. (R3HF_CLONES, from dot.h: also compiled for AVX2, picked at load time.)
-R3HF_CLONES void masked_sum(const float* x, const bool* m, int64_t L, double& count, double& sum) {
-  double acc_n[kLanes] = {0.0}, acc_s[kLanes] = {0.0};
-  int64_t t = 0;
-  for (; t + kLanes <= L; t += kLanes) {
-    for (int l = 0; l < kLanes; ++l) {
-      const bool mk = m[t + l];
-      acc_s[l] += static_cast<double>(mk ? x[t + l] : 0.f);
-      acc_n[l] += mk ? 1.0 : 0.0;
-    }
-  }
-  for (int l = 0; t < L; ++t, ++l) {
-    acc_s[l] += static_cast<double>(m[t] ? x[t] : 0.f);
-    acc_n[l] += m[t] ? 1.0 : 0.0;
-  }
-  count = lane_total(acc_n);
-  sum = lane_total(acc_s);
-}
-
-// Σ m·(x − mean)² of one row (the second pass, around the row mean).
-R3HF_CLONES double masked_m2(const float* x, const bool* m, int64_t L, double mean) {
-  double acc[kLanes] = {0.0};
-  int64_t t = 0;
-  for (; t + kLanes <= L; t += kLanes) {
-    for (int l = 0; l < kLanes; ++l) {
-      const double d = m[t + l] ? static_cast<double>(x[t + l]) - mean : 0.0;
-      acc[l] += d * d;
-    }
-  }
-  for (int l = 0; t < L; ++t, ++l) {
-    const double d = m[t] ? static_cast<double>(x[t]) - mean : 0.0;
-    acc[l] += d * d;
-  }
-  return lane_total(acc);
-}
-
-// Which statistics a row pass computes. The contract's five columns are all computed by default;
-// group_advantages asks only for those its estimator reads (grpo and rloo need neither the scan
-// nor an M2), and a column not computed is NaN, so a reader that wrongly used it would see it.
-struct RowPassColumns {
-  bool reward_m2 = true;      // STAT_M2_R
-  bool returns_stats = true;  // STAT_SUM_G, STAT_M2_G (needs the reverse scan)
-};
-
-// The statistics [COUNT, SUM_R, M2_R, SUM_G, M2_G] of K rows, in double. The scan (holes="skip")
-// goes into the thread's scratch G [K, L]; G itself is not written out: the finish pass
-// recomputes it with the same fp32 operations (same bits), which saves writing and re-reading a
-// [B, L] tensor.
-template <int K>
-void row_pass_block(const float* r, const bool* m, int64_t L, float gamma, RowPassColumns cols, float* G,
-                    double* stats) {
-  if (cols.returns_stats) rtg_block<K>(r, m, L, gamma, true, G);
-  const double nan = std::numeric_limits<double>::quiet_NaN();
-  for (int k = 0; k < K; ++k) {
-    const float* x = r + k * L;
-    const bool* mk = m + k * L;
-    double* s = stats + k * kStats;
-    double n, sum;
-    masked_sum(x, mk, L, n, sum);
-    s[STAT_COUNT] = n;
-    s[STAT_SUM_R] = sum;
-    s[STAT_M2_R] = cols.reward_m2 ? masked_m2(x, mk, L, n > 0 ? sum / n : 0.0) : nan;
-    if (cols.returns_stats) {
-      double n_g, sum_g;
-      masked_sum(G + k * L, mk, L, n_g, sum_g);
-      s[STAT_SUM_G] = sum_g;
-      s[STAT_M2_G] = masked_m2(G + k * L, mk, L, n > 0 ? sum_g / n : 0.0);
-    } else {
-      s[STAT_SUM_G] = nan;
-      s[STAT_M2_G] = nan;
-    }
-  }
-}
+// The row moments (masked_sum, masked_m2), RowPassColumns and row_pass_block: csrc/cpu/group_rows.h.
 
 Tensor group_row_pass_cpu(const Tensor& rewards_in, const Tensor& mask_in, double gamma, bool returns_stats,
                           bool reward_m2) {
@@ -258,34 +171,7 @@ std::tuple<Tensor, Tensor> fused_reward_group_row_pass_cpu(
 
 // --- finish pass --------------------------------------------------------------------------------
 
-// K rows of advantages, one reverse scan (holes="skip"):
-//   on_rewards false: G = reward_to_go(r) recomputed (the row pass's bits), A = m·(G − shift)·scale;
-//   on_rewards true:  A = reward_to_go(m·(r − shift)·scale).
-template <int K>
-void finish_block(const float* r, const bool* m, int64_t L, const float* shift, const float* scale, float gamma,
-                  bool on_rewards, float* out) {
-  float running[K], sh[K], sc[K];
-  for (int k = 0; k < K; ++k) running[k] = 0.f, sh[k] = shift[k], sc[k] = scale[k];
-  if (on_rewards) {
-    for (int64_t t = L - 1; t >= 0; --t) {
-      for (int k = 0; k < K; ++k) {
-        const int64_t i = k * L + t;
-        const bool mk = m[i];
-        const float x = mk ? (r[i] - sh[k]) * sc[k] : 0.f;
-        out[i] = rtg_step(x, mk, gamma, true, running[k]);
-      }
-    }
-    return;
-  }
-  for (int64_t t = L - 1; t >= 0; --t) {
-    for (int k = 0; k < K; ++k) {
-      const int64_t i = k * L + t;
-      const bool mk = m[i];
-      const float g = rtg_step(mk ? r[i] : 0.f, mk, gamma, true, running[k]);
-      out[i] = mk ? (g - sh[k]) * sc[k] : 0.f;
-    }
-  }
-}
+// finish_block: csrc/cpu/group_rows.h.
 
 Tensor group_finish_cpu(const Tensor& rewards_in, const Tensor& mask_in, const Tensor& shift_in,
                         const Tensor& scale_in, double gamma, bool on_rewards) {

@@ -23,7 +23,10 @@ OPS = (
     "masked_whiten", "reward_to_go", "group_advantages", "fused_reward_group_advantages",
 )
 # Peer-convention options this backend implements (see r3hf._dispatch).
-OPTIONS = {"masked_whiten": ("transform_masked", "eps_mode")}
+OPTIONS = {"masked_whiten": ("transform_masked", "eps_mode", "cu_seqlens")}
+# Packed sequences (cu_seqlens, issue 16): every op, CPU kernels only (packed CUDA runs on Triton).
+OPTIONS.update({op: OPTIONS.get(op, ()) + ("cu_seqlens",) for op in OPS if op != "masked_whiten"})
+OPTION_DEVICES = {"cu_seqlens": ("cpu",)}
 
 # Ops with CPU kernels only in r3hf._C (Triton runs them on CUDA).
 OP_DEVICES = {op: ("cpu",) for op in ("masked_whiten", "reward_to_go", "group_advantages", "fused_reward_group_advantages")}
@@ -74,37 +77,63 @@ def _range(r):
     return None if r is None else [float(r[0]), float(r[1])]
 
 
-def prefix_scores(hidden, weight, bias):
+# Packed mode (cu_seqlens int64 [N + 1], see PACKED_CONTRACT.md): per-token tensors are [T], hidden is
+# [T, D], prompt_len is None, bootstrap and the group index are per sequence [N]. The per-position
+# ops (prefix_scores, kl_penalty) run their padded kernel on the stream; the others have packed
+# kernels (csrc/cpu/packed_cpu.cpp, packed_group_cpu.cpp).
+
+
+def prefix_scores(hidden, weight, bias, *, cu_seqlens=None):
+    if cu_seqlens is not None:  # per position: the padded kernel on the stream as one row
+        return torch.ops.r3hf.prefix_scores(hidden.reshape(1, *hidden.shape[-2:]), weight, bias)[0]
     return torch.ops.r3hf.prefix_scores(hidden, weight, bias)
 
 
-def redistribute(scores, response_mask, prompt_len, first="prompt", beta_c=1.0):
+def redistribute(scores, response_mask, prompt_len, first="prompt", beta_c=1.0, *, cu_seqlens=None):
+    if cu_seqlens is not None:
+        return torch.ops.r3hf.packed_token_rewards(
+            scores, response_mask, cu_seqlens, None, None, 0.0, "k1", None, first, float(beta_c), None)
     return torch.ops.r3hf.redistribute(scores, response_mask, prompt_len, first, float(beta_c))
 
 
-def kl_penalty(logprobs, ref_logprobs, estimator="k1", clamp=None):
+def kl_penalty(logprobs, ref_logprobs, estimator="k1", clamp=None, *, cu_seqlens=None):
+    # Elementwise over all T positions: cu_seqlens only validated (by r3hf._validate).
     return torch.ops.r3hf.kl_penalty(logprobs, ref_logprobs, estimator, _range(clamp))
 
 
 def token_rewards(
     scores, response_mask, prompt_len, logprobs=None, ref_logprobs=None, kl_coef=0.0, kl_estimator="k1",
-    kl_clamp=None, first="prompt", beta_c=1.0, reward_clip=None,
+    kl_clamp=None, first="prompt", beta_c=1.0, reward_clip=None, *, cu_seqlens=None,
 ):
+    if cu_seqlens is not None:
+        return torch.ops.r3hf.packed_token_rewards(
+            scores, response_mask, cu_seqlens, logprobs, ref_logprobs, float(kl_coef), kl_estimator,
+            _range(kl_clamp), first, float(beta_c), _range(reward_clip),
+        )
     return torch.ops.r3hf.token_rewards(
         scores, response_mask, prompt_len, logprobs, ref_logprobs, float(kl_coef), kl_estimator, _range(kl_clamp),
         first, float(beta_c), _range(reward_clip),
     )
 
 
-def gae(rewards, values, response_mask, gamma=1.0, lam=0.95, bootstrap=None):
+def gae(rewards, values, response_mask, gamma=1.0, lam=0.95, bootstrap=None, *, cu_seqlens=None):
+    if cu_seqlens is not None:
+        return torch.ops.r3hf.packed_gae(rewards, values, response_mask, cu_seqlens, float(gamma), float(lam),
+                                         bootstrap)
     return torch.ops.r3hf.gae(rewards, values, response_mask, float(gamma), float(lam), bootstrap)
 
 
 def fused_reward_gae(
     hidden, weight, bias, values, response_mask, prompt_len, logprobs=None, ref_logprobs=None, kl_coef=0.0,
     kl_estimator="k1", kl_clamp=None, gamma=1.0, lam=0.95, first="prompt", beta_c=1.0, reward_clip=None,
-    bootstrap=None,
+    bootstrap=None, *, cu_seqlens=None,
 ):
+    if cu_seqlens is not None:
+        return torch.ops.r3hf.packed_fused_reward_gae(
+            hidden, weight, bias, values, response_mask, cu_seqlens, logprobs, ref_logprobs, float(kl_coef),
+            kl_estimator, _range(kl_clamp), float(gamma), float(lam), first, float(beta_c), _range(reward_clip),
+            bootstrap,
+        )
     return torch.ops.r3hf.fused_reward_gae(
         hidden, weight, bias, values, response_mask, prompt_len, logprobs, ref_logprobs, float(kl_coef),
         kl_estimator, _range(kl_clamp), float(gamma), float(lam), first, float(beta_c), _range(reward_clip),
@@ -113,19 +142,29 @@ def fused_reward_gae(
 
 
 def masked_whiten(x, mask, shift_mean=True, unbiased=True, eps=1e-8, group=None, transform_masked=False,
-                  eps_mode="add"):
+                  eps_mode="add", *, cu_seqlens=None):
     # Statistics, then the all-reduce across ranks (Python, between the phases), then the transform.
+    # Packed: the statistics are over mask as padded; transform_masked transforms the response
+    # regions only (holes and trailing tokens), never prompt positions, which is the padded op's
+    # masked transform with the region as its mask.
+    if cu_seqlens is not None and transform_masked:
+        region = torch.ops.r3hf.packed_response_region(mask, cu_seqlens)
+        out_mask, transform_masked = region, False
+    else:
+        out_mask = mask
     sums = _all_reduce(torch.ops.r3hf.whiten_sums(x, mask), group)
     _checks.whiten_count(sums[:1], unbiased)
     sqsum = _all_reduce(torch.ops.r3hf.whiten_sqsum(x, mask, sums), group)
-    return torch.ops.r3hf.whiten_apply(x, mask, sums, sqsum, shift_mean, unbiased, float(eps), eps_mode == "max",
-                                       transform_masked)
+    return torch.ops.r3hf.whiten_apply(x, out_mask, sums, sqsum, shift_mean, unbiased, float(eps),
+                                       eps_mode == "max", transform_masked)
 
 
 # --- group advantages (issue 12): C++ row pass and finish around r3hf/_group_stats.affine ------
 
 
-def reward_to_go(rewards, response_mask, gamma=1.0, holes="skip"):
+def reward_to_go(rewards, response_mask, gamma=1.0, holes="skip", *, cu_seqlens=None):
+    if cu_seqlens is not None:
+        return torch.ops.r3hf.packed_reward_to_go(rewards, response_mask, cu_seqlens, float(gamma), holes)
     return torch.ops.r3hf.reward_to_go(rewards, response_mask, float(gamma), holes)
 
 
@@ -133,17 +172,26 @@ def reward_to_go(rewards, response_mask, gamma=1.0, holes="skip"):
 # with the same fp32 operations, so G is never written to or read back from memory. The
 # statistics are r3hf/_group_stats.py's [B, 5] float64 columns; group_advantages computes only
 # the columns its estimator reads (_group_stats.COLUMNS), the others are NaN.
-def _row_pass(rewards, response_mask, gamma, estimator=None):
+def _row_pass(rewards, response_mask, gamma, cu_seqlens=None, estimator=None):
     from r3hf import _group_stats as gs
 
     cols = gs.COLUMNS.get(estimator, range(gs.N_STATS))
     returns_stats = gs.STAT_SUM_G in cols or gs.STAT_M2_G in cols
     reward_m2 = gs.STAT_M2_R in cols
+    if cu_seqlens is not None:
+        return None, torch.ops.r3hf.packed_group_row_pass(rewards, response_mask, cu_seqlens, float(gamma),
+                                                          returns_stats, reward_m2)
     return None, torch.ops.r3hf.group_row_pass(rewards, response_mask, float(gamma), returns_stats, reward_m2)
 
 
 def _fused_row_pass(hidden, weight, bias, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator,
-                    kl_clamp, first, beta_c, reward_clip, gamma):
+                    kl_clamp, first, beta_c, reward_clip, gamma, cu_seqlens=None):
+    if cu_seqlens is not None:
+        rewards, stats = torch.ops.r3hf.packed_fused_reward_group_row_pass(
+            hidden, weight, bias, response_mask, cu_seqlens, logprobs, ref_logprobs, float(kl_coef), kl_estimator,
+            _range(kl_clamp), first, float(beta_c), _range(reward_clip), float(gamma),
+        )
+        return rewards, None, stats
     rewards, stats = torch.ops.r3hf.fused_reward_group_row_pass(
         hidden, weight, bias, response_mask, prompt_len, logprobs, ref_logprobs, float(kl_coef), kl_estimator,
         _range(kl_clamp), first, float(beta_c), _range(reward_clip), float(gamma),
@@ -151,28 +199,35 @@ def _fused_row_pass(hidden, weight, bias, response_mask, prompt_len, logprobs, r
     return rewards, None, stats
 
 
-def _finish(rewards, returns, response_mask, shift, scale, gamma, on_rewards):
+def _finish(rewards, returns, response_mask, shift, scale, gamma, on_rewards, cu_seqlens=None):
+    if cu_seqlens is not None:
+        return torch.ops.r3hf.packed_group_finish(rewards, response_mask, cu_seqlens, shift, scale, float(gamma),
+                                                  bool(on_rewards))
     return torch.ops.r3hf.group_finish(rewards, response_mask, shift, scale, float(gamma), bool(on_rewards))
 
 
-def group_advantages(rewards, response_mask, index, estimator="grpo", gamma=1.0, eps=1e-6, scale="group", group=None):
+# Packed (cu_seqlens): a sequence is a row, index is [N]; r3hf._group_stats hands cu_seqlens to the
+# passes (affine works on the [N] statistics as padded).
+def group_advantages(rewards, response_mask, index, estimator="grpo", gamma=1.0, eps=1e-6, scale="group", group=None,
+                     *, cu_seqlens=None):
     from r3hf import _group_stats
 
     row_pass = functools.partial(_row_pass, estimator=estimator)
     return _group_stats.group_advantages(row_pass, _finish, rewards, response_mask, index, estimator, gamma, eps,
-                                         scale, group)
+                                         scale, group, cu_seqlens=cu_seqlens)
 
 
 def fused_reward_group_advantages(
     hidden, weight, bias, response_mask, prompt_len, index, estimator="grpo", logprobs=None, ref_logprobs=None,
     kl_coef=0.0, kl_estimator="k1", kl_clamp=None, first="prompt", beta_c=1.0, reward_clip=None, gamma=1.0,
-    eps=1e-6, scale="group", group=None,
+    eps=1e-6, scale="group", group=None, *, cu_seqlens=None,
 ):
     from r3hf import _group_stats
 
     return _group_stats.fused_reward_group_advantages(
         _fused_row_pass, _finish, hidden, weight, bias, response_mask, prompt_len, index, estimator, logprobs,
         ref_logprobs, kl_coef, kl_estimator, kl_clamp, first, beta_c, reward_clip, gamma, eps, scale, group,
+        cu_seqlens=cu_seqlens,
     )
 
 
@@ -241,3 +296,44 @@ if _C is not None:
     @torch.library.register_fake("r3hf::group_finish")
     def _(rewards, response_mask, shift, scale, gamma, on_rewards):
         return _f32(rewards, *rewards.shape)
+
+    # Packed ops (cu_seqlens): [T] outputs, [N, 5] statistics.
+
+    def _T(like, mask):
+        return _f32(like, mask.shape[0])
+
+    @torch.library.register_fake("r3hf::packed_token_rewards")
+    def _(scores, response_mask, cu_seqlens, logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp, first,
+          beta_c, reward_clip):
+        return _T(scores, response_mask)
+
+    @torch.library.register_fake("r3hf::packed_gae")
+    def _(rewards, values, response_mask, cu_seqlens, gamma, lam, bootstrap):
+        return _T(rewards, response_mask), _T(rewards, response_mask)
+
+    @torch.library.register_fake("r3hf::packed_fused_reward_gae")
+    def _(hidden, weight, bias, values, response_mask, cu_seqlens, logprobs, ref_logprobs, kl_coef, kl_estimator,
+          kl_clamp, gamma, lam, first, beta_c, reward_clip, bootstrap):
+        return _T(hidden, response_mask), _T(hidden, response_mask), _T(hidden, response_mask)
+
+    @torch.library.register_fake("r3hf::packed_response_region")
+    def _(response_mask, cu_seqlens):
+        return response_mask.new_empty((response_mask.shape[0],), dtype=torch.bool)
+
+    @torch.library.register_fake("r3hf::packed_reward_to_go")
+    def _(rewards, response_mask, cu_seqlens, gamma, holes):
+        return _T(rewards, response_mask)
+
+    @torch.library.register_fake("r3hf::packed_group_row_pass")
+    def _(rewards, response_mask, cu_seqlens, gamma, returns_stats=True, reward_m2=True):
+        return rewards.new_empty((cu_seqlens.shape[0] - 1, _N_STATS), dtype=torch.float64)
+
+    @torch.library.register_fake("r3hf::packed_fused_reward_group_row_pass")
+    def _(hidden, weight, bias, response_mask, cu_seqlens, logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp,
+          first, beta_c, reward_clip, gamma):
+        return (_T(hidden, response_mask),
+                hidden.new_empty((cu_seqlens.shape[0] - 1, _N_STATS), dtype=torch.float64))
+
+    @torch.library.register_fake("r3hf::packed_group_finish")
+    def _(rewards, response_mask, cu_seqlens, shift, scale, gamma, on_rewards):
+        return _T(rewards, response_mask)
