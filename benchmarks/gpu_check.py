@@ -259,6 +259,8 @@ def main(argv=None) -> int:
             report["steps"]["benchmarks"] = step
             report["benchmarks"] = bench_results(bench_json)
             report["targets"] = targets(report["benchmarks"])
+            report["packed"] = packed_benchmarks(limit(PACKED_BENCH_TIMEOUT), env, tmp)
+            report["steps"]["benchmarks_packed"] = report["packed"].pop("step")
         if not args.skip_tests:
             report["steps"]["tests_other"] = pytest_step("tests_other", "not gpu", other[0],
                                                          limit(args.other_tests_timeout), test_env, tmp, extra=other[1])
@@ -271,6 +273,74 @@ def main(argv=None) -> int:
     for name, t in report["targets"].items():
         print(f"   {name}: {t['value']} (minimum {t['minimum']}, met: {t['met']})")
     return 0 if ok else 1
+
+
+# --- packed sequences (cu_seqlens, issue 16): the Triton varlen kernels -------------------------
+# A step of its own after the benchmarks: benchmarks/test_gpu_packed.py times every packed op
+# against the padded op on the same tokens (uniform and lognormal lengths) and the fused op
+# against a copy of the packed hidden states; the results go to report["packed"].
+
+PACKED_BENCH_TIMEOUT = 150  # seconds, capped by what the budget has left
+PACKED_TARGETS = {  # name: (minimum, what it compares)
+    "packed_fused_vs_copy_bandwidth_uniform": (0.85, "packed fused_reward_gae bytes / time over device copy bandwidth, bf16 D=4096, lengths uniform [2, 4096]"),
+    "packed_fused_vs_copy_bandwidth_lognormal": (0.85, "the same, lognormal lengths (long tail)"),
+    "packed_fused_vs_padded_uniform": (1.6, "padded fused_reward_gae time / packed time on the same tokens, uniform lengths (the issue's target)"),
+}
+
+
+def packed_targets(rows: list) -> dict:
+    """Packed vs padded and vs copy, from test_gpu_packed.py's benchmarks of the same run: the targets
+    above, and for every op and length distribution the padded/packed time ratio ("speedup") and the
+    packed bandwidth over the copy bandwidth."""
+    by_case = {r.get("case"): r for r in rows}
+    out = {"targets": {}, "ops": {}}
+
+    def bw(r):
+        return r["bytes_moved"] / r["median_s"]
+
+    for dist in ("uniform", "lognormal"):
+        copy = by_case.get(f"packed_copy_{dist}")
+        for case, r in sorted(by_case.items()):
+            if not (case or "").startswith("packed_") or not case.endswith(f"_{dist}") or r is copy:
+                continue
+            op = case[len("packed_"):-len(f"_{dist}")]
+            entry = {"packed_ms": r["median_s"] * 1e3, "T": r.get("T"), "N": r.get("N")}
+            padded = by_case.get(f"padded_{op}_{dist}")
+            if padded:
+                entry.update(padded_ms=padded["median_s"] * 1e3, speedup=padded["median_s"] / r["median_s"])
+            trip = by_case.get(f"pad_call_unpack_{op}_{dist}")
+            if trip:
+                entry.update(pad_call_unpack_ms=trip["median_s"] * 1e3,
+                             speedup_vs_pad_call_unpack=trip["median_s"] / r["median_s"])
+            if copy:
+                entry.update(packed_GBps=bw(r) / 1e9, vs_copy_bandwidth=bw(r) / bw(copy))
+            out["ops"][f"{op}_{dist}"] = entry
+
+    def put(name, value, detail):
+        minimum, what = PACKED_TARGETS[name]
+        out["targets"][name] = {"value": value, "minimum": minimum, "met": None if value is None else value >= minimum,
+                                "compares": what, **detail}
+
+    for dist in ("uniform", "lognormal"):
+        e = out["ops"].get(f"fused_{dist}", {})
+        put(f"packed_fused_vs_copy_bandwidth_{dist}", e.get("vs_copy_bandwidth"),
+            {"packed_GBps": e.get("packed_GBps")} if e else {"missing": "packed_fused or packed_copy benchmark"})
+    e = out["ops"].get("fused_uniform", {})
+    put("packed_fused_vs_padded_uniform", e.get("speedup"),
+        {k: e.get(k) for k in ("packed_ms", "padded_ms", "speedup_vs_pad_call_unpack")} if e
+        else {"missing": "packed_fused or padded_fused benchmark"})
+    return out
+
+
+def packed_benchmarks(timeout: int, env: dict, tmp: Path) -> dict:
+    bench_json = tmp / "bench_packed.json"
+    step = pytest_step("benchmarks_packed", None, ["benchmarks/test_gpu_packed.py"], timeout, env, tmp,
+                       extra=[f"--benchmark-json={bench_json}", "--benchmark-disable-gc"])
+    rows = bench_results(bench_json)
+    result = {"step": step, "benchmarks": rows, **packed_targets(rows)}
+    for name, t in result["targets"].items():
+        print(f"   {name}: {t['value']} (minimum {t['minimum']}, met: {t['met']})")
+    return result
 
 
 if __name__ == "__main__":

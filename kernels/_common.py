@@ -64,6 +64,19 @@ def gae_chunk(B: int, L: int) -> int:
     return max(64, min(1024, target))
 
 
+def varlen_chunk(T: int, N: int) -> int:
+    """Positions per program for the packed (cu_seqlens) scans over a stream of T positions in N
+    sequences: as gae_chunk for the total, but no longer than about twice the mean sequence, since
+    a chunk never holds two sequences (lanes past a short sequence's end idle)."""
+    env = _env_chunk()
+    if env:
+        return env
+    mean = triton.next_power_of_2(max(1, 2 * T // max(N, 1)))
+    if INTERPRET:
+        return max(16, min(1024, mean))
+    return max(64, min(1024, triton.next_power_of_2(max(1, T // 512)), mean))
+
+
 def reward_chunk(B: int, L: int) -> int:
     """Positions per program for token_rewards / fused_reward_gae (a [chunk, BLOCK_D] hidden tile)."""
     env = _env_chunk()

@@ -10,6 +10,10 @@ n is found with a backward min-scan over the chunk plus `next_after`, the first 
 position in later chunks; the row's first generated position is the minimum over chunks.
 Both cross-chunk facts come from `_first_unmasked_kernel` (one int per chunk), so rows of
 any length work with no host sync.
+VARLEN (packed [T], cu_seqlens): the same kernels over kernels/varlen.py's chunk index, a
+sequence being a row whose positions are stream positions (p = 0): its response starts at its
+first generated position s_n, so Φ_1 = scores[s_n − 1] is simply `before` there, and no read
+ever crosses the sequence's start.
 """
 
 import torch
@@ -18,6 +22,7 @@ import triton.language as tl
 
 from ._common import flip_scans, reward_chunk
 from .scan import backward_min, chunk_offsets
+from .varlen import chunk_index, launch_args, locate_chunk
 
 KL_CODES = {"k1": 0, "k2": 1, "k3": 2, "abs": 3}
 BLOCK_C = 16  # chunk summaries read per step
@@ -68,46 +73,50 @@ def finish_rewards(phi_out, b_before, b_after, has_next, phi_1, o_t, row_first, 
 
 
 @triton.jit
-def _first_unmasked_kernel(m_ptr, f_ptr, L, nC, BLOCK_T: tl.constexpr):
-    """f[b, c] = first generated position in chunk c of row b, or L."""
-    i_c = tl.program_id(0)
-    i_b = tl.program_id(1)
+def _first_unmasked_kernel(m_ptr, f_ptr, ci_ptr, cu_ptr, L, nC, BLOCK_T: tl.constexpr, VARLEN: tl.constexpr):
+    """f[base + c] = first generated position in chunk c of its row (row-relative), or the row's
+    length."""
+    i_n, i_c, bos, T_n, nC_n, base = locate_chunk(ci_ptr, cu_ptr, L, nC, BLOCK_T, VARLEN)
+    if i_c < 0:
+        return
     o_t = i_c * BLOCK_T + tl.arange(0, BLOCK_T)
-    m_t = o_t < L
-    b_m = (tl.load(m_ptr + i_b * L + o_t, mask=m_t, other=0) != 0) & m_t
-    tl.store(f_ptr + i_b * nC + i_c, tl.min(tl.where(b_m, o_t, L), axis=0))
+    m_t = o_t < T_n
+    b_m = (tl.load(m_ptr + bos + o_t, mask=m_t, other=0) != 0) & m_t
+    tl.store(f_ptr + base + i_c, tl.min(tl.where(b_m, o_t, T_n), axis=0))
 
 
 @triton.jit
-def row_first_and_next(f_ptr, i_b, i_c, nC, L, BLOCK_C: tl.constexpr):
-    """(first generated position in chunks < i_c, first generated position in chunks > i_c), L if none."""
+def row_first_and_next(f_ptr, base, i_c, nC, L, BLOCK_C: tl.constexpr):
+    """(first generated position in chunks < i_c, first generated position in chunks > i_c), L if
+    none, from the row's per-chunk firsts f[base …  base + nC − 1]."""
     first = tl.zeros((), tl.int32) + L
     nxt = tl.zeros((), tl.int32) + L
     for c0 in range(0, nC, BLOCK_C):
         cid = c0 + tl.arange(0, BLOCK_C)
-        f = tl.load(f_ptr + i_b * nC + cid, mask=cid < nC, other=L)
+        f = tl.load(f_ptr + base + cid, mask=cid < nC, other=L)
         first = tl.minimum(first, tl.min(tl.where(cid < i_c, f, L), axis=0))
         nxt = tl.minimum(nxt, tl.min(tl.where(cid > i_c, f, L), axis=0))
     return first, nxt
 
 
 @triton.jit
-def chunk_mask_facts(m_ptr, f_ptr, i_b, i_c, L, nC, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+def chunk_mask_facts(m_ptr, f_ptr, bos, base, i_c, L, nC, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
                      FLIP: tl.constexpr, MULTI: tl.constexpr):
-    """Positions, masks and the cross-chunk facts every reward kernel needs for one chunk.
+    """Positions, masks and the cross-chunk facts every reward kernel needs for chunk i_c of the
+    row whose position 0 is at bos (length L, nC chunks, chunk 0 at id base; kernels/varlen.py).
 
-    Returns o_t (positions), m_t (in range), b_m (generated), b_mn (position + 1 generated),
+    Returns o_t (row positions), m_t (in range), b_m (generated), b_mn (position + 1 generated),
     own_first, row_first, next_after (first generated position >= chunk end) and nx (first
     generated position > t inside the chunk or at its end; L if none).
     """
     o_t = chunk_offsets(i_c * BLOCK_T, BLOCK_T, FLIP)
     m_t = o_t < L
-    b_m = (tl.load(m_ptr + i_b * L + o_t, mask=m_t, other=0) != 0) & m_t
+    b_m = (tl.load(m_ptr + bos + o_t, mask=m_t, other=0) != 0) & m_t
     m_n = (o_t + 1) < L
-    b_mn = (tl.load(m_ptr + i_b * L + o_t + 1, mask=m_n, other=0) != 0) & m_n
+    b_mn = (tl.load(m_ptr + bos + o_t + 1, mask=m_n, other=0) != 0) & m_n
     own_first = tl.min(tl.where(b_m, o_t, L), axis=0)
     if MULTI:
-        first_before, next_after = row_first_and_next(f_ptr, i_b, i_c, nC, L, BLOCK_C)
+        first_before, next_after = row_first_and_next(f_ptr, base, i_c, nC, L, BLOCK_C)
     else:
         first_before = tl.zeros((), tl.int32) + L
         next_after = tl.zeros((), tl.int32) + L
@@ -117,33 +126,43 @@ def chunk_mask_facts(m_ptr, f_ptr, i_b, i_c, L, nC, BLOCK_T: tl.constexpr, BLOCK
 
 
 @triton.jit
-def _token_rewards_kernel(s_ptr, stride_sb, stride_ss, m_ptr, p_ptr, f_ptr, lp_ptr, ref_ptr, out_ptr, L, nC,
-                          beta_c, one_minus_beta, kl_coef, clip_lo, clip_hi, kl_lo, kl_hi,
+def _token_rewards_kernel(s_ptr, stride_sb, stride_ss, m_ptr, p_ptr, f_ptr, lp_ptr, ref_ptr, out_ptr, ci_ptr,
+                          cu_ptr, L, nC, beta_c, one_minus_beta, kl_coef, clip_lo, clip_hi, kl_lo, kl_hi,
                           FIRST_PROMPT: tl.constexpr, FULL_BETA: tl.constexpr, HAS_CLIP: tl.constexpr,
                           HAS_KL: tl.constexpr, KL_EST: tl.constexpr, HAS_KL_CLAMP: tl.constexpr,
-                          MULTI: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, FLIP: tl.constexpr):
-    i_c = tl.program_id(0)
-    i_b = tl.program_id(1)
+                          MULTI: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, FLIP: tl.constexpr,
+                          VARLEN: tl.constexpr):
+    i_n, i_c, bos, T_n, nC_n, base = locate_chunk(ci_ptr, cu_ptr, L, nC, BLOCK_T, VARLEN)
+    if i_c < 0:
+        return
     o_t, m_t, b_m, b_mn, own_first, row_first, next_after, nx = chunk_mask_facts(
-        m_ptr, f_ptr, i_b, i_c, L, nC, BLOCK_T, BLOCK_C, FLIP, MULTI)
-    p = tl.load(p_ptr + i_b)
-    p_s = s_ptr + i_b.to(tl.int64) * stride_sb
+        m_ptr, f_ptr, bos, base, i_c, T_n, nC_n, BLOCK_T, BLOCK_C, FLIP, MULTI)
+    if VARLEN:  # scores [T] and the mask share positions: the response starts at the first generated one
+        p = 0
+        p_s = s_ptr + bos * stride_ss
+    else:
+        p = tl.load(p_ptr + i_n)
+        p_s = s_ptr + i_n.to(tl.int64) * stride_sb
     q = p + o_t
     b_after = tl.load(p_s + q * stride_ss, mask=b_m, other=0.0).to(tl.float32)
+    # q >= 1: packed, never a read before the sequence (the previous sequence's score)
     b_before = tl.load(p_s + (q - 1) * stride_ss, mask=b_m & (q >= 1), other=0.0).to(tl.float32)
     nxg = tl.minimum(nx, next_after)
-    has_next = nxg < L
+    has_next = nxg < T_n
     b_out = tl.load(p_s + (p + nxg - 1) * stride_ss, mask=b_m & has_next, other=0.0).to(tl.float32)
     phi_out = tl.where(has_next, b_out, b_after)
     if FIRST_PROMPT:
-        phi_1 = tl.load(p_s + (p - 1) * stride_ss).to(tl.float32)
+        if VARLEN:  # Φ_1 = scores[s_n − 1] = before at the first generated position s_n
+            phi_1 = b_before
+        else:
+            phi_1 = tl.load(p_s + (p - 1) * stride_ss).to(tl.float32)
     else:
         phi_1 = 0.0
-    o_bl = i_b * L + o_t
-    r = finish_rewards(phi_out, b_before, b_after, has_next, phi_1, o_t, row_first, b_m, m_t, lp_ptr, ref_ptr, o_bl,
+    o_x = bos + o_t
+    r = finish_rewards(phi_out, b_before, b_after, has_next, phi_1, o_t, row_first, b_m, m_t, lp_ptr, ref_ptr, o_x,
                        beta_c, one_minus_beta, kl_coef, clip_lo, clip_hi, kl_lo, kl_hi, FULL_BETA, HAS_CLIP, HAS_KL,
                        KL_EST, HAS_KL_CLAMP)
-    tl.store(out_ptr + o_bl, r, mask=m_t)
+    tl.store(out_ptr + o_x, r, mask=m_t)
 
 
 @triton.jit
@@ -158,14 +177,21 @@ def _kl_kernel(lp_ptr, ref_ptr, out_ptr, N, kl_lo, kl_hi, KL_EST: tl.constexpr, 
 # --- launchers -----------------------------------------------------------------------------
 
 
-def first_unmasked(m8, chunk):
-    """int32 [B, nC] first generated position per chunk (None when a row is one chunk)."""
+def first_unmasked(m8, chunk, ch=None):
+    """int32 per-chunk first generated positions ([B, nC], or [G] packed with chunk index ch), and
+    nC; None when no row spans several chunks."""
+    if ch is not None:
+        if not ch.multi:
+            return None, 0
+        f = torch.empty((ch.grid,), dtype=torch.int32, device=m8.device)
+        _first_unmasked_kernel[(ch.grid,)](m8, f, ch.index, ch.cu, 0, 0, BLOCK_T=chunk, VARLEN=True, num_warps=4)
+        return f, 0
     B, L = m8.shape
     nC = triton.cdiv(L, chunk)
     if nC <= 1:
         return None, nC
     f = torch.empty((B, nC), dtype=torch.int32, device=m8.device)
-    _first_unmasked_kernel[(nC, B)](m8, f, L, nC, BLOCK_T=chunk, num_warps=4)
+    _first_unmasked_kernel[(nC, B)](m8, f, f, f, L, nC, BLOCK_T=chunk, VARLEN=False, num_warps=4)
     return f, nC
 
 
@@ -185,24 +211,37 @@ def reward_options(first, beta_c, reward_clip, kl_coef, kl_estimator, kl_clamp, 
 
 
 def token_rewards(scores, response_mask, prompt_len, logprobs=None, ref_logprobs=None, kl_coef=0.0,
-                  kl_estimator="k1", kl_clamp=None, first="prompt", beta_c=1.0, reward_clip=None, *, chunk=None,
-                  flip=None):
-    """scores [B, S], response_mask bool [B, L], prompt_len int64 [B] -> fp32 [B, L]."""
-    B, L = response_mask.shape
-    out = torch.empty((B, L), dtype=torch.float32, device=scores.device)
-    if B == 0 or L == 0:
+                  kl_estimator="k1", kl_clamp=None, first="prompt", beta_c=1.0, reward_clip=None, *, cu_seqlens=None,
+                  chunk=None, flip=None):
+    """scores [B, S], response_mask bool [B, L], prompt_len int64 [B] -> fp32 [B, L].
+    Packed (cu_seqlens int64 [N + 1], prompt_len None): scores, mask, logprobs [T] -> fp32 [T]."""
+    out = torch.empty(response_mask.shape, dtype=torch.float32, device=scores.device)
+    if out.numel() == 0:
         return out
-    chunk = chunk or reward_chunk(B, L)
+    if cu_seqlens is None:
+        B, L = response_mask.shape
+        chunk = chunk or reward_chunk(B, L)
+        ch = None
+        grid = None
+    else:
+        T = response_mask.numel()
+        B, L = 1, T
+        chunk = chunk or reward_chunk(cu_seqlens.numel() - 1, T)
+        ch = chunk_index(cu_seqlens, T, chunk)
+        grid = (ch.grid,)
     flip = flip_scans() if flip is None else flip
     m8 = response_mask.contiguous().view(torch.uint8)
-    f, nC = first_unmasked(m8, chunk)
+    f, nC = first_unmasked(m8, chunk, ch)
+    multi = f is not None
     scalars, consts = reward_options(first, beta_c, reward_clip, kl_coef, kl_estimator, kl_clamp, logprobs)
     lp = logprobs.contiguous() if consts["HAS_KL"] else out
     ref = ref_logprobs.contiguous() if consts["HAS_KL"] else out
-    _token_rewards_kernel[(nC, B)](
-        scores, scores.stride(0), scores.stride(1), m8, prompt_len.contiguous(), f if f is not None else out,
-        lp, ref, out, L, nC, **scalars, **consts, MULTI=nC > 1, BLOCK_T=chunk, BLOCK_C=BLOCK_C, FLIP=flip,
-        num_warps=1 if chunk <= 128 else 4,
+    ci, cu = launch_args(ch, out)
+    s2 = scores if ch is None else scores.unsqueeze(0)
+    _token_rewards_kernel[grid or (nC, B)](
+        s2, s2.stride(0), s2.stride(1), m8, prompt_len.contiguous() if ch is None else out,
+        f if f is not None else out, lp, ref, out, ci, cu, L, nC, **scalars, **consts, MULTI=multi, BLOCK_T=chunk,
+        BLOCK_C=BLOCK_C, FLIP=flip, VARLEN=ch is not None, num_warps=1 if chunk <= 128 else 4,
     )
     return out
 

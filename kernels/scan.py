@@ -118,10 +118,11 @@ def backward_min(x, FLIP: tl.constexpr):
 
 
 @triton.jit
-def store_chunk_map(s_ptr, plane, i_b, i_c, nC, al, be, mu, ka, kv, BLOCK_T: tl.constexpr, FLIP: tl.constexpr):
-    """Store the chunk's composed map (the scan value at its first position) into [5, B, nC]."""
+def store_chunk_map(s_ptr, plane, base, i_c, al, be, mu, ka, kv, BLOCK_T: tl.constexpr, FLIP: tl.constexpr):
+    """Store the chunk's composed map (the scan value at its first position) into [5, plane] at chunk
+    id base + i_c (base: the row's chunk 0, see kernels/varlen.py)."""
     k = first_lane(BLOCK_T, FLIP)
-    p_s = s_ptr + i_b * nC + i_c
+    p_s = s_ptr + base + i_c
     tl.store(p_s, lane_value(al, k, BLOCK_T))
     tl.store(p_s + plane, lane_value(be, k, BLOCK_T))
     tl.store(p_s + 2 * plane, lane_value(mu, k, BLOCK_T))
@@ -130,10 +131,11 @@ def store_chunk_map(s_ptr, plane, i_b, i_c, nC, al, be, mu, ka, kv, BLOCK_T: tl.
 
 
 @triton.jit
-def carry_from_later(s_ptr, plane, b, c, nC, a, vn, BLOCK_C: tl.constexpr):
-    """Apply the summaries of chunks nC − 1 … c + 1 of row b (later first) to the carry (a, v').
+def carry_from_later(s_ptr, plane, base, c, nC, a, vn, BLOCK_C: tl.constexpr):
+    """Apply the summaries of chunks nC − 1 … c + 1 of a row (later first) to the carry (a, v').
 
-    s_ptr: fp32 [5, B, nC] chunk summaries (α, β, μ, ka, kv), `plane` = B·nC. Blocks of BLOCK_C
+    s_ptr: fp32 [5, plane] chunk summaries (α, β, μ, ka, kv), the row's chunk j at id base + j
+    (base = b·nC for a padded row, the sequence's first chunk id when packed). Blocks of BLOCK_C
     summaries are loaded later-first and composed with a forward scan (the same combine), so
     any number of chunks works.
     """
@@ -141,7 +143,7 @@ def carry_from_later(s_ptr, plane, b, c, nC, a, vn, BLOCK_C: tl.constexpr):
     for blk in range(0, nC - 1 - c, BLOCK_C):
         cid = nC - 1 - blk - lane
         ok = cid > c
-        p = s_ptr + b * nC + cid
+        p = s_ptr + base + cid
         al = tl.load(p, mask=ok, other=1.0)
         be = tl.load(p + plane, mask=ok, other=0.0)
         mu = tl.load(p + 2 * plane, mask=ok, other=1.0)

@@ -18,10 +18,10 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-POINTERS = {"m_ptr": "*u8", "p_ptr": "*i64", "f_ptr": "*i32", "h_ptr": "*bf16", "w_ptr": "*bf16",
+POINTERS = {"x_ptr": "*bf16", "out_ptr": "*fp32", "sums_ptr": "*fp64", "sq_ptr": "*fp64", "m_ptr": "*u8", "p_ptr": "*i64", "f_ptr": "*i32", "h_ptr": "*bf16", "w_ptr": "*bf16",
             "v_ptr": "*bf16", "lp_ptr": "*fp16", "ref_ptr": "*fp16", "s_ptr": "*fp32", "r_ptr": "*bf16",
-            "stats_ptr": "*fp64", "st_ptr": "*fp64"}
-FLOATS = {"gamma", "lam", "beta_c", "one_minus_beta", "kl_coef", "clip_lo", "clip_hi", "kl_lo", "kl_hi"}
+            "stats_ptr": "*fp64", "st_ptr": "*fp64", "ci_ptr": "*i32", "cu_ptr": "*i64", "starts_ptr": "*i32"}
+FLOATS = {"eps", "gamma", "lam", "beta_c", "one_minus_beta", "kl_coef", "clip_lo", "clip_hi", "kl_lo", "kl_hi"}
 
 
 def signature(fn, consts):
@@ -41,30 +41,39 @@ def signature(fn, consts):
 
 
 def cases():
-    from r3hf.kernels import fused, gae, group, projection, returns, rewards
+    """Every kernel variant, in the padded [B, L] mode and the packed VARLEN (cu_seqlens) mode."""
+    from r3hf.kernels import fused, gae, group, projection, returns, rewards, whiten
 
     reward_consts = dict(FIRST_PROMPT=True, FULL_BETA=False, HAS_CLIP=True, HAS_KL=True, KL_EST=2,
                          HAS_KL_CLAMP=True, MULTI=True, BLOCK_T=64, BLOCK_C=16, FLIP=True)
-    for flip in (True, False):
-        yield "gae_summary", gae._gae_summary_kernel, dict(BLOCK_T=256, FLIP=flip), 2
-        yield "gae_final", gae._gae_final_kernel, dict(HAS_BOOT=flip, BLOCK_T=1024, BLOCK_C=16, FLIP=flip), 8
-        yield "token_rewards", rewards._token_rewards_kernel, {**reward_consts, "FLIP": flip, "MULTI": flip,
-                                                               "FIRST_PROMPT": flip, "KL_EST": 1 + flip}, 1
-        for cfg in fused._CONFIGS:
-            yield "fused", fused._fused_kernel, {
-                **reward_consts, "HAS_BIAS": flip, "HAS_BOOT": flip, "MULTI": flip, "FLIP": flip,
-                "FIRST_PROMPT": not flip, **cfg.kwargs}, cfg.num_warps
-        for skip, transform, stats in [(True, False, True), (False, False, False), (True, True, False)]:
-            scan = dict(SKIP=skip, TRANSFORM=transform, STATS=stats, FLIP=flip)
-            yield "rtg_row", returns._rtg_row_kernel, dict(**scan, MULTI=stats, BLOCK_T=256), 2
-            yield "rtg_final", returns._rtg_final_kernel, dict(**scan, BLOCK_T=1024, BLOCK_C=16), 8
-        for cfg in group._CONFIGS:
-            yield "fused_group", group._fused_group_kernel, {
-                **reward_consts, "HAS_BIAS": flip, "MULTI": flip, "FLIP": flip, "FIRST_PROMPT": not flip,
-                **cfg.kwargs}, cfg.num_warps
-    yield "row_stats", returns._row_stats_kernel, dict(BLOCK_C=16), 1
-    yield "affine", returns._affine_kernel, dict(BLOCK=1024), 4
-    yield "first_unmasked", rewards._first_unmasked_kernel, dict(BLOCK_T=64), 4
+    for varlen in (False, True):
+        v = dict(VARLEN=varlen)
+        tag = "_varlen" if varlen else ""
+        for flip in (True, False):
+            yield "gae_summary" + tag, gae._gae_summary_kernel, dict(BLOCK_T=256, FLIP=flip, **v), 2
+            yield "gae_final" + tag, gae._gae_final_kernel, dict(HAS_BOOT=flip, BLOCK_T=1024, BLOCK_C=16, FLIP=flip,
+                                                                 **v), 8
+            yield "token_rewards" + tag, rewards._token_rewards_kernel, {
+                **reward_consts, "FLIP": flip, "MULTI": flip, "FIRST_PROMPT": flip, "KL_EST": 1 + flip, **v}, 1
+            for cfg in fused._CONFIGS:
+                yield "fused" + tag, fused._fused_kernel, {
+                    **reward_consts, "HAS_BIAS": flip, "HAS_BOOT": flip, "MULTI": flip, "FLIP": flip,
+                    "FIRST_PROMPT": not flip, **cfg.kwargs, **v}, cfg.num_warps
+            for skip, transform, stats in [(True, False, True), (False, False, False), (True, True, False)]:
+                scan = dict(SKIP=skip, TRANSFORM=transform, STATS=stats, FLIP=flip, **v)
+                yield "rtg_row" + tag, returns._rtg_row_kernel, dict(**scan, MULTI=stats, BLOCK_T=256), 2
+                yield "rtg_final" + tag, returns._rtg_final_kernel, dict(**scan, BLOCK_T=1024, BLOCK_C=16), 8
+            for cfg in group._CONFIGS:
+                yield "fused_group" + tag, group._fused_group_kernel, {
+                    **reward_consts, "HAS_BIAS": flip, "MULTI": flip, "FLIP": flip, "FIRST_PROMPT": not flip,
+                    **cfg.kwargs, **v}, cfg.num_warps
+        yield "row_stats" + tag, returns._row_stats_kernel, dict(BLOCK_C=16, BLOCK_T=64, **v), 1
+        yield "affine" + tag, returns._affine_kernel, dict(BLOCK=1024, **v), 4
+        yield "first_unmasked" + tag, rewards._first_unmasked_kernel, dict(BLOCK_T=64, **v), 4
+        for multi in (False, True) if varlen else (False,):
+            yield "whiten_apply" + tag, whiten._whiten_apply_kernel, dict(
+                SHIFT_MEAN=True, UNBIASED=True, EPS_MAX=multi, TRANSFORM_MASKED=varlen, BLOCK=1024, MULTI=multi,
+                BLOCK_C=16, **v), 4
     yield "kl", rewards._kl_kernel, dict(KL_EST=3, HAS_KL_CLAMP=True, BLOCK=1024), 4
     for cfg in projection._CONFIGS:
         yield "prefix_scores", projection._prefix_scores_kernel, dict(HAS_BIAS=True, **cfg.kwargs), cfg.num_warps
