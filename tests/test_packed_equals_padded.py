@@ -11,7 +11,9 @@ are skipped with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import os
 
 import pytest
 import torch
@@ -30,9 +32,12 @@ BACKENDS = runnable()
 LIMITS = {
     "torch": dict(max_n=64, max_len=300, max_d=33),
     "cpp": dict(max_n=64, max_len=300, max_d=33),
-    "triton": dict(max_n=4, max_len=24, max_d=8),
+    "triton": dict(max_n=8, max_len=56, max_d=8),
 }
-EXAMPLES = {"torch": None, "cpp": None, "triton": max(8, settings().max_examples // 6)}
+EXAMPLES = {"torch": None, "cpp": None, "triton": max(10, settings().max_examples // 3)}
+# Positions per Triton program (R3HF_TRITON_CHUNK, read at call time): small chunks make sequences of
+# a few dozen tokens span several chunks, so chunk boundaries inside a sequence are crossed too.
+TRITON_CHUNKS = (None, "16", "32")
 
 # (rtol, atol) next to each input dtype, both relative to 1 + max |expected|. Both sides convert the
 # inputs exactly to fp32 and compute in fp32 (float64 statistics), so only summation order differs
@@ -80,7 +85,7 @@ def packed(draw, max_n, max_len, max_d, first=None):
         mask_dtype=draw(st.sampled_from([torch.bool, dtype, torch.int32])),
         cu_dtype=draw(st.sampled_from([torch.int64, torch.int32])),
     )
-    b.update(N=N, first=first, dtype=dtype)
+    b.update(N=N, first=first, dtype=dtype, chunk=draw(st.sampled_from(TRITON_CHUNKS)))
     if draw(st.booleans()):  # the [1, T, D] form of hidden
         b["hidden"] = b["hidden"][None]
     return b
@@ -96,6 +101,21 @@ def _tensors(obj):
     return []
 
 
+@contextlib.contextmanager
+def triton_chunk(chunk):
+    old = os.environ.get("R3HF_TRITON_CHUNK")
+    if chunk is not None:
+        os.environ["R3HF_TRITON_CHUNK"] = chunk
+    try:
+        yield
+    finally:
+        if chunk is not None:
+            if old is None:
+                del os.environ["R3HF_TRITON_CHUNK"]
+            else:
+                os.environ["R3HF_TRITON_CHUNK"] = old
+
+
 def compare(backend, op, call, b, *, whole_stream=False):
     """call(fn) with fn = the packed public op on `backend` and with fn = the oracle; same results,
     the same ValueError where the padded op refuses the batch, and no input modified."""
@@ -108,10 +128,11 @@ def compare(backend, op, call, b, *, whole_stream=False):
         # group advantages): the packed op must refuse it too. Any other oracle error is a test bug.
         if not any(words in str(e) for words in DATA_ERRORS):
             raise
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError), triton_chunk(b.get("chunk") if backend == "triton" else None):
             call(lambda *a, **k: getattr(ops, op)(*a, **k, backend=backend))
         return
-    got = call(lambda *a, **k: getattr(ops, op)(*a, **k, backend=backend))
+    with triton_chunk(b.get("chunk") if backend == "triton" else None):
+        got = call(lambda *a, **k: getattr(ops, op)(*a, **k, backend=backend))
     for t, t0 in zip(inputs, before):
         assert torch.equal(t, t0), f"{backend} {op} modified an input"
     got, want = (got, want) if isinstance(want, tuple) else ((got,), (want,))
@@ -121,6 +142,8 @@ def compare(backend, op, call, b, *, whole_stream=False):
     rtol, atol = TOL[b["dtype"]]
     for k, (g, w) in enumerate(zip(got, want)):
         what = f"{backend} {op}[{k}] N={b['N']} T={T} first={b['first']} {b['dtype']}"
+        if backend == "triton":
+            what += f" R3HF_TRITON_CHUNK={b.get('chunk')}"
         assert g.dtype == torch.float32, f"{what}: dtype {g.dtype}"
         assert list(g.shape) == [T], f"{what}: shape {list(g.shape)}, expected [{T}]"
         if outside is not None and outside.any():
