@@ -453,3 +453,33 @@ def test_compiled_packed_fused_reward_gae_equals_eager(backend):
     for x, y in zip(compiled, eager):
         assert x.dtype == y.dtype and x.shape == y.shape
         assert torch.equal(x, y), (x - y).abs().max()
+
+
+# (op, option, call(fn, b)) for the peer options a backend may implement padded but not packed
+OPTION_CASES = [
+    ("gae", "carry_masked", lambda f, b: f(b["rewards"], b["values"], b["response_mask"], 0.9, 0.8, 0.5,
+                                           cu_seqlens=b["cu_seqlens"], carry_masked=True)),
+    ("masked_whiten", "transform_masked", lambda f, b: f(b["values"], b["response_mask"], cu_seqlens=b["cu_seqlens"],
+                                                         transform_masked=True)),
+    ("redistribute", "beta_c_auto", lambda f, b: f(b["scores"], b["response_mask"], None, cu_seqlens=b["cu_seqlens"],
+                                                   beta_c="auto")),
+    ("fused_reward_gae", "beta_c_auto", lambda f, b: f(b["hidden"], b["weight"], None, b["values"], b["response_mask"],
+                                                       None, cu_seqlens=b["cu_seqlens"], beta_c="auto")),
+]
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "torch"])
+@pytest.mark.parametrize("op, option, call", OPTION_CASES, ids=[f"{o}-{p}" for o, p, _ in OPTION_CASES])
+def test_packed_option_a_backend_lacks(backend, op, option, call):
+    """A packed call with an option the backend does not implement packed: an explicit backend
+    refuses it (never drops the option), "auto" runs it on the torch reference, equal to the oracle."""
+    if why_not(backend, op) is not None:
+        pytest.skip(f"{backend} backend does not run packed {op} at all")
+    b = _fixed(N=12, max_len=19)
+    if why_not(backend, op, option) is None:
+        pytest.skip(f"{backend} backend implements packed {op} with {option}: covered by test_{op}")
+    with pytest.raises(ops.BackendUnavailableError, match=option):
+        call(lambda *a, **k: getattr(ops, op)(*a, **k, backend=backend), b)
+    got, want = call(getattr(ops, op), b), call(getattr(oracle, op), b)
+    for g, w in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
