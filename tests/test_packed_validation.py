@@ -117,7 +117,8 @@ def test_bad_cu_seqlens_values(op, case):
     b = batch()
     if case == "no sequence":
         # T = 0 so that only the missing sequence is wrong
-        b = {k: (v[:0] if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == T else v) for k, v in b.items()}
+        b = {k: (v[:0] if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == T else v)
+             for k, v in b.items()}
     b["cu_seqlens"] = torch.tensor(cu, dtype=torch.int64)
     with pytest.raises(exc, match="cu_seqlens"):
         CALLS[op](b)
