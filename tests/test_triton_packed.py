@@ -356,6 +356,30 @@ def test_fused_reward_gae(name, opts, chunk):
     close(got, ref)
 
 
+def test_reverse_scan_path_rewards_and_fused(monkeypatch):
+    """R3HF_TRITON_SCAN=reverse (naturally ordered chunks, reverse scans) for the reward kernels'
+    next-generated min-scan and the fused kernels' gathers, across chunk boundaries."""
+    monkeypatch.setenv("R3HF_TRITON_SCAN", "reverse")
+    monkeypatch.setenv("R3HF_TRITON_CHUNK", "16")
+    P = make("edge")
+    d = data(P, D=12, seed=15)
+    pl = P.prompt_len.to(DEV)
+    close(tb.token_rewards(d["scores"], P.mask, None, beta_c=0.6, cu_seqlens=P.cu),
+          P.oracle("token_rewards", stream=[("scores", d["scores"])], resp=[("response_mask", P.mask)], prompt_len=pl,
+                   beta_c=0.6))
+    got = tb.fused_reward_gae(d["hidden"], d["weight"], d["bias"], d["values"], P.mask, None, gamma=0.99, lam=0.9,
+                              bootstrap=d["bootstrap"], cu_seqlens=P.cu)
+    close(got, P.oracle("fused_reward_gae", stream=[("hidden", d["hidden"])], resp=[("values", d["values"]),
+                        ("response_mask", P.mask)], weight=d["weight"], bias=d["bias"], prompt_len=pl, gamma=0.99,
+                        lam=0.9, bootstrap=d["bootstrap"]))
+    index = group_index(P)
+    got = tb.fused_reward_group_advantages(d["hidden"], d["weight"], d["bias"], P.mask, None, index, "grpo_process",
+                                           cu_seqlens=P.cu)
+    close(got, P.oracle("fused_reward_group_advantages", stream=[("hidden", d["hidden"])],
+                        resp=[("response_mask", P.mask)], weight=d["weight"], bias=d["bias"], prompt_len=pl, index=index,
+                        estimator="grpo_process"), scale=4.0)
+
+
 # --- group estimators -----------------------------------------------------------------------
 
 GROUP_CASES = [("grpo", "group", 1.0), ("rloo", "group", 1.0), ("reinforce_pp", "group", 0.9),
