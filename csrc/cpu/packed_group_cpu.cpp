@@ -63,6 +63,9 @@ inline void scan_segments(const int64_t* beg, const int64_t* end, Step&& step) {
 
 // The segments [beg[i], end[i]) of N sequences in blocks of kSeqs of similar length (sorted by
 // length, ties by index: a fixed order), spread over threads. block(K, seqs) gets the sequence ids.
+// Blocks are handed out longest first as threads free up: equal-count ranges of a length-sorted
+// list would give one thread all the long sequences; tasks of 1/8 of the usual grain let the
+// dynamic hand-out even out the rest.
 template <typename Block>
 void for_seq_blocks(const std::vector<int64_t>& beg, const std::vector<int64_t>& end, int64_t T, Block&& block) {
   const int64_t N = static_cast<int64_t>(beg.size());
@@ -73,8 +76,9 @@ void for_seq_blocks(const std::vector<int64_t>& beg, const std::vector<int64_t>&
     return la != lb ? la < lb : a < b;
   });
   const int64_t n_blocks = (N + kSeqs - 1) / kSeqs;
-  at::parallel_for(0, n_blocks, seq_grain(T, N, kSeqs), [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
+  parallel_seqs(n_blocks, std::max<int64_t>(1, seq_grain(T, N, kSeqs) / 8), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = n_blocks - 1 - r;
       const int64_t* ids = order.data() + b * kSeqs;
       const int64_t n = std::min<int64_t>(kSeqs, N - b * kSeqs);
       if (n == kSeqs) {
