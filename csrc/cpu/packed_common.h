@@ -47,6 +47,15 @@ inline void check_stream(const Tensor& t, int64_t T, const char* name) {
                     t.sizes());
 }
 
+// GAE's bootstrap per sequence: None -> an undefined tensor (0 for every sequence), else fp32 [N].
+inline Tensor packed_bootstrap(const c10::optional<Tensor>& bootstrap_in, int64_t N) {
+  if (!bootstrap_in.has_value()) return Tensor();
+  Tensor boot = f32(*bootstrap_in);
+  TORCH_CHECK_VALUE(boot.numel() == N, "bootstrap must be [N] = [", N, "] (one per sequence), got ",
+                    bootstrap_in->sizes());
+  return boot;
+}
+
 // s_i: the first generated position of [c0, c1), or c1 when there is none.
 inline int64_t first_generated(const bool* m, int64_t c0, int64_t c1) {
   const bool* p = std::find(m + c0, m + c1, true);

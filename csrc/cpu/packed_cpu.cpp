@@ -32,6 +32,7 @@ using cpu::check_first_prompt;
 using cpu::check_stream;
 using cpu::contiguous_row_rewards;
 using cpu::first_generated;
+using cpu::packed_bootstrap;
 using cpu::packed_hidden;
 using cpu::packed_offsets;
 using cpu::parallel_seqs;
@@ -107,12 +108,7 @@ std::tuple<Tensor, Tensor> packed_gae_cpu(const Tensor& rewards_in, const Tensor
   check_stream(mask_in, T, "response_mask");
   const Tensor cu = packed_offsets(cu_in, T), r = f32(rewards_in), v = f32(values_in), mask = as_bool(mask_in);
   const int64_t N = cu.numel() - 1;
-  Tensor boot;
-  if (bootstrap_in.has_value()) {
-    boot = f32(*bootstrap_in);
-    TORCH_CHECK_VALUE(boot.numel() == N, "bootstrap must be [N] = [", N, "] (one per sequence), got ",
-                      bootstrap_in->sizes());
-  }
+  const Tensor boot = packed_bootstrap(bootstrap_in, N);
   const GaeOptions opt = gae_options(gamma, lam);
   Tensor adv = at::empty({T}, r.options()), ret = at::empty({T}, r.options());
   const int64_t* p_cu = cu.data_ptr<int64_t>();
@@ -150,12 +146,7 @@ std::tuple<Tensor, Tensor, Tensor> packed_fused_reward_gae_cpu(
   const Tensor cu = packed_offsets(cu_in, T), v = f32(values_in), mask = as_bool(mask_in);
   const auto [lp, ref] = kl_inputs(ropt, logprobs_in, ref_in, T);
   const int64_t N = cu.numel() - 1;
-  Tensor boot;
-  if (bootstrap_in.has_value()) {
-    boot = f32(*bootstrap_in);
-    TORCH_CHECK_VALUE(boot.numel() == N, "bootstrap must be [N] = [", N, "] (one per sequence), got ",
-                      bootstrap_in->sizes());
-  }
+  const Tensor boot = packed_bootstrap(bootstrap_in, N);
   const int64_t* p_cu = cu.data_ptr<int64_t>();
   const bool* p_m = mask.data_ptr<bool>();
   check_first_prompt(p_cu, N, p_m, ropt.first_prompt);
