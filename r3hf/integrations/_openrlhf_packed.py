@@ -24,6 +24,7 @@ from typing import NamedTuple
 import torch
 
 from .. import ops
+from ._openrlhf_prefix import forward_with_head, normalised
 
 __all__ = ["PackedValues", "stream_layout", "packed_prefix_values", "packed_token_rewards", "packed_dense_reward"]
 
@@ -89,19 +90,10 @@ def packed_prefix_values(reward_model, sequences, attention_mask, **forward_kwar
     if not isinstance(sequences, torch.Tensor) or sequences.dim() != 2:
         raise ValueError(f"sequences must be [B, S], got {getattr(sequences, 'shape', type(sequences).__name__)}")
     _check_mask(attention_mask, sequences)
-    head = _value_head(reward_model)
-    captured = []
-    hook = head.register_forward_hook(lambda module, args, out: captured.append(out))
-    try:
-        reward = reward_model(sequences, attention_mask=attention_mask, **forward_kwargs)
-    finally:
-        hook.remove()
-    if isinstance(reward, tuple):  # return_output=True
-        reward = reward[0]
+    reward, out = forward_with_head(reward_model, sequences, attention_mask, forward_kwargs)
     cu, indices = stream_layout(attention_mask)
     cu, indices = cu.to(sequences.device), indices.to(sequences.device)
     T = indices.numel()
-    out = captured[-1]
     if out.dim() != 3 or out.shape[0] != 1 or out.shape[-1] != 1:
         raise ValueError(f"the value head's output must be [1, T, 1] on the packed stream, got {list(out.shape)}")
     values = out[0, :, 0].float()
@@ -110,17 +102,7 @@ def packed_prefix_values(reward_model, sequences, attention_mask, **forward_kwar
         values = _gather_ring(values, group, T)
     elif values.numel() != T:
         raise ValueError(f"the value head saw {values.numel()} positions, but attention_mask has {T} attended tokens")
-    if not reward_model.training and getattr(reward_model, "normalize_reward", False):
-        values = (values - reward_model.mean.float()) / reward_model.std.float()
-    return PackedValues(values, cu, indices, reward)
-
-
-def _value_head(reward_model) -> torch.nn.Module:
-    prefix = getattr(reward_model, "value_head_prefix", None)
-    head = getattr(reward_model, prefix, None) if prefix else None
-    if not isinstance(head, torch.nn.Module):
-        raise ValueError("reward_model must be OpenRLHF's RewardModel (a value head named by value_head_prefix)")
-    return head
+    return PackedValues(normalised(reward_model, values), cu, indices, reward)
 
 
 def to_padded(values: torch.Tensor, indices: torch.Tensor, B: int, S: int) -> torch.Tensor:

@@ -34,24 +34,38 @@ def prefix_values(reward_model, sequences, attention_mask, *, return_reward=Fals
     if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != sequences.shape:
         raise ValueError(f"attention_mask must be [B, S] = {list(sequences.shape)}, got "
                          f"{getattr(attention_mask, 'shape', type(attention_mask).__name__)}")
+    reward, out = forward_with_head(reward_model, sequences, attention_mask, forward_kwargs)
+    values = _fill_padding(normalised(reward_model, out.squeeze(-1).float()), attention_mask)
+    return (reward, values) if return_reward else values
+
+
+def value_head(reward_model) -> torch.nn.Module:
     prefix = getattr(reward_model, "value_head_prefix", None)
     head = getattr(reward_model, prefix, None) if prefix else None
     if not isinstance(head, torch.nn.Module):
         raise ValueError("reward_model must be OpenRLHF's RewardModel (a value head named by value_head_prefix)")
+    return head
+
+
+def forward_with_head(reward_model, sequences, attention_mask, forward_kwargs: dict):
+    """The model's own forward, once -> (its reward [B], its value head's output at every position)."""
     captured = []
-    hook = head.register_forward_hook(lambda module, args, out: captured.append(out))
+    hook = value_head(reward_model).register_forward_hook(lambda module, args, out: captured.append(out))
     try:
         reward = reward_model(sequences, attention_mask=attention_mask, **forward_kwargs)
     finally:
         hook.remove()
     if isinstance(reward, tuple):  # return_output=True
         reward = reward[0]
-    values = captured[-1].squeeze(-1).float()
+    return reward, captured[-1]
+
+
+def normalised(reward_model, values: torch.Tensor) -> torch.Tensor:
+    """The model's own reward normalisation (eval mode, normalize_reward), applied to every position
+    as OpenRLHF applies it to the last one."""
     if not reward_model.training and getattr(reward_model, "normalize_reward", False):
-        # the model's own reward normalisation, applied to every position as to the last one
-        values = (values - reward_model.mean.float()) / reward_model.std.float()
-    values = _fill_padding(values, attention_mask)
-    return (reward, values) if return_reward else values
+        return (values - reward_model.mean.float()) / reward_model.std.float()
+    return values
 
 
 def _fill_padding(values, attention_mask):
