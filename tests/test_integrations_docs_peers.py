@@ -30,9 +30,9 @@ def test_there_are_runnable_peer_examples():
 @pytest.mark.parametrize("index", range(len(VERL)))
 def test_verl_example(index, capsys):
     if os.environ.get("R3HF_REQUIRE_VERL"):
-        importlib.import_module("r3hf.integrations.verl_reward")
+        importlib.import_module("r3hf.integrations.verl.reward")
     else:
-        pytest.importorskip("r3hf.integrations.verl_reward")
+        pytest.importorskip("r3hf.integrations.verl.reward")
     _run(VERL[index], f"verl {index}", capsys)
 
 

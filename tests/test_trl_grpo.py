@@ -17,7 +17,7 @@ from trl import GRPOTrainer  # noqa: E402
 
 from r3hf import ops  # noqa: E402
 from r3hf.integrations.trl import R3HFGRPOTrainer  # noqa: E402
-from r3hf.integrations.trl_grpo_advantages import token_level_advantages  # noqa: E402
+from r3hf.integrations.trl.grpo_advantages import token_level_advantages  # noqa: E402
 from r3hf.models import UnsupportedModelError  # noqa: E402
 
 from trl_grpo_harness import (  # noqa: E402
@@ -444,7 +444,7 @@ def test_conversational_prompts(policy, root):
 def test_completion_char_ends_in_a_rewritten_text():
     """A template that drops a piece: the token ends where the previous one did; the last
     generated token always ends at the end of the text."""
-    from r3hf.integrations.trl_grpo_align import completion_char_ends, prompt_boundary
+    from r3hf.integrations.trl.grpo_align import completion_char_ends, prompt_boundary
 
     tok = word_tokenizer()
     ids = [W["is"], W["very"], W["good"], EOS]

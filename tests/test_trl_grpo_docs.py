@@ -13,7 +13,7 @@ BLOCKS = re.findall(r"<!-- runnable: grpo -->\n```python\n(.*?)```", DOC.read_te
 
 def test_installed_trl_is_supported():
     trl = pytest.importorskip("trl")
-    from r3hf.integrations.trl_grpo import SUPPORTED_TRL, trl_supported
+    from r3hf.integrations.trl.grpo import SUPPORTED_TRL, trl_supported
 
     assert trl_supported(trl.__version__), f"TRL {trl.__version__} is outside {SUPPORTED_TRL}"
     expected = os.environ.get("R3HF_EXPECT_TRL")  # set by .ci/steps/45-trl-versions.sh

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from r3hf import ops
-from r3hf.integrations import _verl_estimators as est
+from r3hf.integrations.verl import _estimators as est
 from r3hf.integrations import verl as adapter
 
 from peer_batches import assert_close, logprobs, randn, response_mask
@@ -257,7 +257,7 @@ def test_warns_once_naming_the_r3hf_estimator():
 
 @pytest.fixture(scope="module")
 def verl_reward():
-    return _import("r3hf.integrations.verl_reward")  # veRL's reward loop imports aiohttp (ray[default])
+    return _import("r3hf.integrations.verl.reward")  # veRL's reward loop imports aiohttp (ray[default])
 
 
 def _tiny_rm():
@@ -388,7 +388,7 @@ def test_reward_manager_warns_on_summing_estimator_and_loads_through_verl(verl_r
         _manager(verl_reward, None)
     config = OmegaConf.create({"reward": {"reward_manager": {
         "source": "importlib", "name": "R3HFRewardManager",
-        "module": {"path": "pkg://r3hf.integrations.verl_reward"},
+        "module": {"path": "pkg://r3hf.integrations.verl.reward"},
     }}})
     assert resolve_reward_manager_cls(config) is verl_reward.R3HFRewardManager
 

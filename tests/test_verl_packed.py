@@ -1,4 +1,4 @@
-"""r3hf.integrations.verl_packed against veRL 0.9.1's own packing functions (skipped without veRL).
+"""r3hf.integrations.verl.packed against veRL 0.9.1's own packing functions (skipped without veRL).
 
 Batches are made in veRL's padded layout and packed by veRL itself (`left_right_2_no_padding`,
 which calls its `unpad_input`); model outputs are turned into response tensors by veRL's
@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from r3hf.integrations import verl as padded_adapter
-from r3hf.integrations import verl_packed as adapter
+from r3hf.integrations.verl import packed as adapter
 
 from peer_batches import assert_close, logprobs, randn
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # R3HFGRPOTrainer overrides GRPOTrainer internals, so it is tested on every TRL release it claims
-# (SUPPORTED_TRL in r3hf/integrations/trl_grpo.py): the venv's TRL (the newest, 1.16) runs the
+# (SUPPORTED_TRL in r3hf/integrations/trl/grpo.py): the venv's TRL (the newest, 1.16) runs the
 # whole suite; here each older 1.13+ release is installed on its own (pip --target, no deps, the
 # venv untouched) and put first on PYTHONPATH for the trainer's parity tests with TRL's own
 # GRPOTrainer (advantages, tool_mask and truncation, unscorable rows). TRL 1.13 imports

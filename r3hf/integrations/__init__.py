@@ -1,18 +1,24 @@
-"""Drop-in adapters for existing PPO trainers: veRL 0.9, OpenRLHF 0.11 and TRL ≤ 1.12.
+"""Drop-in adapters for the trainers users run: veRL 0.9, OpenRLHF 0.11 and TRL (≤ 1.12 PPO,
+1.13 – 1.16 GRPO). One subpackage per trainer:
+
+    r3hf.integrations.verl       veRL 0.9: GAE / KL / dense rewards, `r3hf_*` group estimators
+                                 (`register()`), `.reward` (reward manager, needs veRL), `.packed`
+                                 (remove-padding and nested layouts)
+    r3hf.integrations.openrlhf   OpenRLHF 0.11: rewards, GAE, `compute_advantages_and_returns`,
+                                 prefix values of its RewardModel, packed samples
+    r3hf.integrations.trl        TRL ≤ 1.12 PPO rewards and advantages; `R3HFGRPOTrainer`
+                                 (`.grpo`, TRL 1.13 – 1.16)
 
 Each adapter takes the tensors its trainer already has, in that trainer's layout and padding
 conventions, translates them to r3hf's (prompt ⊕ response, `response_mask`) and calls
 `r3hf.ops`; none re-implements the math. Each returns what the trainer's own function returns,
-position for position (float32), so swapping one in changes nothing but speed — or, with the
+position for position (float32), so swapping one in changes nothing but speed, or, with the
 dense variants, replaces the trainer's sparse score with R3HF token-level rewards.
 
-    from r3hf.integrations import verl, openrlhf, trl
-
-The submodules import their trainer only where needed (e.g. `verl.register()`), so all three
-import without veRL, OpenRLHF or TRL ≤ 1.12 installed. See docs/integrations.md.
-`r3hf.integrations.verl_reward` (a subclass of veRL's reward-manager base) needs veRL.
-`r3hf.integrations.verl_packed` maps veRL's packed (no-padding) stream to its [B, L] response
-tensors and computes R3HF rewards on the stream (torch only; veRL is not imported).
+The subpackages import their trainer only where needed, so all three import without veRL,
+OpenRLHF or TRL installed. The old module paths (`verl_packed`, `verl_reward`, `trl_grpo`,
+`trl_grpo_advantages`, `trl_grpo_align`) still import: each is the same module object as its new
+path. See docs/integrations.md.
 """
 
 __all__ = ["verl", "openrlhf", "trl"]

@@ -38,7 +38,7 @@ import warnings
 import numpy as np
 import torch
 
-from .. import ops
+from ... import ops
 
 NAMES = ("r3hf_grpo", "r3hf_rloo", "r3hf_reinforce_pp", "r3hf_reinforce_pp_baseline", "r3hf_grpo_process")
 

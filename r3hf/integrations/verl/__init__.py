@@ -20,9 +20,9 @@ import importlib
 
 import torch
 
-from .. import ops
-from ._verl_estimators import ESTIMATORS as GROUP_ESTIMATORS
-from ._verl_estimators import warn_if_summing
+from ... import ops
+from ._estimators import ESTIMATORS as GROUP_ESTIMATORS
+from ._estimators import warn_if_summing
 
 __all__ = [
     "compute_gae_advantage_return",
@@ -164,7 +164,7 @@ def register(name: str = ESTIMATOR_NAME, *, replace_gae: bool = False) -> bool:
       `algorithm.adv_estimator=<name>` (critic-free in stock veRL 0.9, see that function).
     - Adds the token-level group estimators `GROUP_ESTIMATORS` (r3hf_grpo, r3hf_rloo,
       r3hf_reinforce_pp, r3hf_reinforce_pp_baseline, r3hf_grpo_process; see
-      r3hf/integrations/_verl_estimators.py) under their own names.
+      r3hf/integrations/verl/_estimators.py) under their own names.
     - replace_gae=True also points `core_algos.compute_gae_advantage_return` at this module's
       (same outputs, r3hf kernels): veRL 0.9's trainer calls that function directly for
       `adv_estimator=gae`, the PPO-with-critic path. `unregister()` restores veRL's.

@@ -1,7 +1,7 @@
 """TRL ≤ 1.12 adapter: the rewards/GAE block of its PPOTrainer (`trl.experimental.ppo`) on `r3hf.ops`.
 
 For TRL 1.13+ (no PPOTrainer), `R3HFGRPOTrainer` (a `trl.GRPOTrainer` subclass, TRL 1.13 – 1.16, in
-`trl_grpo.py`) is re-exported here: `from r3hf.integrations.trl import R3HFGRPOTrainer`.
+`trl/grpo.py`) is re-exported here: `from r3hf.integrations.trl import R3HFGRPOTrainer`.
 
 TRL's layout: `queries` [B, C] left-padded (C = context_length), `responses` [B, L];
 `sequence_lengths` [B] = index of the last non-pad response token (first pad − 1: L − 1 for a
@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import torch
 
-from .. import ops
+from ... import ops
 
 __all__ = ["INVALID_LOGPROB", "TRLRewards", "compute_rewards_and_advantages", "padding_masks"]
 
@@ -170,7 +170,7 @@ def _dense_rewards(
 def __getattr__(name):
     # TRL 1.13+ GRPO trainer, imported on first use so this module keeps working with TRL <= 1.12.
     if name == "R3HFGRPOTrainer":
-        from .trl_grpo import R3HFGRPOTrainer
+        from .grpo import R3HFGRPOTrainer
 
         return R3HFGRPOTrainer
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

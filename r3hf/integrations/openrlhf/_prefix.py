@@ -23,7 +23,7 @@ def prefix_values(reward_model, sequences, attention_mask, *, return_reward=Fals
     values (`packed_prefix_values` keeps the stream).
     """
     if getattr(reward_model, "packing_samples", False):
-        from ._openrlhf_packed import packed_prefix_values, to_padded
+        from ._packed import packed_prefix_values, to_padded
 
         packed = packed_prefix_values(reward_model, sequences, attention_mask, **forward_kwargs)
         values = to_padded(packed.values, packed.indices, *sequences.shape)

@@ -23,8 +23,8 @@ from typing import NamedTuple
 
 import torch
 
-from .. import ops
-from ._openrlhf_prefix import forward_with_head, normalised
+from ... import ops
+from ._prefix import forward_with_head, normalised
 
 __all__ = ["PackedValues", "stream_layout", "packed_prefix_values", "packed_token_rewards", "packed_dense_reward"]
 
@@ -180,7 +180,7 @@ def packed_dense_reward(
     `prefix_values`. advantage_estimator as there: only "gae" and "reinforce" (the group
     estimators need `compute_advantages_and_returns`).
     """
-    from .openrlhf import _check_dense_estimator, _kl_reward
+    from . import _check_dense_estimator, _kl_reward
 
     _check_dense_estimator(advantage_estimator)
     kl_reward = _kl_reward(kl_coef, kl)

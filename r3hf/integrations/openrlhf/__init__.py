@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import ops
+from ... import ops
 
 __all__ = [
     "compute_approx_kl",
@@ -150,7 +150,7 @@ def _check_dense_estimator(advantage_estimator):
 
 
 def _check_estimator(advantage_estimator):
-    from ._openrlhf_advantages import check_estimator
+    from ._advantages import check_estimator
 
     return check_estimator(advantage_estimator)
 
@@ -190,6 +190,6 @@ def normalize_advantages(advantages, action_mask, *, backend="auto"):
     )
 
 
-from ._openrlhf_advantages import advantages_and_returns, compute_advantages_and_returns  # noqa: E402
-from ._openrlhf_prefix import prefix_values  # noqa: E402
-from ._openrlhf_packed import PackedValues, packed_dense_reward, packed_prefix_values, packed_token_rewards  # noqa: E402
+from ._advantages import advantages_and_returns, compute_advantages_and_returns  # noqa: E402
+from ._prefix import prefix_values  # noqa: E402
+from ._packed import PackedValues, packed_dense_reward, packed_prefix_values, packed_token_rewards  # noqa: E402

@@ -36,7 +36,7 @@ import warnings
 
 import torch
 
-from .. import ops
+from ... import ops
 
 ESTIMATORS = ("gae", "reinforce", "rloo", "reinforce_baseline", "group_norm", "dr_grpo")
 GROUP_ESTIMATORS = ("rloo", "reinforce_baseline", "group_norm", "dr_grpo")
@@ -104,7 +104,7 @@ def advantages_and_returns(
     rewards. Advantages are not yet normalised (see `normalize_advantages`); token_rewards is
     what OpenRLHF sums into info["return"].
     """
-    from .openrlhf import _kl_reward, _mask, compute_dense_reward, compute_reward, get_advantages_and_returns
+    from . import _kl_reward, _mask, compute_dense_reward, compute_reward, get_advantages_and_returns
 
     estimator = check_estimator(advantage_estimator)
     if not isinstance(kl, torch.Tensor) or kl.dim() != 2:
@@ -201,7 +201,7 @@ def compute_advantages_and_returns(experiences, args, kl_coef, *, prefix_scores=
     n_samples_per_prompt > 1), kl = None, as OpenRLHF does; returns the experiences.
     Length penalties are OpenRLHF's own `apply_length_penalties`, run first when args set them.
     """
-    from .openrlhf import normalize_advantages
+    from . import normalize_advantages
 
     estimator = check_estimator(_get(args, "algo.advantage.estimator"))
     n = int(_get(args, "rollout.n_samples_per_prompt", 1))
