@@ -6,14 +6,14 @@ import torch
 import torch.nn.functional as F
 
 from . import task
-from .reward_model import tiny_gpt2_config
+from .reward_model import init_gpt2_weights, tiny_gpt2_config
 
 
 def make_policy(seed: int = 0):
     from transformers import GPT2LMHeadModel
 
     torch.manual_seed(seed)
-    return GPT2LMHeadModel(tiny_gpt2_config())
+    return init_gpt2_weights(GPT2LMHeadModel(tiny_gpt2_config()), seed)  # same start under every transformers
 
 
 def pretrain(policy, reference: task.ReferencePolicy, *, steps: int, batch_size: int = 64, lr: float = 3e-3,

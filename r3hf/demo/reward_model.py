@@ -3,6 +3,7 @@ and its score at every prefix (what R3HF redistributes)."""
 
 from __future__ import annotations
 
+import math
 import tempfile
 import warnings
 
@@ -24,11 +25,37 @@ def tiny_gpt2_config(num_labels: int | None = None, n_embd: int = 64, n_layer: i
     return GPT2Config(**kw)
 
 
+@torch.no_grad()
+def init_gpt2_weights(model, seed: int):
+    """Initialise a GPT-2 model's parameters ourselves, from a generator seeded with `seed`, so
+    the start weights do not depend on the transformers release. Returns the model.
+
+    Why: transformers 5.10.4's `GPT2PreTrainedModel._init_weights` never applied GPT-2's scaled
+    residual init (it compared full parameter names with "c_proj.weight", which never matched), so
+    the c_proj weights got std 0.02; 5.24.0 applies it (std 0.02 / sqrt(2 n_layer)) and draws the
+    random numbers in another order. Same seed, different start weights, different reward models
+    (docs/demo.md, "Reproducibility"). The scheme here is GPT-2's: weights N(0, 0.02), residual
+    projections (c_proj) N(0, 0.02 / sqrt(2 n_layer)), biases 0, LayerNorm 1 and 0; parameters in
+    `named_parameters()` order (tied weights once)."""
+    gen = torch.Generator().manual_seed(seed)
+    std = model.config.initializer_range
+    for name, p in model.named_parameters():
+        if name.endswith("bias"):
+            p.zero_()
+        elif ".ln_" in name or name.startswith(("ln_f", "transformer.ln_f")):
+            p.fill_(1.0)
+        else:
+            s = std / math.sqrt(2 * model.config.n_layer) if name.endswith("c_proj.weight") else std
+            p.copy_(torch.randn(p.shape, generator=gen) * s)
+    return model
+
+
 def make_reward_model(seed: int = 0):
+    """The demo's reward model, its start weights a function of `seed` alone (`init_gpt2_weights`)."""
     from transformers import GPT2ForSequenceClassification
 
     torch.manual_seed(seed)
-    return GPT2ForSequenceClassification(tiny_gpt2_config(num_labels=1))
+    return init_gpt2_weights(GPT2ForSequenceClassification(tiny_gpt2_config(num_labels=1)), seed)
 
 
 def train_reward_model(train_pairs, *, epochs: float = 2.0, batch_size: int = 32, lr: float = 3e-3, seed: int = 0,
