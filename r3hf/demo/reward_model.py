@@ -89,24 +89,38 @@ def train_reward_model(train_pairs, *, epochs: float = 2.0, batch_size: int = 32
     return model, history
 
 
+def _right_pad(rows, device):
+    """Lists of ids of any lengths -> ([B, S] right-padded with <pad>, [B] lengths)."""
+    lengths = torch.tensor([len(r) for r in rows], device=device)
+    ids = torch.full((len(rows), int(lengths.max())), task.PAD_ID, dtype=torch.long, device=device)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.as_tensor(r, device=device)
+    return ids, lengths
+
+
 @torch.no_grad()
-def sequence_scores(model, input_ids: torch.Tensor) -> torch.Tensor:
-    """Score of each full (unpadded) sequence -> [B] float32, read exactly as PPO reads it
-    (`r3hf.models.prefix_scores` at the last token), so accuracy and PPO use one code path."""
+def sequence_scores(model, input_ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """Score of each sequence at its last token -> [B] float32: input_ids [B, S] right-padded,
+    lengths [B] (None: S). Read exactly as PPO reads it (`r3hf.models.prefix_scores`, causal, so
+    the padding after a row's last token does not change its score)."""
     from ..models import prefix_scores
 
-    return prefix_scores(model, input_ids)[:, -1]
+    scores = prefix_scores(model, input_ids)
+    if lengths is None:
+        return scores[:, -1]
+    return scores.gather(1, (lengths - 1)[:, None]).squeeze(1)
 
 
 def credit_label_fn(noise: float = 1.0, seed: int = 0):
     """label_fn for `r3hf.models.prefix_pairs` that knows the task: the cut pair is labelled by the
     ground-truth credit earned in the kept tokens, with the same Bradley–Terry noise as the full
-    labels (P(chosen prefix ≻ rejected prefix) = σ((earned_c − earned_r)/noise))."""
+    labels (P(chosen prefix ≻ rejected prefix) = σ((earned_c − earned_r)/noise)); earned = the kept
+    tokens' `task.token_value` (credit − filler cost)."""
     gen = torch.Generator().manual_seed(seed)
 
     def label(prompt, chosen, rejected, example):
-        c = task.token_credit(None, torch.tensor([chosen]), task.RESPONSE_LEN).sum()
-        r = task.token_credit(None, torch.tensor([rejected]), task.RESPONSE_LEN).sum()
+        c = task.token_value(None, torch.tensor([chosen]), task.RESPONSE_LEN).sum()
+        r = task.token_value(None, torch.tensor([rejected]), task.RESPONSE_LEN).sum()
         return bool(torch.rand((), generator=gen) < torch.sigmoid((c - r) / noise))
 
     return label
@@ -116,9 +130,8 @@ def credit_label_fn(noise: float = 1.0, seed: int = 0):
 def pairwise_accuracy(model, pairs, device: str = "cpu") -> dict:
     """Held-out accuracy: the fraction of pairs whose chosen response the RM scores higher, against
     the (noisy) labels and against the noise-free ground truth (pairs with equal quality skipped)."""
-    chosen = torch.tensor(pairs["chosen_ids"], device=device)
-    rejected = torch.tensor(pairs["rejected_ids"], device=device)
-    sc, sr = sequence_scores(model, chosen), sequence_scores(model, rejected)
+    sc = sequence_scores(model, *_right_pad(pairs["chosen_ids"], device))
+    sr = sequence_scores(model, *_right_pad(pairs["rejected_ids"], device))
     gc, gr = torch.tensor(pairs["gt_chosen"], device=device), torch.tensor(pairs["gt_rejected"], device=device)
     distinct = gc != gr
     rm_prefers_gt_better = ((sc > sr) == (gc > gr))[distinct]
@@ -141,9 +154,9 @@ def credit_diagnostic(model, prompts: torch.Tensor, responses: torch.Tensor) -> 
     device = next(model.parameters()).device
     ids = torch.cat([prompts, responses], 1).to(device)
     scores = prefix_scores(model, ids)
-    mask = torch.ones(responses.shape, dtype=torch.bool, device=device)
-    dense = ops.redistribute(scores, mask, prompts.shape[1]).cpu()
-    credit = task.token_credit(prompts, responses).bool()
+    mask = task.response_mask(responses).to(device)
+    dense = ops.redistribute(scores, mask, prompts.shape[1]).cpu()[mask.cpu()]
+    credit = task.token_credit(prompts, responses).bool()[mask.cpu()]
     return {
         "mean_reward_credited_tokens": dense[credit].mean().item(),
         "mean_reward_other_tokens": dense[~credit].mean().item(),
