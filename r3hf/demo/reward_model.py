@@ -133,7 +133,7 @@ def pairwise_accuracy(model, pairs, device: str = "cpu") -> dict:
     sc = sequence_scores(model, *_right_pad(pairs["chosen_ids"], device))
     sr = sequence_scores(model, *_right_pad(pairs["rejected_ids"], device))
     gc, gr = torch.tensor(pairs["gt_chosen"], device=device), torch.tensor(pairs["gt_rejected"], device=device)
-    distinct = gc != gr
+    distinct = (gc - gr).abs() > 1e-6  # equal quality (up to float rounding): skipped
     rm_prefers_gt_better = ((sc > sr) == (gc > gr))[distinct]
     return {
         "label_accuracy": (sc > sr).float().mean().item(),

@@ -105,8 +105,11 @@ def ground_truth(prompts: torch.Tensor, responses: torch.Tensor) -> torch.Tensor
     """Hidden quality of each response -> [B]: (Σ token_value − TRUNCATION_COST if truncated) / L,
     L the frame (RESPONSE_LEN for the demo's padded responses). Tokens after `<eos>` are ignored."""
     L = responses.shape[1]
-    value = (token_value(prompts, responses) * response_mask(responses)).sum(1)
-    return (value - TRUNCATION_COST * truncated(responses).float()) / L
+    mask = response_mask(responses)
+    credit = token_credit(prompts, responses) * mask
+    # counts first, then one float expression: equal counts give bit-equal qualities (labels of ties)
+    n_credit, n_filler = credit.sum(1), ((group_of(responses) >= 0) & mask).float().sum(1) - credit.sum(1)
+    return (n_credit - FILLER_COST * n_filler - TRUNCATION_COST * truncated(responses).float()) / L
 
 
 def make_tokenizer():
@@ -180,7 +183,8 @@ def preference_pairs(n: int, generator: torch.Generator, reference: ReferencePol
     prompts = sample_prompts(n, generator)
     a, b = reference.sample(n, generator), reference.sample(n, generator)
     qa, qb = ground_truth(prompts, a), ground_truth(prompts, b)
-    p_a = torch.sigmoid((qa - qb) * RESPONSE_LEN / noise)
+    diff = torch.where((qa - qb).abs() < 1e-6, 0.0, qa - qb)  # equal value from other counts: a tie, not rounding
+    p_a = torch.sigmoid(diff * RESPONSE_LEN / noise)
     a_wins = torch.rand(n, generator=generator) < p_a
     chosen = torch.where(a_wins[:, None], a, b)
     rejected = torch.where(a_wins[:, None], b, a)
@@ -193,6 +197,6 @@ def preference_pairs(n: int, generator: torch.Generator, reference: ReferencePol
         "rejected": [" ".join(decode(strip(r))) for r in rejected],
         "gt_chosen": q_chosen.tolist(),
         "gt_rejected": q_rejected.tolist(),
-        "agrees": (q_chosen >= q_rejected).tolist(),
+        "agrees": (q_chosen >= q_rejected - 1e-6).tolist(),
     }
     return Dataset.from_dict(rows)
