@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 import torch
@@ -333,6 +334,26 @@ def test_prefix_label_fn_uses_credit_of_kept_tokens():
     assert sharp([2, 3], ids("cherry ruby leaf"), ids("cherry sun sun"), {}) is True
 
 
+def test_reference_check_flags_changes():
+    from r3hf.demo import reference
+
+    result = {
+        "settings": {"seeds": 1, "steps": 5, "batch_size": 32, "train_pairs": 600},
+        "reward_models": {"full": {"held_out": {"label_accuracy": 0.8, "ground_truth_accuracy": 0.9}}},
+        "runs": {"rloo/full/sparse": [{"seed": 0, "first_step": {"mean_abs_advantage": 0.5, "lengths": [10, 14]}}]},
+    }
+    ref = reference.fingerprint(result)
+    assert ref["arms"]["rloo/full/sparse"]["mean_length"] == 12.0 and reference.compare(result, ref) == []
+    result["reward_models"]["full"]["held_out"]["ground_truth_accuracy"] = 0.91  # within 0.02
+    assert reference.compare(result, ref) == []
+    result["reward_models"]["full"]["held_out"]["ground_truth_accuracy"] = 0.75
+    result["runs"]["rloo/full/sparse"][0]["first_step"]["mean_abs_advantage"] = 0.6
+    bad = reference.compare(result, ref)
+    assert len(bad) == 2 and "ground_truth_accuracy" in bad[0] and "advantage" in bad[1]
+    result["settings"]["steps"] = 6
+    assert "settings differ" in reference.compare(result, ref)[0]
+
+
 # --- the command, end to end -----------------------------------------------------------------
 
 def test_r3hf_demo_quick_writes_outputs_that_parse(tmp_path):
@@ -348,12 +369,11 @@ def test_r3hf_demo_quick_writes_outputs_that_parse(tmp_path):
     settings = result["settings"]
     assert settings["seeds"] == 1 and settings["steps"] == 5
     arms = result["summary"]["arms"]
-    assert set(arms) == {f"{e}/{rm}/{r}" for e in ("rloo", "ppo") for rm in ("full", "prefix")
-                         for r in ("sparse", "r3hf", "auto")}
+    assert set(arms) == {f"{e}/full/{r}" for e in ("rloo", "ppo") for r in ("sparse", "r3hf", "auto")}
     for name, row in arms.items():
         assert -1 / 3 <= row["auc"]["mean"] <= 1.0 and -1 / 3 <= row["final"]["mean"] <= 1.0
         assert len(result["runs"][name][0]["history"]) == 5
-    for k in ("full", "prefix"):
+    for k in ("full", "prefix-keep"):
         rm = result["reward_models"][k]
         assert 0.0 <= rm["held_out"]["label_accuracy"] <= 1.0 and len(rm["diagnostics"]["buckets"]) == 4
         assert (out / f"diagnostics_{k}.png").exists() and (out / f"diagnostics_{k}.json").exists()
@@ -369,6 +389,11 @@ def test_r3hf_demo_quick_writes_outputs_that_parse(tmp_path):
         assert len(row["length_per_step"]) == 5 and all(1 <= x <= task.RESPONSE_LEN for x in row["length_per_step"])
         assert all(0.0 <= x <= 1.0 for x in row["truncation_rate_per_step"])
         assert len(result["runs"][name][0]["first_step"]["advantages_row0"]) == result["runs"][name][0]["first_step"]["lengths"][0]
+    # the fixed-seed run matches the committed reference (r3hf/demo/reference.py's tolerances)
+    from r3hf.demo import reference
+
+    ref = json.loads((Path(__file__).parent / "data" / "demo_quick_reference.json").read_text())
+    assert reference.compare(result, ref) == []
     # the saved reward model works with `r3hf explain` and `r3hf diagnose`
     html_out = tmp_path / "x.html"
     proc = subprocess.run([sys.executable, "-m", "r3hf", "explain", "--model", str(out / "reward_model"),
