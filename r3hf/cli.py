@@ -65,9 +65,9 @@ def main(argv=None) -> int:
     )
     demo.add_argument("--quick", action="store_true", help="a small run (under a minute) for CI and a first look")
     demo.add_argument("--full", action="store_true",
-                      help="more seeds (8), steps (40), batch and data, and the default-label prefix reward model "
-                           "as a third arm")
-    demo.add_argument("--seeds", type=int, default=None, help="seeds per arm (default 3; 1 with --quick, 8 with --full)")
+                      help="the wider grid: 40 steps of 64, more data, three reward models and all rewards "
+                           "(sparse, r3hf, auto) as arms, 12 seeds")
+    demo.add_argument("--seeds", type=int, default=None, help="seeds per arm (default 12; 1 with --quick)")
     demo.add_argument("--steps", type=int, default=None, help="steps per run (default 24; 5 with --quick, 40 with --full)")
     demo.add_argument("--workers", type=int, default=None, help="processes running arms in parallel (default 2)")
     demo.add_argument("--out", default="r3hf-demo", help="folder for the plot, JSON and heatmap (default r3hf-demo)")
