@@ -37,8 +37,17 @@ import warnings
 import torch
 
 from ... import ops
+from ._rewards import (
+    ESTIMATORS,
+    as_mask,
+    check_estimator,
+    compute_dense_reward,
+    compute_reward,
+    get_advantages_and_returns,
+    kl_reward,
+    normalize_advantages,
+)
 
-ESTIMATORS = ("gae", "reinforce", "rloo", "reinforce_baseline", "group_norm", "dr_grpo")
 GROUP_ESTIMATORS = ("rloo", "reinforce_baseline", "group_norm", "dr_grpo")
 NORMALISED = ("gae", "reinforce", "reinforce_baseline")
 # OpenRLHF estimator -> ops.group_advantages(estimator, eps, scale)
@@ -48,12 +57,6 @@ _GROUP_OP = {
     "dr_grpo": ("grpo", 1e-6, "none"),
     "group_norm": ("grpo", 1e-9, "group"),
 }
-
-
-def check_estimator(advantage_estimator) -> str:
-    if advantage_estimator not in ESTIMATORS:
-        raise ValueError(f"advantage_estimator must be one of {list(ESTIMATORS)}, got {advantage_estimator!r}")
-    return advantage_estimator
 
 
 def _up_to_last_action(m: torch.Tensor) -> torch.Tensor:
@@ -104,13 +107,11 @@ def advantages_and_returns(
     rewards. Advantages are not yet normalised (see `normalize_advantages`); token_rewards is
     what OpenRLHF sums into info["return"].
     """
-    from . import _kl_reward, _mask, compute_dense_reward, compute_reward, get_advantages_and_returns
-
     estimator = check_estimator(advantage_estimator)
     if not isinstance(kl, torch.Tensor) or kl.dim() != 2:
         raise ValueError(f"kl must be a [B, A] tensor, got {getattr(kl, 'shape', type(kl).__name__)}")
     B, A = kl.shape
-    m = _mask(action_mask, kl)
+    m = as_mask(action_mask, kl)
     if not isinstance(rewards, torch.Tensor) or rewards.shape != (B,):
         raise ValueError(f"rewards must be a [B] = [{B}] tensor, got {getattr(rewards, 'shape', type(rewards).__name__)}")
     if estimator in GROUP_ESTIMATORS:
@@ -148,8 +149,8 @@ def advantages_and_returns(
     final = prefix_scores.float().gather(1, (last + 1)[:, None]).squeeze(1)
     residual = torch.where(has_action, rewards.float() - final, 0.0)
     score = dense.scatter_add(1, last[:, None], residual[:, None])
-    kl_reward = _kl_reward(kl_coef, kl)
-    token_rewards = score + kl_reward
+    kl_term = kl_reward(kl_coef, kl)
+    token_rewards = score + kl_term
     if estimator == "gae":
         adv, ret = get_advantages_and_returns(values, token_rewards, m, gamma, lambd)
         return adv, ret, token_rewards
@@ -158,7 +159,7 @@ def advantages_and_returns(
         return ret, ret.clone(), token_rewards
     op, eps, scale = _GROUP_OP[estimator]
     span = _up_to_last_action(m)
-    ret = ops.group_advantages(score, span, ids, op, gamma=1.0, eps=eps, scale=scale) + _returns(kl_reward, m, 1.0)
+    ret = ops.group_advantages(score, span, ids, op, gamma=1.0, eps=eps, scale=scale) + _returns(kl_term, m, 1.0)
     return ret, ret.clone(), token_rewards
 
 
@@ -201,8 +202,6 @@ def compute_advantages_and_returns(experiences, args, kl_coef, *, prefix_scores=
     n_samples_per_prompt > 1), kl = None, as OpenRLHF does; returns the experiences.
     Length penalties are OpenRLHF's own `apply_length_penalties`, run first when args set them.
     """
-    from . import normalize_advantages
-
     estimator = check_estimator(_get(args, "algo.advantage.estimator"))
     n = int(_get(args, "rollout.n_samples_per_prompt", 1))
     if estimator in NORMALISED and _get(args, "algo.advantage.no_std_norm", False):
