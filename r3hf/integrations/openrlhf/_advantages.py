@@ -32,6 +32,8 @@ residual; info["return"] sums the dense rewards and the KL term (no baseline: it
 
 from __future__ import annotations
 
+import functools
+import re
 import warnings
 
 import torch
@@ -171,6 +173,34 @@ def _get(obj, path: str, default=None):
     return default if obj is None else obj
 
 
+@functools.lru_cache(maxsize=None)
+def _version(dist: str = "openrlhf") -> tuple[int, ...] | None:
+    """The installed OpenRLHF's (major, minor, patch), None when it is not installed."""
+    from importlib import metadata
+
+    try:
+        text = metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+    parts = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
+    return tuple(int(p or 0) for p in parts.groups()) if parts else None
+
+
+def upcasts_rewards(version: tuple[int, ...] | None = None) -> bool:
+    """Whether OpenRLHF (`version`, default: the installed one) casts each experience's rewards to at
+    least float32 before its length penalties and group statistics: 0.11.2 does, 0.11.0 and
+    0.11.1 penalise in the rewards' own dtype (bfloat16 from a bf16 reward model). Not installed:
+    True (r3hf computes in float32)."""
+    version = _version() if version is None else version
+    return version is None or version >= (0, 11, 2)
+
+
+def _upcast(experiences) -> None:
+    # OpenRLHF >= 0.11.2: "Use at least FP32 for reward penalties and group statistics".
+    for e in experiences:
+        e.rewards = e.rewards.to(torch.promote_types(e.rewards.dtype, torch.float32))
+
+
 def _length_penalties(experiences, args) -> None:
     wanted = _get(args, "reward.overlong_buffer_len") is not None or _get(args, "reward.stop_properly_penalty_coef") is not None
     if not wanted:
@@ -200,7 +230,9 @@ def compute_advantages_and_returns(experiences, args, kl_coef, *, prefix_scores=
     at every sequence position [b, A_e + 1] (`prefix_values`) for dense R3HF rewards.
     Sets advantages, returns, info["return"] (and info["group_reward_std"] when
     n_samples_per_prompt > 1), kl = None, as OpenRLHF does; returns the experiences.
-    Length penalties are OpenRLHF's own `apply_length_penalties`, run first when args set them.
+    Length penalties are OpenRLHF's own `apply_length_penalties`, run first when args set them,
+    in the dtype the installed OpenRLHF uses (`upcasts_rewards`: 0.11.2 casts the rewards to
+    float32 first and leaves them so on the experiences; 0.11.0/0.11.1 penalise bf16 in bf16).
     """
     estimator = check_estimator(_get(args, "algo.advantage.estimator"))
     n = int(_get(args, "rollout.n_samples_per_prompt", 1))
@@ -211,6 +243,8 @@ def compute_advantages_and_returns(experiences, args, kl_coef, *, prefix_scores=
         )
     if prefix_scores is not None and len(prefix_scores) != len(experiences):
         raise ValueError(f"prefix_scores must have one tensor per experience ({len(experiences)}), got {len(prefix_scores)}")
+    if upcasts_rewards():
+        _upcast(experiences)
     if length_penalties:
         _length_penalties(experiences, args)
 
