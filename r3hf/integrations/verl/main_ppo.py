@@ -31,7 +31,7 @@ from verl.trainer import main_ppo as _verl_main
 
 from . import register
 
-__all__ = ["main", "run", "R3HFTaskRunnerV1", "R3HFTaskRunner", "setup_worker", "options", "SETUP_HOOK", "OPTIONS"]
+__all__ = ["main", "run", "registered", "R3HFTaskRunnerV1", "R3HFTaskRunner", "setup_worker", "options", "SETUP_HOOK", "OPTIONS"]
 
 MODULE = "r3hf.integrations.verl.main_ppo"  # not __name__: under `python -m` that is "__main__"
 OPTIONS = {"replace_gae": False}  # r3hf.<key> overrides -> register() keyword arguments, with defaults
@@ -84,6 +84,25 @@ def _register_in_actor(config) -> None:
         config.pop("r3hf", None)  # veRL's own code never sees r3hf's section
 
 
+def registered(self=None, config=None) -> dict:
+    """What this process resolves (also an actor method of the task runners, for checks from the
+    driver): {"estimators": r3hf names in veRL's registry, "reward_manager": the class name veRL's
+    `resolve_reward_manager_cls` gives for `config` (or for source=register, name=r3hf)}."""
+    from verl.trainer.ppo import core_algos
+
+    out = {"pid": os.getpid(), "estimators": sorted(k for k in core_algos.ADV_ESTIMATOR_REGISTRY if k.startswith("r3hf"))}
+    try:
+        from verl.trainer.ppo.reward import resolve_reward_manager_cls
+
+        cfg = config if config is not None else OmegaConf.create(
+            {"reward": {"reward_manager": {"source": "register", "name": "r3hf"}}})
+        cls = resolve_reward_manager_cls(cfg)
+        out["reward_manager"] = f"{cls.__module__}.{cls.__qualname__}"
+    except Exception as e:  # reported, not raised: this is a probe
+        out["reward_manager"] = f"error: {e!r}"
+    return out
+
+
 def _with_registration(verl_actor_class, name: str):
     """veRL's Ray task-runner class with r3hf registered in its actor before `run` builds the trainer."""
     base = verl_actor_class.__ray_actor_class__
@@ -93,7 +112,7 @@ def _with_registration(verl_actor_class, name: str):
         return base.run(self, config)
 
     run.__doc__ = f"r3hf's register() in this actor, then veRL's {base.__name__}.run."
-    cls = type(name, (base,), {"run": run, "__module__": MODULE, "__qualname__": name,
+    cls = type(name, (base,), {"run": run, "r3hf_registered": registered, "__module__": MODULE, "__qualname__": name,
                                "__doc__": f"veRL's {base.__name__} with r3hf registered in its actor."})
     globals()[name] = cls  # picklable by reference: Ray imports this module in the actor
     options_ = getattr(verl_actor_class, "_default_options", None) or {}
@@ -110,10 +129,11 @@ def _v0_runner():
 
 
 def __getattr__(name):
-    # main_ppo_v0 is veRL's legacy trainer: import it only when asked for.
-    if name == "R3HFTaskRunner":
-        runner = globals()["R3HFTaskRunner"] = _v0_runner()
-        return runner
+    # main_ppo_v0 is veRL's legacy trainer: import it only when asked for (in the driver by name,
+    # in the actor's process by Ray unpickling `_R3HFTaskRunner`).
+    if name in ("R3HFTaskRunner", "_R3HFTaskRunner"):
+        globals()["R3HFTaskRunner"] = _v0_runner()  # also sets _R3HFTaskRunner
+        return globals()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
