@@ -40,14 +40,15 @@ def _source_checkout_requirements() -> list[str] | None:
 
 
 @functools.cache
-def extra_requirements(extra: str) -> tuple[tuple[str, str], ...]:
-    """(distribution name, version specifier) of each package that r3hf's `extra` lists."""
+def extra_requirements(extra: str) -> tuple[tuple[str, str], ...] | None:
+    """(distribution name, version specifier) of each package that r3hf's `extra` lists; None when
+    r3hf runs from a copy with neither metadata nor pyproject.toml (nothing to check against)."""
     reqs = _source_checkout_requirements()
     if reqs is None:
         try:
             reqs = metadata.requires("r3hf") or []
         except metadata.PackageNotFoundError:
-            reqs = []
+            return None
     out = []
     for line in reqs:
         m = _REQ.match(line)
@@ -72,8 +73,11 @@ def _admits(version: str, spec: str) -> bool:
 def require(extra: str, what: str, packages: tuple[str, ...] | None = None) -> None:
     """Raise MissingExtraError unless every package of r3hf's `extra` (or only `packages` of it) is
     installed at a version the extra admits. `what` names the feature in the message."""
+    listed = extra_requirements(extra)
+    if listed is None:  # unknown here: the import that follows fails on its own
+        return
     missing = []
-    for name, spec in extra_requirements(extra):
+    for name, spec in listed:
         if packages is not None and name not in packages:
             continue
         try:

@@ -4,16 +4,15 @@ that really holds torch alone (.ci/steps/30-wheel.sh)."""
 
 import subprocess
 import sys
-
 from importlib import metadata
 from pathlib import Path
 
 import pytest
 
-tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
-
 from r3hf import _extras
 from r3hf._extras import MissingExtraError, extra_requirements, require
+
+tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
 ROOT = Path(__file__).resolve().parent.parent
 
