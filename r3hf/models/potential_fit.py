@@ -235,8 +235,8 @@ def compare(rm: dict, po: dict) -> dict:
 # --- fitting --------------------------------------------------------------------------------
 
 def fit_potential(reward_model: nn.Module, data, *, mode: str = "regression", label_fn=None, tokenizer=None,
-                  prompt_len=None, heldout: float = 0.1, ridge="cv", folds: int = 5, epochs: int = 8,
-                  lr: float = 3e-3, minibatch: int = 512, min_cut: int = 1, batch_size: int = 32, head=None,
+                  prompt_len=None, heldout: float = 0.1, ridge="cv", folds: int = 5, epochs: int = 10,
+                  lr: float = 3e-2, minibatch: int = 512, min_cut: int = 1, batch_size: int = 32, head=None,
                   label=None, pad_token_id=MODEL_PAD, seed: int = 0, progress: bool = True, bootstrap: int = 100,
                   max_rows: int | None = None, name_or_path=None) -> PotentialHead:
     """Fit a potential head on a frozen reward model; it starts from the RM's own score head.
