@@ -242,6 +242,10 @@ def test_regression_is_least_squares_over_every_prefix_position():
     assert cv.fit["rows_heldout"] == 15 and d["rows"] == 15 and len(d["buckets"]) == 4
     assert set(d["buckets"][0]) >= {"rm_var_ratio", "potential_var_ratio", "rm_effect", "potential_effect"}
     assert "verdict" in d and len(d["potential_var_ratio"]) == 6
+    per_position = [a - b for a, b in zip(d["potential_var_ratio"], d["rm_var_ratio"])]
+    assert d["difference"]["mean"] == pytest.approx(sum(per_position) / len(per_position), rel=1e-6)
+    lo, hi = d["difference"]["ci"]
+    assert lo <= hi
 
 
 # --- Bradley–Terry ---------------------------------------------------------------------------
@@ -432,10 +436,12 @@ def test_demo_full_rm_potential_cuts_the_variance_left():
     fit = torch.cat([task.sample_prompts(512, g), reference.sample(512, g)], 1)
     diag = torch.cat([task.sample_prompts(256, g), reference.sample(256, g)], 1)
     pot = fit_potential(rm, {"input_ids": fit, "prompt_len": task.PROMPT_LEN}, heldout=0.0, progress=False)
-    res = potential_diagnostics(rm, pot, diag, None, task.PROMPT_LEN, bootstrap=0)["compare"]
+    res = potential_diagnostics(rm, pot, diag, None, task.PROMPT_LEN, bootstrap=50)["compare"]
     own = [b["rm_var_ratio"] for b in res["buckets"]]
     head = [b["potential_var_ratio"] for b in res["buckets"]]
     assert len(own) == 4
     assert all(h < 1.0 for h in head), head
     assert all(h < 0.5 * o for h, o in zip(head[:3], own[:3])), (own, head)
     assert sum(head) / 4 < 0.5 * sum(own) / 4
+    assert res["difference"]["ci"][1] < 0  # paired bootstrap over rows: clearly lower
+    assert res["verdict"].startswith("The potential leaves")

@@ -194,10 +194,38 @@ def potential_diagnostics(model: nn.Module, potential, input_ids, attention_mask
     kw = dict(response_mask=rmask, buckets=buckets, bootstrap=bootstrap, seed=seed)
     rm = prefix_diagnostics(None, ids, att, p, scores=scores, **kw)
     po = prefix_diagnostics(None, ids, att, p, scores=shaped, **kw)
-    return {"rm": rm, "potential": po, "compare": compare(rm, po)}
+    diff = _paired_difference(scores, phi, p, rmask, bootstrap, seed)
+    return {"rm": rm, "potential": po, "compare": compare(rm, po, diff)}
 
 
-def compare(rm: dict, po: dict) -> dict:
+def _paired_difference(scores, phi, p, rmask, bootstrap: int, seed: int) -> dict:
+    """Mean over response positions of Var(R − Φ'_t)/Var(R) − Var(R − Φ_t)/Var(R) (potential minus
+    the RM's own), with a paired 95 % bootstrap interval over rows (None without bootstrap)."""
+    from .diagnostics import _stats
+
+    phi_idx, present, last_idx, has = phi_positions(p, rmask, scores.shape[1])
+    R = scores.gather(1, last_idx[:, None])[:, 0][has]
+    own, pot, present = scores.gather(1, phi_idx)[has], phi.gather(1, phi_idx)[has], present[has]
+
+    def mean_diff(idx=None):
+        r, a, b, m = (R, own, pot, present) if idx is None else (R[idx], own[idx], pot[idx], present[idx])
+        sa, sb = _stats(r, a, m), _stats(r, b, m)
+        ok = (sa["n"] >= 3) & (sa["var_r"] > 0)
+        return float((sb["var_ratio"][ok] - sa["var_ratio"][ok]).mean()) if bool(ok.any()) else float("nan")
+
+    out = {"mean": mean_diff(), "ci": None}
+    if bootstrap:
+        gen = torch.Generator().manual_seed(seed)
+        n = int(R.shape[0])
+        draws = torch.tensor([mean_diff(torch.randint(n, (n,), generator=gen).to(R.device))
+                              for _ in range(bootstrap)])
+        draws = draws[torch.isfinite(draws)]
+        if draws.numel():
+            out["ci"] = [float(draws.quantile(0.025)), float(draws.quantile(0.975))]
+    return out
+
+
+def compare(rm: dict, po: dict, difference: dict | None = None) -> dict:
     """Side-by-side summary of two prefix_diagnostics results (the RM's own Φ and a potential Φ')."""
     buckets = []
     for a, b in zip(rm["buckets"], po["buckets"]):
@@ -208,7 +236,12 @@ def compare(rm: dict, po: dict) -> dict:
     rm_mean = mean([x["rm_var_ratio"] for x in buckets])
     po_mean = mean([x["potential_var_ratio"] for x in buckets])
     better = [x for x in buckets if x["potential_var_ratio"] < x["rm_var_ratio"]]
-    if po_mean < rm_mean and po_mean < 1.0:
+    ci = (difference or {}).get("ci")
+    if ci is not None and ci[0] <= 0.0 <= ci[1]:
+        text = (f"No clear difference between the potential and the RM's own prefix scores ({po_mean:.2f} vs "
+                f"{rm_mean:.2f} of Var(R) left on average over the buckets; the paired 95 % interval of the "
+                f"difference, [{ci[0]:+.3f}, {ci[1]:+.3f}], contains 0): more samples would tell.")
+    elif po_mean < rm_mean and po_mean < 1.0:
         text = (f"The potential leaves {po_mean:.2f} of Var(R) on average over the buckets against {rm_mean:.2f} for the "
                 f"RM's own prefix scores (lower in {len(better)} of {len(buckets)} buckets): shape with the "
                 "potential (R from the RM, Φ' from the head).")
@@ -219,6 +252,9 @@ def compare(rm: dict, po: dict) -> dict:
     else:
         text = (f"The potential is not better than the RM's own prefix scores ({po_mean:.2f} vs {rm_mean:.2f} of "
                 "Var(R) left on average): do not use it; refit (more or more on-policy samples).")
+    if difference is not None and ci is not None and not ci[0] <= 0.0 <= ci[1]:
+        text += (f" Paired difference (potential − RM, mean over positions) {difference['mean']:+.3f}, 95 % "
+                 f"interval [{ci[0]:+.3f}, {ci[1]:+.3f}].")
     return {
         "rows": po["rows"],
         "buckets": buckets,
@@ -226,6 +262,7 @@ def compare(rm: dict, po: dict) -> dict:
         "potential_var_ratio_mean": po_mean,
         "rm_var_ratio": [x["var_ratio"] for x in rm["positions"]],
         "potential_var_ratio": [x["var_ratio"] for x in po["positions"]],
+        "difference": difference,
         "rm_verdict": rm["verdict"],
         "potential_verdict": po["verdict"],
         "verdict": text,
