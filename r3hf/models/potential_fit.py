@@ -336,7 +336,7 @@ def fit_potential(reward_model: nn.Module, data, *, mode: str = "regression", la
             if bad:
                 raise ValueError(f"mode='bt' needs preference pairs; {bad[0]} is not a pair (chosen_ids/rejected_ids "
                                  "or prompt/chosen/rejected)")
-            pairs = [(*to_pair(r, tokenizer, prompt_len), r) for r in rows]
+            pairs = [(*to_pair(r, tokenizer, prompt_len), {k: x for k, x in r.items() if k != "_where"}) for r in rows]
             samples = None
         else:
             samples, pairs = _Samples(*to_samples(rows, tokenizer, prompt_len)), None
