@@ -24,6 +24,11 @@ def _demo(args) -> int:
 
 
 def _explain(args) -> int:
+    from ._extras import require
+
+    require("hf", "r3hf explain")
+    if args.out:  # the PNG beside the HTML
+        require("demo", "r3hf explain --out", packages=("matplotlib", "numpy"))
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from .viz import explain
@@ -107,7 +112,13 @@ def main(argv=None) -> int:
 
     _add_fit_potential(sub)
     args = parser.parse_args(argv)
-    return args.func(args)
+    from ._extras import MissingExtraError
+
+    try:
+        return args.func(args)
+    except MissingExtraError as e:  # raised before any work: the message is the whole story
+        print(f"r3hf {args.command}: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
