@@ -145,6 +145,9 @@ def potential_main(args) -> int:
 
 
 def _plot_side_by_side(compare: dict, path, title: str) -> None:
+    from ._extras import require
+
+    require("demo", "r3hf diagnose --potential (its plot)", packages=("matplotlib",))
     import matplotlib
 
     matplotlib.use("Agg")

@@ -43,6 +43,9 @@ def _ridge(text: str):
 
 
 def main(args) -> int:
+    from ._extras import require
+
+    require("hf", "r3hf fit-potential")
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
