@@ -30,10 +30,11 @@ RM_KINDS = {
 }
 
 
-# The arms' third reward: the recommended setting. Today that is beta_c="auto" (the best setting
-# r3hf ships for both estimators, /work/shared/learning-signal.md). When the per-position group
-# baseline (`ops.group_advantages(..., baseline="position")`) and the potential head land, put
-# their reward name here (and in train.REWARDS): every default run, table and verdict follows.
+# The arms' third reward: the recommended setting. Today it is beta_c="auto", the best setting the
+# demo's loop can run for both estimators. It is a slot for the per-position group baseline
+# (`ops.group_advantages(..., baseline="position")`, not in r3hf yet) with the potential head
+# (`r3hf.models.potential`, not wired into train.run_ppo yet): add their reward to train.REWARDS and
+# name it here, and every default run, table and verdict follows.
 RECOMMENDED = "auto"
 
 
