@@ -10,7 +10,7 @@ per process, so `register()` in the driver alone never reaches them. This entry 
 
 - in the driver (veRL's config checks look the reward manager name up there);
 - in the task runner's actor, before its `run` builds the trainer (`R3HFTaskRunnerV1`,
-  `R3HFTaskRunner`: veRL's classes with that one step added);
+  `R3HFTaskRunner`: Ray actors that run veRL's task runner with that one step added);
 - in every Ray worker process it starts (reward-loop workers included), through Ray's
   `worker_process_setup_hook` (`setup_worker`) added to `ray_kwargs.ray_init.runtime_env`. That
   applies when veRL itself starts Ray; in a Ray you started, the task runner still registers.
@@ -84,7 +84,7 @@ def _register_in_actor(config) -> None:
         config.pop("r3hf", None)  # veRL's own code never sees r3hf's section
 
 
-def registered(self=None, config=None) -> dict:
+def registered(config=None) -> dict:
     """What this process resolves (also an actor method of the task runners, for checks from the
     driver): {"estimators": r3hf names in veRL's registry, "reward_manager": the class name veRL's
     `resolve_reward_manager_cls` gives for `config` (or for source=register, name=r3hf)}."""
@@ -103,37 +103,52 @@ def registered(self=None, config=None) -> dict:
     return out
 
 
-def _with_registration(verl_actor_class, name: str):
-    """veRL's Ray task-runner class with r3hf registered in its actor before `run` builds the trainer."""
-    base = verl_actor_class.__ray_actor_class__
+class _TaskRunner:
+    """veRL's task runner (`_verl`: module, name of its Ray actor class) run inside this actor, with
+    r3hf registered before its `run` builds the trainer. It wraps rather than subclasses veRL's
+    class: Ray hands a module attribute that is an ActorClass, not the class, and a subclass of
+    `__ray_actor_class__` is pickled with a copy of veRL's class whose `super()` calls break."""
+
+    _verl: tuple[str, str]
+
+    def __init__(self):
+        import importlib
+
+        module, name = self._verl
+        self._runner = getattr(importlib.import_module(module), name).__ray_actor_class__()
 
     def run(self, config):
+        """r3hf's register() in this actor (options from config.r3hf, then removed), then veRL's run."""
         _register_in_actor(config)
-        return base.run(self, config)
+        return self._runner.run(config)
 
-    run.__doc__ = f"r3hf's register() in this actor, then veRL's {base.__name__}.run."
-    cls = type(name, (base,), {"run": run, "r3hf_registered": registered, "__module__": MODULE, "__qualname__": name,
-                               "__doc__": f"veRL's {base.__name__} with r3hf registered in its actor."})
-    globals()[name] = cls  # picklable by reference: Ray imports this module in the actor
+    def r3hf_registered(self, config=None) -> dict:
+        return registered(config)
+
+
+class _R3HFTaskRunnerV1(_TaskRunner):
+    _verl = ("verl.trainer.main_ppo", "TaskRunnerV1")
+
+
+class _R3HFTaskRunner(_TaskRunner):
+    _verl = ("verl.trainer.main_ppo_v0", "TaskRunner")
+
+
+def _actor(cls, verl_actor_class):
     options_ = getattr(verl_actor_class, "_default_options", None) or {}
     return ray.remote(**options_)(cls) if options_ else ray.remote(cls)
 
 
-R3HFTaskRunnerV1 = _with_registration(_verl_main.TaskRunnerV1, "_R3HFTaskRunnerV1")
-
-
-def _v0_runner():
-    from verl.trainer.main_ppo_v0 import TaskRunner
-
-    return _with_registration(TaskRunner, "_R3HFTaskRunner")
+R3HFTaskRunnerV1 = _actor(_R3HFTaskRunnerV1, _verl_main.TaskRunnerV1)
 
 
 def __getattr__(name):
-    # main_ppo_v0 is veRL's legacy trainer: import it only when asked for (in the driver by name,
-    # in the actor's process by Ray unpickling `_R3HFTaskRunner`).
-    if name in ("R3HFTaskRunner", "_R3HFTaskRunner"):
-        globals()["R3HFTaskRunner"] = _v0_runner()  # also sets _R3HFTaskRunner
-        return globals()[name]
+    # main_ppo_v0 is veRL's legacy trainer: import it only when asked for.
+    if name == "R3HFTaskRunner":
+        from verl.trainer.main_ppo_v0 import TaskRunner
+
+        runner = globals()["R3HFTaskRunner"] = _actor(_R3HFTaskRunner, TaskRunner)
+        return runner
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
