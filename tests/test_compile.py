@@ -45,6 +45,12 @@ CASES = {
     "fused_reward_group_advantages": lambda b: ops.fused_reward_group_advantages(
         b["hidden"], b["weight"], b["bias"], b["response_mask"], b["prompt_len"], 2, "grpo",
         logprobs=b["logprobs"], ref_logprobs=b["ref_logprobs"], kl_coef=0.05),
+    # baseline="position" (issue 21): also run by test_contract_cuda (fullgraph and no host sync on CUDA)
+    "group_advantages[position]": lambda b: ops.group_advantages(
+        b["rewards"], b["response_mask"], b["index"], "grpo", baseline="position"),
+    "fused_reward_group_advantages[position]": lambda b: ops.fused_reward_group_advantages(
+        b["hidden"], b["weight"], b["bias"], b["response_mask"], b["prompt_len"], 2, "rloo",
+        logprobs=b["logprobs"], ref_logprobs=b["ref_logprobs"], kl_coef=0.05, baseline="position"),
 }
 
 
