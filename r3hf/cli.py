@@ -23,6 +23,11 @@ def _demo(args) -> int:
 
 
 def _explain(args) -> int:
+    from ._extras import require
+
+    require("hf", "r3hf explain")
+    if args.out:  # the PNG beside the HTML
+        require("demo", "r3hf explain --out", packages=("matplotlib", "numpy"))
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from .viz import explain
@@ -103,7 +108,13 @@ def main(argv=None) -> int:
 
     _add_diagnose(sub)
     args = parser.parse_args(argv)
-    return args.func(args)
+    from ._extras import MissingExtraError
+
+    try:
+        return args.func(args)
+    except MissingExtraError as e:  # raised before any work: the message is the whole story
+        print(f"r3hf {args.command}: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -68,6 +68,9 @@ def table(result: dict) -> str:
 
 
 def main(args) -> int:
+    from ._extras import require
+
+    require("hf", "r3hf diagnose")
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from .models import prefix_diagnostics, save_diagnostics

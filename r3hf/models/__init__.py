@@ -9,6 +9,10 @@
 - `prefix_pairs(dataset, fraction)`: truncated preference pairs for prefix-aware RM training.
 """
 
+from .._extras import require
+
+require("hf", "r3hf.models", packages=("transformers",))
+
 from .align import aligned_prefix_scores, policy_char_ends, rm_prefix_index, same_tokenizer
 from .heads import HEAD_NAMES, Head, UnsupportedModelError, check_causal, find_backbone, find_head
 from .redistributor import RewardRedistributor, Scorer

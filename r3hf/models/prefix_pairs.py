@@ -10,6 +10,8 @@ from __future__ import annotations
 import random
 from numbers import Real
 
+from .._extras import require
+
 COLUMNS = ("chosen_ids", "rejected_ids")
 CUT_COLUMN = "cut"  # response tokens kept in a cut pair; -1 for an original (full) pair
 
@@ -53,6 +55,7 @@ def prefix_pairs(dataset, fraction: float = 0.5, *, prompt_len=None, label_fn=No
     Adds a `cut` column (response tokens kept, −1 for a full pair); a `margin` column is set to
     0.0 on cut pairs. Returns a new `datasets.Dataset`, usable by `trl.RewardTrainer` unchanged.
     """
+    require("hf", "prefix_pairs", packages=("datasets",))
     from datasets import Dataset, concatenate_datasets
 
     if not isinstance(dataset, Dataset):
