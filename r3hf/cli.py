@@ -1,4 +1,5 @@
-"""`r3hf` command line: `r3hf demo` (the main job), `r3hf explain`, `r3hf diagnose`, `r3hf bench` and `r3hf backends`."""
+"""`r3hf` command line: `r3hf demo` (the main job), `r3hf explain`, `r3hf diagnose`, `r3hf fit-potential`,
+`r3hf bench` and `r3hf backends`."""
 
 from __future__ import annotations
 
@@ -107,6 +108,9 @@ def main(argv=None) -> int:
     from .diagnose_cli import add_parser as _add_diagnose
 
     _add_diagnose(sub)
+    from .potential_cli import add_parser as _add_fit_potential
+
+    _add_fit_potential(sub)
     args = parser.parse_args(argv)
     from ._extras import MissingExtraError
 
