@@ -27,6 +27,9 @@ OPTIONS = {"masked_whiten": ("transform_masked", "eps_mode", "cu_seqlens")}
 # Packed sequences (cu_seqlens, issue 16): every op, CPU kernels only (packed CUDA runs on Triton).
 OPTIONS.update({op: OPTIONS.get(op, ()) + ("cu_seqlens",) for op in OPS if op != "masked_whiten"})
 OPTION_DEVICES = {"cu_seqlens": ("cpu",)}
+# A potential head on the fused ops (issue 24): one read of each needed hidden row, CPU and CUDA.
+for _op in ("fused_reward_gae", "fused_reward_group_advantages"):
+    OPTIONS[_op] += ("potential_weight", "potential_bias")
 
 # Ops with CPU kernels only in r3hf._C (Triton runs them on CUDA).
 OP_DEVICES = {op: ("cpu",) for op in ("masked_whiten", "reward_to_go", "group_advantages", "fused_reward_group_advantages")}
@@ -126,18 +129,18 @@ def gae(rewards, values, response_mask, gamma=1.0, lam=0.95, bootstrap=None, *, 
 def fused_reward_gae(
     hidden, weight, bias, values, response_mask, prompt_len, logprobs=None, ref_logprobs=None, kl_coef=0.0,
     kl_estimator="k1", kl_clamp=None, gamma=1.0, lam=0.95, first="prompt", beta_c=1.0, reward_clip=None,
-    bootstrap=None, *, cu_seqlens=None,
+    bootstrap=None, *, cu_seqlens=None, potential_weight=None, potential_bias=None,
 ):
     if cu_seqlens is not None:
         return torch.ops.r3hf.packed_fused_reward_gae(
             hidden, weight, bias, values, response_mask, cu_seqlens, logprobs, ref_logprobs, float(kl_coef),
             kl_estimator, _range(kl_clamp), float(gamma), float(lam), first, float(beta_c), _range(reward_clip),
-            bootstrap,
+            bootstrap, potential_weight, potential_bias,
         )
     return torch.ops.r3hf.fused_reward_gae(
         hidden, weight, bias, values, response_mask, prompt_len, logprobs, ref_logprobs, float(kl_coef),
         kl_estimator, _range(kl_clamp), float(gamma), float(lam), first, float(beta_c), _range(reward_clip),
-        bootstrap,
+        bootstrap, potential_weight, potential_bias,
     )
 
 
@@ -185,16 +188,18 @@ def _row_pass(rewards, response_mask, gamma, cu_seqlens=None, estimator=None):
 
 
 def _fused_row_pass(hidden, weight, bias, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator,
-                    kl_clamp, first, beta_c, reward_clip, gamma, cu_seqlens=None):
+                    kl_clamp, first, beta_c, reward_clip, gamma, cu_seqlens=None, potential_weight=None,
+                    potential_bias=None):
     if cu_seqlens is not None:
         rewards, stats = torch.ops.r3hf.packed_fused_reward_group_row_pass(
             hidden, weight, bias, response_mask, cu_seqlens, logprobs, ref_logprobs, float(kl_coef), kl_estimator,
-            _range(kl_clamp), first, float(beta_c), _range(reward_clip), float(gamma),
+            _range(kl_clamp), first, float(beta_c), _range(reward_clip), float(gamma), potential_weight,
+            potential_bias,
         )
         return rewards, None, stats
     rewards, stats = torch.ops.r3hf.fused_reward_group_row_pass(
         hidden, weight, bias, response_mask, prompt_len, logprobs, ref_logprobs, float(kl_coef), kl_estimator,
-        _range(kl_clamp), first, float(beta_c), _range(reward_clip), float(gamma),
+        _range(kl_clamp), first, float(beta_c), _range(reward_clip), float(gamma), potential_weight, potential_bias,
     )
     return rewards, None, stats
 
@@ -220,14 +225,14 @@ def group_advantages(rewards, response_mask, index, estimator="grpo", gamma=1.0,
 def fused_reward_group_advantages(
     hidden, weight, bias, response_mask, prompt_len, index, estimator="grpo", logprobs=None, ref_logprobs=None,
     kl_coef=0.0, kl_estimator="k1", kl_clamp=None, first="prompt", beta_c=1.0, reward_clip=None, gamma=1.0,
-    eps=1e-6, scale="group", group=None, *, cu_seqlens=None,
+    eps=1e-6, scale="group", group=None, *, cu_seqlens=None, potential_weight=None, potential_bias=None,
 ):
     from r3hf import _group_stats
 
     return _group_stats.fused_reward_group_advantages(
         _fused_row_pass, _finish, hidden, weight, bias, response_mask, prompt_len, index, estimator, logprobs,
         ref_logprobs, kl_coef, kl_estimator, kl_clamp, first, beta_c, reward_clip, gamma, eps, scale, group,
-        cu_seqlens=cu_seqlens,
+        cu_seqlens=cu_seqlens, potential_weight=potential_weight, potential_bias=potential_bias,
     )
 
 
@@ -263,7 +268,7 @@ if _C is not None:
 
     @torch.library.register_fake("r3hf::fused_reward_gae")
     def _(hidden, weight, bias, values, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator,
-          kl_clamp, gamma, lam, first, beta_c, reward_clip, bootstrap):
+          kl_clamp, gamma, lam, first, beta_c, reward_clip, bootstrap, potential_weight=None, potential_bias=None):
         shape = response_mask.shape
         return _f32(hidden, *shape), _f32(hidden, *shape), _f32(hidden, *shape)
 
@@ -289,7 +294,7 @@ if _C is not None:
 
     @torch.library.register_fake("r3hf::fused_reward_group_row_pass")
     def _(hidden, weight, bias, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp,
-          first, beta_c, reward_clip, gamma):
+          first, beta_c, reward_clip, gamma, potential_weight=None, potential_bias=None):
         shape = response_mask.shape
         return _f32(hidden, *shape), hidden.new_empty((shape[0], _N_STATS), dtype=torch.float64)
 
@@ -313,7 +318,7 @@ if _C is not None:
 
     @torch.library.register_fake("r3hf::packed_fused_reward_gae")
     def _(hidden, weight, bias, values, response_mask, cu_seqlens, logprobs, ref_logprobs, kl_coef, kl_estimator,
-          kl_clamp, gamma, lam, first, beta_c, reward_clip, bootstrap):
+          kl_clamp, gamma, lam, first, beta_c, reward_clip, bootstrap, potential_weight=None, potential_bias=None):
         return _T(hidden, response_mask), _T(hidden, response_mask), _T(hidden, response_mask)
 
     @torch.library.register_fake("r3hf::packed_response_region")
@@ -330,7 +335,7 @@ if _C is not None:
 
     @torch.library.register_fake("r3hf::packed_fused_reward_group_row_pass")
     def _(hidden, weight, bias, response_mask, cu_seqlens, logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp,
-          first, beta_c, reward_clip, gamma):
+          first, beta_c, reward_clip, gamma, potential_weight=None, potential_bias=None):
         return (_T(hidden, response_mask),
                 hidden.new_empty((cu_seqlens.shape[0] - 1, _N_STATS), dtype=torch.float64))
 
