@@ -353,3 +353,65 @@ def test_inputs_not_modified():
                               backend=backend)
     for k, v in keep.items():
         assert torch.equal(b[k], v), k
+
+
+# --- GPU: the CUDA kernels (Triton, and CUDA C++ for fused_reward_gae) ---------------------------
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _to(b, device):
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in b.items()}
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("backend", ["triton", "cpp", "auto"])
+def test_gpu_two_heads_equal_unfused(dtype, backend):
+    from r3hf._dispatch import _why_not
+
+    b = _batch(B=8, L=1000, D=256, seed=41, dtype=dtype)
+    want_r = _unfused(b, kl_coef=0.05, kl_estimator="k3")
+    want_adv, want_ret = ref.gae(want_r, b["values"], b["response_mask"], 0.99, 0.95)
+    want_group = ref.group_advantages(want_r, b["response_mask"], torch.arange(8) // 4, "grpo")
+    c = _to(b, "cuda")
+    kl = dict(logprobs=c["logprobs"], ref_logprobs=c["ref_logprobs"], kl_coef=0.05, kl_estimator="k3")
+    heads = dict(potential_weight=c["potential_weight"], potential_bias=c["potential_bias"])
+    ran = backend == "triton"
+    if _why_not(backend, "fused_reward_gae", torch.device("cuda"), ("potential_weight",)) is None or backend == "auto":
+        ran = True
+        out = ops.fused_reward_gae(c["hidden"], c["weight"], c["bias"], c["values"], c["response_mask"],
+                                   c["prompt_len"], gamma=0.99, lam=0.95, backend=backend, **kl, **heads)
+        for got, want in zip(out, (want_r, want_adv, want_ret)):
+            _close(got.cpu(), want, dtype)
+    if _why_not(backend, "fused_reward_group_advantages", torch.device("cuda"), ("potential_weight",)) is None \
+            or backend == "auto":
+        ran = True
+        rew, adv = ops.fused_reward_group_advantages(c["hidden"], c["weight"], c["bias"], c["response_mask"],
+                                                     c["prompt_len"], 4, "grpo", backend=backend, **kl, **heads)
+        _close(rew.cpu(), want_r, dtype)
+        _close(adv.cpu(), want_group, dtype)
+    if backend == "triton":
+        got = ops.token_rewards(c["scores"], c["response_mask"], c["prompt_len"], potential=c["potential"],
+                                backend=backend, **kl)
+        want = ref.token_rewards(b["scores"], b["response_mask"], _plen(b), b["logprobs"], b["ref_logprobs"], 0.05,
+                                 "k3", potential=b["potential"])
+        _close(got.cpu(), want, dtype)
+    if not ran:
+        pytest.skip(f"backend {backend} has no CUDA kernel with a potential head here")
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_packed_two_heads_equal_unfused():
+    b = _packed(N=64, seed=43, D=128)
+    c = _to(b, "cuda")
+    want_r = _unfused(b, cu_seqlens=b["cu_seqlens"], kl_coef=0.1)
+    rew, adv, ret = ops.fused_reward_gae(c["hidden"], c["weight"], c["bias"], c["values"], c["response_mask"],
+                                         cu_seqlens=c["cu_seqlens"], logprobs=c["logprobs"],
+                                         ref_logprobs=c["ref_logprobs"], kl_coef=0.1, backend="triton",
+                                         potential_weight=c["potential_weight"], potential_bias=c["potential_bias"])
+    _close(rew.cpu(), want_r)
+    want_adv, _ = ref.gae(want_r, b["values"], b["response_mask"], 1.0, 0.95, cu_seqlens=b["cu_seqlens"])
+    _close(adv.cpu(), want_adv)
