@@ -73,7 +73,7 @@ def test_row_sum_is_R_minus_phi0(backend, first):
     b = _batch(B=7, L=31, seed=3)
     mask, p = b["response_mask"], _plen(b)
     if backend == "cpp":
-        pytest.skip("the C++ backend refuses potential= on redistribute (test_unsupported_backend_refused)")
+        pytest.skip("the C++ backend refuses potential= on redistribute (test_token_rewards_potential_every_backend)")
     r = ops.redistribute(b["scores"], mask, b["prompt_len"], first=first, potential=b["potential"], backend=backend)
     last = torch.where(mask, torch.arange(mask.shape[1]), -1).max(1).values
     has = last >= 0
