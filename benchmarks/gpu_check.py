@@ -48,6 +48,9 @@ TARGETS = {  # name: (minimum, what it compares)
     "group_grpo_vs_verl": (20.0, "veRL-style grpo (Python loop over rows) time / Triton group_advantages time, B=1024 G=8 L=4096"),
     "group_reinforce_pp_vs_verl": (20.0, "veRL-style reinforce_plus_plus (loop over positions + whiten) time / Triton time, B=1024 L=4096"),
     "rtg_vs_verl_loop": (100.0, "veRL-style returns loop time / Triton reward_to_go time, B=64 T=1024"),
+    # issue 24: a potential head read in the same pass (the issue's target, <= 10 % slower, is for CPU)
+    "fused_gae_one_vs_two_heads": (1 / 1.1, "fused_reward_gae time with one head / with a potential head too, bf16 [8, 2048, 4096]"),
+    "fused_group_one_vs_two_heads": (1 / 1.1, "fused_reward_group_advantages (grpo) time, one head / two heads, bf16 [8, 2048, 4096]"),
 }
 
 
@@ -203,6 +206,14 @@ def targets(rows: list) -> dict:
                 {"triton_ms": tri["median_s"] * 1e3, "baseline_ms": base["median_s"] * 1e3})
         else:
             put(name, None, {"missing": f"{fast} or {slow} benchmark"})
+    for op in ("gae", "group"):
+        one, two = by_case.get(f"fused_{op}_1_heads"), by_case.get(f"fused_{op}_2_heads")
+        name = f"fused_{op}_one_vs_two_heads"
+        if one and two:
+            put(name, one["median_s"] / two["median_s"],
+                {"one_head_ms": one["median_s"] * 1e3, "two_heads_ms": two["median_s"] * 1e3})
+        else:
+            put(name, None, {"missing": f"fused_{op}_1_heads or fused_{op}_2_heads benchmark"})
     return out
 
 
@@ -246,7 +257,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         # In a dry run only a quick selection of tests: the point is the plumbing.
-        gpu_paths = ["tests/test_triton_backend.py", "tests/test_triton_group.py"] if args.dry_run else ["tests"]
+        gpu_paths = (["tests/test_triton_backend.py", "tests/test_triton_group.py", "tests/test_potential_ops.py"]
+                     if args.dry_run else ["tests"])
         other = ((["tests/test_triton_backend.py", "tests/test_triton_group.py"],
                   ["-k", "reported or guard or empty or backends_rows"]) if args.dry_run else (["tests"], []))
         if not args.skip_tests:

@@ -44,7 +44,7 @@ TORCH_LIBRARY(r3hf, m) {
       "fused_reward_gae(Tensor hidden, Tensor weight, Tensor? bias, Tensor values, Tensor response_mask, "
       "Tensor prompt_len, Tensor? logprobs, Tensor? ref_logprobs, float kl_coef, str kl_estimator, "
       "float[]? kl_clamp, float gamma, float lam, str first, float beta_c, float[]? reward_clip, "
-      "Tensor? bootstrap) -> (Tensor, Tensor, Tensor)");
+      "Tensor? bootstrap, Tensor? potential_weight=None, Tensor? potential_bias=None) -> (Tensor, Tensor, Tensor)");
   // masked_whiten in phases (csrc/cpu/whiten_cpu.cpp); r3hf/backends/cpp.py all-reduces between them.
   m.def("whiten_sums(Tensor x, Tensor mask) -> Tensor");
   m.def("whiten_sqsum(Tensor x, Tensor mask, Tensor sums) -> Tensor");
@@ -62,7 +62,8 @@ TORCH_LIBRARY(r3hf, m) {
   m.def(
       "fused_reward_group_row_pass(Tensor hidden, Tensor weight, Tensor? bias, Tensor response_mask, "
       "Tensor prompt_len, Tensor? logprobs, Tensor? ref_logprobs, float kl_coef, str kl_estimator, "
-      "float[]? kl_clamp, str first, float beta_c, float[]? reward_clip, float gamma) -> (Tensor, Tensor)");
+      "float[]? kl_clamp, str first, float beta_c, float[]? reward_clip, float gamma, "
+      "Tensor? potential_weight=None, Tensor? potential_bias=None) -> (Tensor, Tensor)");
   m.def(
       "group_finish(Tensor rewards, Tensor response_mask, Tensor shift, Tensor scale, float gamma, "
       "bool on_rewards) -> Tensor");
@@ -81,7 +82,7 @@ TORCH_LIBRARY(r3hf, m) {
       "packed_fused_reward_gae(Tensor hidden, Tensor weight, Tensor? bias, Tensor values, Tensor response_mask, "
       "Tensor cu_seqlens, Tensor? logprobs, Tensor? ref_logprobs, float kl_coef, str kl_estimator, "
       "float[]? kl_clamp, float gamma, float lam, str first, float beta_c, float[]? reward_clip, "
-      "Tensor? bootstrap) -> (Tensor, Tensor, Tensor)");
+      "Tensor? bootstrap, Tensor? potential_weight=None, Tensor? potential_bias=None) -> (Tensor, Tensor, Tensor)");
   m.def("packed_response_region(Tensor response_mask, Tensor cu_seqlens) -> Tensor");
   m.def("packed_reward_to_go(Tensor rewards, Tensor response_mask, Tensor cu_seqlens, float gamma, str holes) -> Tensor");
   m.def(
@@ -90,7 +91,8 @@ TORCH_LIBRARY(r3hf, m) {
   m.def(
       "packed_fused_reward_group_row_pass(Tensor hidden, Tensor weight, Tensor? bias, Tensor response_mask, "
       "Tensor cu_seqlens, Tensor? logprobs, Tensor? ref_logprobs, float kl_coef, str kl_estimator, "
-      "float[]? kl_clamp, str first, float beta_c, float[]? reward_clip, float gamma) -> (Tensor, Tensor)");
+      "float[]? kl_clamp, str first, float beta_c, float[]? reward_clip, float gamma, "
+      "Tensor? potential_weight=None, Tensor? potential_bias=None) -> (Tensor, Tensor)");
   m.def(
       "packed_group_finish(Tensor rewards, Tensor response_mask, Tensor cu_seqlens, Tensor shift, Tensor scale, "
       "float gamma, bool on_rewards) -> Tensor");

@@ -12,6 +12,11 @@ Launches (no Python loop over positions, no host sync, no [B, S, D]-sized interm
 Besides its own rows, a chunk reads at most three more hidden rows: scores[p + start − 1]
 (before its first position), scores[p + n − 1] for the first generated position n in a later
 chunk, and the prompt score scores[p − 1] (only the chunk holding the row's first token).
+
+A potential head (issue 24, POT): the rewards read R only at `after` of the row's last generated
+token and the potential Φ' everywhere else (before, the next token's before, the prompt score),
+so each lane projects its hidden row once with one head: the reward head's weight for the
+last generated token, the potential head's for every other row. The tile is still read once.
 """
 
 import torch
@@ -41,11 +46,13 @@ def project_chunk_rewards(h_ptr, stride_hb, stride_hs, stride_hd, w_ptr, stride_
                           HAS_BIAS: tl.constexpr, FIRST_PROMPT: tl.constexpr, FULL_BETA: tl.constexpr,
                           HAS_CLIP: tl.constexpr, HAS_KL: tl.constexpr, KL_EST: tl.constexpr,
                           HAS_KL_CLAMP: tl.constexpr, MULTI: tl.constexpr, BLOCK_T: tl.constexpr,
-                          BLOCK_C: tl.constexpr, FLIP: tl.constexpr, BLOCK_D: tl.constexpr, VARLEN: tl.constexpr):
+                          BLOCK_C: tl.constexpr, FLIP: tl.constexpr, BLOCK_D: tl.constexpr, VARLEN: tl.constexpr,
+                          pw_ptr, stride_pw, pbias_ptr, POT: tl.constexpr, HAS_PBIAS: tl.constexpr):
     """Project the hidden rows chunk i_c of row i_n needs, form its rewards in registers and store
     them; -> (o_x, m_t, b_m, b_r). Shared by fused_reward_gae and the fused group advantages.
     (i_n, i_c, bos, base, L, nC): kernels/varlen.py's locate_chunk (L, nC: the row's length and
-    chunks); VARLEN: hidden [1, T, D], a sequence's positions are stream positions (p = 0)."""
+    chunks); VARLEN: hidden [1, T, D], a sequence's positions are stream positions (p = 0).
+    POT: Φ' from the potential head (pw_ptr, pbias_ptr), R from the reward head (module doc)."""
     start = i_c * BLOCK_T
     end = start + BLOCK_T
     o_t, m_t, b_m, b_mn, own_first, row_first, next_after, nx = chunk_mask_facts(
@@ -79,6 +86,10 @@ def project_chunk_rewards(h_ptr, stride_hb, stride_hs, stride_hd, w_ptr, stride_
     p_na = p_h + q_na.to(tl.int64) * stride_hs
     p_p1 = p_h + q_p1.to(tl.int64) * stride_hs
     # fp32 products accumulate elementwise over the D loop and are reduced across lanes once.
+    has_local = nx < L  # next generated position is in this chunk or at its end (then n − 1 is in it)
+    has_next = has_local | (next_after < L)
+    if POT:  # the lanes whose `after` is R: the row's last generated token (at most one per row)
+        is_last = b_m & ~has_next
     b_acc = tl.zeros((BLOCK_T, BLOCK_D), tl.float32)
     b_bs = tl.zeros((BLOCK_D,), tl.float32)
     b_na = tl.zeros((BLOCK_D,), tl.float32)
@@ -93,7 +104,12 @@ def project_chunk_rewards(h_ptr, stride_hb, stride_hs, stride_hd, w_ptr, stride_
         m_d = o_d < D
         b_w = tl.load(w_ptr + o_d * stride_w, mask=m_d, other=0.0).to(tl.float32)
         b_h = tl.load(p_rows + o_d[None, :] * stride_hd, mask=m_need[:, None] & m_d[None, :], other=0.0)
-        b_acc += b_h.to(tl.float32) * b_w[None, :]
+        if POT:  # one read of the tile, each row against the one head it needs; singles are Φ'
+            b_pw = tl.load(pw_ptr + o_d * stride_pw, mask=m_d, other=0.0).to(tl.float32)
+            b_acc += b_h.to(tl.float32) * tl.where(is_last[:, None], b_w[None, :], b_pw[None, :])
+            b_w = b_pw
+        else:
+            b_acc += b_h.to(tl.float32) * b_w[None, :]
         b_bs += tl.load(p_bs + o_d * stride_hd, mask=m_d & need_bs, other=0.0).to(tl.float32) * b_w
         b_na += tl.load(p_na + o_d * stride_hd, mask=m_d & need_na, other=0.0).to(tl.float32) * b_w
         b_p1 += tl.load(p_p1 + o_d * stride_hd, mask=m_d & need_p1, other=0.0).to(tl.float32) * b_w
@@ -101,7 +117,16 @@ def project_chunk_rewards(h_ptr, stride_hb, stride_hs, stride_hd, w_ptr, stride_
     s_bs = tl.sum(b_bs, axis=0)
     s_na = tl.sum(b_na, axis=0)
     s_p1 = tl.sum(b_p1, axis=0)
-    if HAS_BIAS:
+    if POT:
+        if HAS_BIAS:
+            b_after += tl.where(is_last, tl.load(bias_ptr).to(tl.float32), 0.0)
+        if HAS_PBIAS:
+            pbias = tl.load(pbias_ptr).to(tl.float32)
+            b_after += tl.where(is_last, 0.0, pbias)
+            s_bs += pbias
+            s_na += pbias
+            s_p1 += pbias
+    elif HAS_BIAS:
         bias = tl.load(bias_ptr).to(tl.float32)
         b_after += bias
         s_bs += bias
@@ -110,9 +135,7 @@ def project_chunk_rewards(h_ptr, stride_hb, stride_hs, stride_hd, w_ptr, stride_
 
     b_before = tl.gather(b_after, lane_of(o_t - 1, start, BLOCK_T, FLIP), 0)  # scores[p + t − 1]
     b_before = tl.where(o_t == start, s_bs, b_before)
-    has_local = nx < L  # next generated position is in this chunk or at its end (then n − 1 is in it)
     b_local = tl.gather(b_after, lane_of(nx - 1, start, BLOCK_T, FLIP), 0)
-    has_next = has_local | (next_after < L)
     phi_out = tl.where(has_local, b_local, tl.where(next_after < L, s_na, b_after))
     if FIRST_PROMPT:
         if VARLEN:
@@ -129,6 +152,13 @@ def project_chunk_rewards(h_ptr, stride_hb, stride_hs, stride_hd, w_ptr, stride_
     return o_x, m_t, b_m, b_r
 
 
+def potential_head_args(potential_weight, potential_bias, weight) -> dict:
+    """Kernel arguments of the potential head (POT; the reward head's tensors as placeholders)."""
+    pw = weight if potential_weight is None else potential_weight
+    return dict(pw_ptr=pw, stride_pw=pw.stride(0), pbias_ptr=potential_bias if potential_bias is not None else pw,
+                POT=potential_weight is not None, HAS_PBIAS=potential_bias is not None)
+
+
 @triton.autotune(configs=_CONFIGS, key=["D", "BLOCK_T"])  # outputs only written: safe to rerun
 @triton.jit
 def _fused_kernel(h_ptr, stride_hb, stride_hs, stride_hd, w_ptr, stride_w, bias_ptr, D,
@@ -138,7 +168,7 @@ def _fused_kernel(h_ptr, stride_hb, stride_hs, stride_hd, w_ptr, stride_w, bias_
                   HAS_CLIP: tl.constexpr, HAS_KL: tl.constexpr, KL_EST: tl.constexpr,
                   HAS_KL_CLAMP: tl.constexpr, HAS_BOOT: tl.constexpr, MULTI: tl.constexpr,
                   BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, FLIP: tl.constexpr, BLOCK_D: tl.constexpr,
-                  VARLEN: tl.constexpr):
+                  VARLEN: tl.constexpr, pw_ptr, stride_pw, pbias_ptr, POT: tl.constexpr, HAS_PBIAS: tl.constexpr):
     i_n, i_c, bos, T_n, nC_n, base = locate_chunk(ci_ptr, cu_ptr, L, nC, BLOCK_T, VARLEN)
     if i_c < 0:
         return
@@ -146,7 +176,7 @@ def _fused_kernel(h_ptr, stride_hb, stride_hs, stride_hd, w_ptr, stride_w, bias_
         h_ptr, stride_hb, stride_hs, stride_hd, w_ptr, stride_w, bias_ptr, D, m_ptr, p_ptr, f_ptr, lp_ptr, ref_ptr,
         rew_ptr, i_n, i_c, bos, base, T_n, nC_n, beta_c, one_minus_beta, kl_coef, clip_lo, clip_hi, kl_lo, kl_hi,
         HAS_BIAS, FIRST_PROMPT, FULL_BETA, HAS_CLIP, HAS_KL, KL_EST, HAS_KL_CLAMP, MULTI, BLOCK_T, BLOCK_C, FLIP,
-        BLOCK_D, VARLEN)
+        BLOCK_D, VARLEN, pw_ptr, stride_pw, pbias_ptr, POT, HAS_PBIAS)
 
     b_v = tl.load(v_ptr + o_x, mask=m_t, other=0.0).to(tl.float32)
     al, be, mu, ka, kv = gae_elements(b_r, b_v, b_m, gamma, lam)
@@ -165,11 +195,12 @@ def _fused_kernel(h_ptr, stride_hb, stride_hs, stride_hd, w_ptr, stride_w, bias_
 
 def fused_reward_gae(hidden, weight, bias, values, response_mask, prompt_len, logprobs=None, ref_logprobs=None,
                      kl_coef=0.0, kl_estimator="k1", kl_clamp=None, gamma=1.0, lam=0.95, first="prompt",
-                     beta_c=1.0, reward_clip=None, bootstrap=None, *, cu_seqlens=None, chunk=None, flip=None):
+                     beta_c=1.0, reward_clip=None, bootstrap=None, *, cu_seqlens=None, chunk=None, flip=None,
+                     potential_weight=None, potential_bias=None):
     """hidden [B, S, D], weight [D], bias fp32 [1] | None, values [B, L], response_mask bool [B, L],
     prompt_len int64 [B] -> (rewards, advantages, returns), fp32 [B, L] each.
     Packed (cu_seqlens int64 [N + 1], prompt_len None): hidden [T, D], per-token tensors [T],
-    bootstrap [N] -> fp32 [T] each."""
+    bootstrap [N] -> fp32 [T] each. potential_weight [D] (+ potential_bias fp32 [1]): a potential head."""
     dev = hidden.device
     shape = response_mask.shape
     rew = torch.empty(shape, dtype=torch.float32, device=dev)
@@ -205,7 +236,7 @@ def fused_reward_gae(hidden, weight, bias, values, response_mask, prompt_len, lo
         f if f is not None else rew, lp, ref, v, boot if boot is not None else rew, s if multi else rew, rew, adv,
         ret, ci, cu, plane, L, nC, **scalars, gamma=float(gamma), lam=float(lam), HAS_BIAS=bias is not None,
         **consts, HAS_BOOT=boot is not None, MULTI=multi, BLOCK_T=chunk, BLOCK_C=BLOCK_C, FLIP=flip,
-        VARLEN=ch is not None,
+        VARLEN=ch is not None, **potential_head_args(potential_weight, potential_bias, weight),
     )
     if multi:
         adv, ret = gae_final(rew, v, m8, boot, s, gamma, lam, chunk, flip, ch)

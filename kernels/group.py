@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from ._common import flip_scans, reward_chunk
-from .fused import _CONFIGS, project_chunk_rewards
+from .fused import _CONFIGS, potential_head_args, project_chunk_rewards
 from .returns import N_MOMENTS, _layout, _scan_rows, row_stats, rtg_chunk_tail
 from .varlen import launch_args, locate_chunk
 from .rewards import BLOCK_C, first_unmasked, reward_options
@@ -34,7 +34,8 @@ def _fused_group_kernel(h_ptr, stride_hb, stride_hs, stride_hd, w_ptr, stride_w,
                         HAS_BIAS: tl.constexpr, FIRST_PROMPT: tl.constexpr, FULL_BETA: tl.constexpr,
                         HAS_CLIP: tl.constexpr, HAS_KL: tl.constexpr, KL_EST: tl.constexpr,
                         HAS_KL_CLAMP: tl.constexpr, MULTI: tl.constexpr, BLOCK_T: tl.constexpr,
-                        BLOCK_C: tl.constexpr, FLIP: tl.constexpr, BLOCK_D: tl.constexpr, VARLEN: tl.constexpr):
+                        BLOCK_C: tl.constexpr, FLIP: tl.constexpr, BLOCK_D: tl.constexpr, VARLEN: tl.constexpr,
+                        pw_ptr, stride_pw, pbias_ptr, POT: tl.constexpr, HAS_PBIAS: tl.constexpr):
     i_n, i_c, bos, T_n, nC_n, base = locate_chunk(ci_ptr, cu_ptr, L, nC, BLOCK_T, VARLEN)
     if i_c < 0:
         return
@@ -42,7 +43,7 @@ def _fused_group_kernel(h_ptr, stride_hb, stride_hs, stride_hd, w_ptr, stride_w,
         h_ptr, stride_hb, stride_hs, stride_hd, w_ptr, stride_w, bias_ptr, D, m_ptr, p_ptr, f_ptr, lp_ptr, ref_ptr,
         rew_ptr, i_n, i_c, bos, base, T_n, nC_n, beta_c, one_minus_beta, kl_coef, clip_lo, clip_hi, kl_lo, kl_hi,
         HAS_BIAS, FIRST_PROMPT, FULL_BETA, HAS_CLIP, HAS_KL, KL_EST, HAS_KL_CLAMP, MULTI, BLOCK_T, BLOCK_C, FLIP,
-        BLOCK_D, VARLEN)
+        BLOCK_D, VARLEN, pw_ptr, stride_pw, pbias_ptr, POT, HAS_PBIAS)
     # group advantages use holes="skip" (_group_stats' row pass)
     rtg_chunk_tail(b_r, b_m, m_t, o_x, s_ptr, st_ptr, ret_ptr, base, i_c, plane, gamma, True, MULTI, True,
                    BLOCK_T, FLIP)
@@ -50,11 +51,12 @@ def _fused_group_kernel(h_ptr, stride_hb, stride_hs, stride_hd, w_ptr, stride_w,
 
 def fused_row_pass(hidden, weight, bias, response_mask, prompt_len, logprobs=None, ref_logprobs=None, kl_coef=0.0,
                    kl_estimator="k1", kl_clamp=None, first="prompt", beta_c=1.0, reward_clip=None, gamma=1.0,
-                   cu_seqlens=None, *, chunk=None, flip=None):
+                   cu_seqlens=None, *, chunk=None, flip=None, potential_weight=None, potential_bias=None):
     """hidden [B, S, D], weight [D], bias fp32 [1] | None, response_mask bool [B, L], prompt_len
     int64 [B] -> (rewards fp32 [B, L], returns G fp32 [B, L], stats float64 [B, 5]): _group_stats'
     fused row pass. Packed (cu_seqlens int64 [N + 1], prompt_len None): hidden [T, D], per-token
-    tensors [T] -> rewards, returns [T] and stats [N, 5]."""
+    tensors [T] -> rewards, returns [T] and stats [N, 5]. potential_weight/potential_bias: a potential
+    head (kernels/fused.py)."""
     dev = hidden.device
     m8 = response_mask.contiguous().view(torch.uint8)
     if cu_seqlens is None:
@@ -87,6 +89,7 @@ def fused_row_pass(hidden, weight, bias, response_mask, prompt_len, logprobs=Non
         f if f is not None else rew, lp, ref, maps, moments, rew, ret, ci, cu, plane, L if ch is None else 0, nC,
         **scalars, gamma=float(gamma), HAS_BIAS=bias is not None, **consts, MULTI=multi, BLOCK_T=chunk,
         BLOCK_C=BLOCK_C, FLIP=flip, VARLEN=ch is not None,
+        **potential_head_args(potential_weight, potential_bias, weight),
     )
     if multi:  # carry across chunks: G and its moments from the fp32 rewards just written
         ret = _scan_rows(rew, m8, gamma, True, stats=moments, maps=maps, chunk=chunk, flip=flip, rows_done=True,

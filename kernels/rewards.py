@@ -14,6 +14,9 @@ VARLEN (packed [T], cu_seqlens): the same kernels over kernels/varlen.py's chunk
 sequence being a row whose positions are stream positions (p = 0): its response starts at its
 first generated position s_n, so Φ_1 = scores[s_n − 1] is simply `before` there, and no read
 ever crosses the sequence's start.
+A separate potential Φ' (issue 24, `potential`): before, Φ_out at a next generated token and Φ_1
+are read from it (ph_ptr, the scores themselves without one); `after` stays the scores, read at
+the last generated token only (Φ_out there and the sparse part).
 """
 
 import torch
@@ -131,7 +134,7 @@ def _token_rewards_kernel(s_ptr, stride_sb, stride_ss, m_ptr, p_ptr, f_ptr, lp_p
                           FIRST_PROMPT: tl.constexpr, FULL_BETA: tl.constexpr, HAS_CLIP: tl.constexpr,
                           HAS_KL: tl.constexpr, KL_EST: tl.constexpr, HAS_KL_CLAMP: tl.constexpr,
                           MULTI: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, FLIP: tl.constexpr,
-                          VARLEN: tl.constexpr):
+                          VARLEN: tl.constexpr, ph_ptr, stride_phb, stride_phs):
     i_n, i_c, bos, T_n, nC_n, base = locate_chunk(ci_ptr, cu_ptr, L, nC, BLOCK_T, VARLEN)
     if i_c < 0:
         return
@@ -140,22 +143,24 @@ def _token_rewards_kernel(s_ptr, stride_sb, stride_ss, m_ptr, p_ptr, f_ptr, lp_p
     if VARLEN:  # scores [T] and the mask share positions: the response starts at the first generated one
         p = 0
         p_s = s_ptr + bos * stride_ss
+        p_ph = ph_ptr + bos * stride_phs
     else:
         p = tl.load(p_ptr + i_n)
         p_s = s_ptr + i_n.to(tl.int64) * stride_sb
+        p_ph = ph_ptr + i_n.to(tl.int64) * stride_phb
     q = p + o_t
-    b_after = tl.load(p_s + q * stride_ss, mask=b_m, other=0.0).to(tl.float32)
-    # q >= 1: packed, never a read before the sequence (the previous sequence's score)
-    b_before = tl.load(p_s + (q - 1) * stride_ss, mask=b_m & (q >= 1), other=0.0).to(tl.float32)
     nxg = tl.minimum(nx, next_after)
     has_next = nxg < T_n
-    b_out = tl.load(p_s + (p + nxg - 1) * stride_ss, mask=b_m & has_next, other=0.0).to(tl.float32)
+    b_after = tl.load(p_s + q * stride_ss, mask=b_m & ~has_next, other=0.0).to(tl.float32)  # R: the last token's
+    # q >= 1: packed, never a read before the sequence (the previous sequence's score)
+    b_before = tl.load(p_ph + (q - 1) * stride_phs, mask=b_m & (q >= 1), other=0.0).to(tl.float32)
+    b_out = tl.load(p_ph + (p + nxg - 1) * stride_phs, mask=b_m & has_next, other=0.0).to(tl.float32)
     phi_out = tl.where(has_next, b_out, b_after)
     if FIRST_PROMPT:
         if VARLEN:  # Φ_1 = scores[s_n − 1] = before at the first generated position s_n
             phi_1 = b_before
         else:
-            phi_1 = tl.load(p_s + (p - 1) * stride_ss).to(tl.float32)
+            phi_1 = tl.load(p_ph + (p - 1) * stride_phs).to(tl.float32)
     else:
         phi_1 = 0.0
     o_x = bos + o_t
@@ -212,9 +217,10 @@ def reward_options(first, beta_c, reward_clip, kl_coef, kl_estimator, kl_clamp, 
 
 def token_rewards(scores, response_mask, prompt_len, logprobs=None, ref_logprobs=None, kl_coef=0.0,
                   kl_estimator="k1", kl_clamp=None, first="prompt", beta_c=1.0, reward_clip=None, *, cu_seqlens=None,
-                  chunk=None, flip=None):
+                  chunk=None, flip=None, potential=None):
     """scores [B, S], response_mask bool [B, L], prompt_len int64 [B] -> fp32 [B, L].
-    Packed (cu_seqlens int64 [N + 1], prompt_len None): scores, mask, logprobs [T] -> fp32 [T]."""
+    Packed (cu_seqlens int64 [N + 1], prompt_len None): scores, mask, logprobs [T] -> fp32 [T].
+    potential: Φ', the layout of scores (module doc)."""
     out = torch.empty(response_mask.shape, dtype=torch.float32, device=scores.device)
     if out.numel() == 0:
         return out
@@ -238,10 +244,12 @@ def token_rewards(scores, response_mask, prompt_len, logprobs=None, ref_logprobs
     ref = ref_logprobs.contiguous() if consts["HAS_KL"] else out
     ci, cu = launch_args(ch, out)
     s2 = scores if ch is None else scores.unsqueeze(0)
+    ph = s2 if potential is None else (potential if ch is None else potential.unsqueeze(0))
     _token_rewards_kernel[grid or (nC, B)](
         s2, s2.stride(0), s2.stride(1), m8, prompt_len.contiguous() if ch is None else out,
         f if f is not None else out, lp, ref, out, ci, cu, L, nC, **scalars, **consts, MULTI=multi, BLOCK_T=chunk,
         BLOCK_C=BLOCK_C, FLIP=flip, VARLEN=ch is not None, num_warps=1 if chunk <= 128 else 4,
+        ph_ptr=ph, stride_phb=ph.stride(0), stride_phs=ph.stride(1),
     )
     return out
 

@@ -488,20 +488,23 @@ def fused_reward_group_advantages(
     fused_row_pass_fn, finish_fn, hidden, weight, bias, response_mask, prompt_len, index, estimator="grpo",
     logprobs=None, ref_logprobs=None, kl_coef=0.0, kl_estimator="k1", kl_clamp=None, first="prompt", beta_c=1.0,
     reward_clip=None, gamma=1.0, eps=1e-6, scale="group", group=None, cu_seqlens=None, baseline="row",
+    potential_weight=None, potential_bias=None,
 ):
-    """A backend's fused_reward_group_advantages from its fused row pass and finish -> (rewards, advantages)."""
+    """A backend's fused_reward_group_advantages from its fused row pass and finish -> (rewards, advantages).
+    potential_weight/potential_bias (a potential head, issue 24) reach the row pass only when set."""
     packed = _packed(cu_seqlens)
+    heads = {} if potential_weight is None else {"potential_weight": potential_weight, "potential_bias": potential_bias}
     if baseline == "position":
         pos = position_layout(index, response_mask, estimator, scale, group, cu_seqlens)
         rewards, returns, stats, sums, last = fused_row_pass_fn(
             hidden, weight, bias, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp,
-            first, beta_c, reward_clip, gamma, **packed, positions=pos,
+            first, beta_c, reward_clip, gamma, **packed, **heads, positions=pos,
         )
         shift, mult = affine_position(stats, sums, last, pos, estimator, eps, scale, group)
         return rewards, finish_fn(rewards, returns, response_mask, shift, mult, gamma, False, **packed, ids=pos.ids)
     rewards, returns, stats = fused_row_pass_fn(
         hidden, weight, bias, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp,
-        first, beta_c, reward_clip, gamma, **packed,
+        first, beta_c, reward_clip, gamma, **packed, **heads,
     )
     shift, mult, on_rewards = affine(stats, index, estimator, eps, scale, group)
     return rewards, finish_fn(rewards, returns, response_mask, shift, mult, gamma, on_rewards, **packed)
@@ -509,14 +512,16 @@ def fused_reward_group_advantages(
 
 def fused_row_pass(
     hidden, weight, bias, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp,
-    first, beta_c, reward_clip, gamma, cu_seqlens=None, *, positions=None,
+    first, beta_c, reward_clip, gamma, cu_seqlens=None, potential_weight=None, potential_bias=None, *,
+    positions=None,
 ):
     """Torch form of the fused row pass -> (rewards, returns, stats); see step 1. Packed: hidden [T, D].
     With `positions` (step 1p) -> (rewards, returns, stats, sums, last)."""
     from .reference import prefix_scores, token_rewards
 
+    potential = None if potential_weight is None else prefix_scores(hidden, potential_weight, potential_bias)
     rewards = token_rewards(
         prefix_scores(hidden, weight, bias), response_mask, prompt_len, logprobs, ref_logprobs, kl_coef,
-        kl_estimator, kl_clamp, first, beta_c, reward_clip, cu_seqlens=cu_seqlens,
+        kl_estimator, kl_clamp, first, beta_c, reward_clip, cu_seqlens=cu_seqlens, potential=potential,
     )
     return (rewards, *row_pass(rewards, response_mask, gamma, cu_seqlens, positions=positions))

@@ -71,7 +71,7 @@ OPS: dict[str, Op] = {
         checks=_layout_check("hidden")),
     "redistribute": Op(
         "Tensor scores, Tensor response_mask, Tensor? prompt_len, str first, float beta_c, bool beta_c_auto, "
-        "Tensor? cu_seqlens", _BL,
+        "Tensor? cu_seqlens, Tensor? potential", _BL,
         checks=_layout_check("scores", prompt_len=True)),
     "kl_penalty": Op(
         "Tensor logprobs, Tensor ref_logprobs, str estimator, float[]? clamp, Tensor? cu_seqlens",
@@ -80,8 +80,8 @@ OPS: dict[str, Op] = {
         "Tensor scores, Tensor response_mask, Tensor? prompt_len, Tensor? logprobs, Tensor? ref_logprobs, "
         "float kl_coef, str kl_estimator, float[]? kl_clamp, str first, float beta_c, float[]? reward_clip, "
         "bool beta_c_auto, "
-        "Tensor? cu_seqlens", _BL, ranges=("kl_clamp", "reward_clip"), checks=_layout_check("scores", prompt_len=True),
-        kl="rewards"),
+        "Tensor? cu_seqlens, Tensor? potential", _BL, ranges=("kl_clamp", "reward_clip"),
+        checks=_layout_check("scores", prompt_len=True), kl="rewards"),
     "gae": Op(
         "Tensor rewards, Tensor values, Tensor response_mask, float gamma, float lam, Tensor? bootstrap, "
         "bool carry_masked, "
@@ -94,7 +94,7 @@ OPS: dict[str, Op] = {
         "Tensor hidden, Tensor weight, Tensor? bias, Tensor values, Tensor response_mask, Tensor? prompt_len, "
         "Tensor? logprobs, Tensor? ref_logprobs, float kl_coef, str kl_estimator, float[]? kl_clamp, float gamma, "
         "float lam, str first, float beta_c, float[]? reward_clip, Tensor? bootstrap, bool beta_c_auto, "
-        "Tensor? cu_seqlens",
+        "Tensor? cu_seqlens, Tensor? potential_weight, Tensor? potential_bias",
         lambda a: [tuple(a["response_mask"].shape)] * 3, ranges=("kl_clamp", "reward_clip"),
         checks=_layout_check("hidden", prompt_len=True), kl="fused", outputs=3),
     # Group advantages (issue 12). `group=` (torch.distributed) calls run eagerly, outside the custom op.
@@ -110,7 +110,7 @@ OPS: dict[str, Op] = {
         "Tensor hidden, Tensor weight, Tensor? bias, Tensor response_mask, Tensor? prompt_len, Tensor index, "
         "str estimator, Tensor? logprobs, Tensor? ref_logprobs, float kl_coef, str kl_estimator, float[]? kl_clamp, "
         "str first, float beta_c, float[]? reward_clip, float gamma, float eps, str scale, bool beta_c_auto, "
-        "Tensor? cu_seqlens, str baseline",
+        "Tensor? cu_seqlens, str baseline, Tensor? potential_weight, Tensor? potential_bias",
         lambda a: [tuple(a["response_mask"].shape)] * 2, ranges=("kl_clamp", "reward_clip"),
         checks=_layout_check("hidden", prompt_len=True, then=_group_tokens),
         outputs=2),  # kl=None: the group statistics make the advantages non-linear in the KL; reference VJP
@@ -121,6 +121,7 @@ OPS: dict[str, Op] = {
 _DEFAULTS = {"carry_masked": False, "transform_masked": False, "eps_mode": "add", "beta_c_auto": False,
              "cu_seqlens": None}
 _DEFAULTS["baseline"] = "row"  # group ops (issue 21): "position" is an option backends list
+_DEFAULTS.update(potential=None, potential_weight=None, potential_bias=None)  # issue 24
 
 
 def _is_default(k: str, val) -> bool:

@@ -35,6 +35,12 @@ OP_OPTIONS.update({op: ("beta_c_auto",) for op in ("redistribute", "token_reward
 for _op in ("prefix_scores", "redistribute", "kl_penalty", "token_rewards", "gae", "masked_whiten", "fused_reward_gae",
             "reward_to_go", "group_advantages", "fused_reward_group_advantages"):
     OP_OPTIONS[_op] = OP_OPTIONS.get(_op, ()) + ("cu_seqlens",)
+# A separate shaping potential (issue 24): `potential` [B, S] / [T] on the reward ops, a second
+# head `potential_weight` (+ `potential_bias`) on the fused ops. Options: a backend lists them.
+for _op in ("redistribute", "token_rewards"):
+    OP_OPTIONS[_op] += ("potential",)
+for _op in ("fused_reward_gae", "fused_reward_group_advantages"):
+    OP_OPTIONS[_op] += ("potential_weight", "potential_bias")
 BETA_C_AUTO = "auto"
 # baseline="position" (issue 21) reaches a backend only if it lists "baseline" for the op.
 for _op in ("group_advantages", "fused_reward_group_advantages"):
@@ -172,27 +178,58 @@ def as_prompt_len(
         return torch.full((B,), p, dtype=torch.int64, device=device)
 
 
-def as_weight(weight, D: int) -> torch.Tensor:
-    check_tensor("weight", weight)
+def as_weight(weight, D: int, name: str = "weight") -> torch.Tensor:
+    check_tensor(name, weight)
     if weight.dim() == 2 and weight.shape[0] == 1:
         weight = weight[0]
     if _shape(weight) != [D]:
-        raise ValueError(f"weight must be [D] or [1, D] with D = {D} (from hidden), got {_shape(weight)}")
+        raise ValueError(f"{name} must be [D] or [1, D] with D = {D} (from hidden), got {_shape(weight)}")
     return weight
 
 
-def as_bias(bias, device: torch.device):
+# --- the potential (issue 24) ----------------------------------------------------------------
+
+
+def potential_args(potential, scores: torch.Tensor, scores_name: str = "scores") -> dict:
+    """potential: None or a float tensor shaped like the scores ([B, S], or [T] packed) -> {"potential": …}
+    when given (an option: absent at its default)."""
+    if potential is None:
+        return {}
+    check_tensor("potential", potential, rank=scores.dim())
+    if _shape(potential) != _shape(scores):
+        raise ValueError(f"potential must have the shape of {scores_name} = {_shape(scores)} (the same layout), "
+                         f"got {_shape(potential)}")
+    check_same_device(**{scores_name: scores, "potential": potential})
+    return {"potential": potential}
+
+
+def potential_head_args(potential_weight, potential_bias, hidden: torch.Tensor) -> dict:
+    """The potential head of the fused ops: potential_weight [D] or [1, D] (None: no potential),
+    potential_bias None, a float or a [1] tensor -> normalised like weight and bias, present only when set."""
+    if potential_weight is None:
+        if potential_bias is not None:
+            raise ValueError("potential_bias is set but potential_weight is None; the potential head needs "
+                             "potential_weight [D]")
+        return {}
+    weight = as_weight(potential_weight, hidden.shape[-1], "potential_weight")
+    check_same_device(hidden=hidden, potential_weight=weight)
+    out = {"potential_weight": weight}
+    bias = as_bias(potential_bias, hidden.device, "potential_bias")
+    return out if bias is None else out | {"potential_bias": bias}
+
+
+def as_bias(bias, device: torch.device, name: str = "bias"):
     if bias is None:
         return None
     if isinstance(bias, torch.Tensor):
-        check_tensor("bias", bias)
+        check_tensor(name, bias)
         if bias.numel() != 1 or bias.dim() > 1:
-            raise ValueError(f"bias must be None, a float or a [1] tensor, got shape {_shape(bias)}")
+            raise ValueError(f"{name} must be None, a float or a [1] tensor, got shape {_shape(bias)}")
         if bias.device != device:
-            raise ValueError(f"bias is on {bias.device} but hidden is on {device}; all tensors must be on the same device")
+            raise ValueError(f"{name} is on {bias.device} but hidden is on {device}; all tensors must be on the same device")
         return bias.reshape(1).to(torch.float32)
     # torch.full, not torch.tensor: no host-to-device copy (a sync on CUDA).
-    return torch.full((1,), check_finite_float("bias", bias), dtype=torch.float32, device=device)
+    return torch.full((1,), check_finite_float(name, bias), dtype=torch.float32, device=device)
 
 
 def as_bootstrap(bootstrap, B: int, device: torch.device):

@@ -70,7 +70,8 @@ def prefix_scores(hidden, weight, bias=None, *, cu_seqlens=None, backend="auto")
 
 
 def redistribute(
-    scores, response_mask, prompt_len=None, *, first="prompt", beta_c=1.0, cu_seqlens=None, backend="auto"
+    scores, response_mask, prompt_len=None, *, first="prompt", beta_c=1.0, cu_seqlens=None, backend="auto",
+    potential=None,
 ) -> torch.Tensor:
     """R3HF/RED dense rewards from prefix scores [B, S] -> float32 [B, L].
 
@@ -82,11 +83,18 @@ def redistribute(
     beta_c="auto": potential β(t)·Φ_t instead, β(t) = clip(Cov(R, Φ_t)/Var(Φ_t), 0, 1) estimated
     leave-one-out over the batch (`r3hf.reference.rewards.auto_beta`; torch backend only, also in
     token_rewards and fused_reward_gae).
+
+    potential ([B, S] like scores, or [T] packed): a separate shaping potential Φ' (e.g.
+    `r3hf.models.PotentialHead`'s prefix scores). Every Φ above is read from it, except the final
+    one: the last generated token u_n gets scores[u_n] − Φ'(before u_n), so R stays the reward
+    model's and a row sums to R − Φ'_0 (Φ'_0 = potential[prompt_len − 1], or 0 with first="zero").
+    beta_c = c shapes with c·Φ'; "auto" estimates β(t) = clip(Cov(R, Φ'_t)/Var(Φ'_t), 0, 1).
+    potential = scores gives exactly the results without it.
     """
     args = (
         v.redistribute_args(scores, response_mask, prompt_len, first, beta_c) if cu_seqlens is None
         else vp.redistribute_args(scores, response_mask, prompt_len, first, beta_c, cu_seqlens)
-    )
+    ) | v.potential_args(potential, scores)
     return _run("redistribute", backend, scores.device, args)
 
 
@@ -104,17 +112,18 @@ def kl_penalty(logprobs, ref_logprobs, estimator="k1", clamp=None, *, cu_seqlens
 
 def token_rewards(
     scores, response_mask, prompt_len=None, *, logprobs=None, ref_logprobs=None, kl_coef=0.0, kl_estimator="k1",
-    kl_clamp=None, first="prompt", beta_c=1.0, reward_clip=None, cu_seqlens=None, backend="auto",
+    kl_clamp=None, first="prompt", beta_c=1.0, reward_clip=None, cu_seqlens=None, backend="auto", potential=None,
 ) -> torch.Tensor:
     """mask · (clip(redistribute(scores)) − kl_coef · kl_penalty(logprobs, ref_logprobs)) -> [B, L].
 
     reward_clip (None, c or (low, high)) bounds the reward-model part only; kl_clamp bounds
     the KL estimate (veRL's k3 and OpenRLHF use ±10). KL needs both logprob tensors.
+    potential: a separate shaping potential, as in `redistribute`.
     """
     args = (v if cu_seqlens is None else vp).token_rewards_args(
         scores, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp, first,
         beta_c, reward_clip, *_packed(cu_seqlens),
-    )
+    ) | v.potential_args(potential, scores)
     return _run("token_rewards", backend, scores.device, args)
 
 
@@ -161,18 +170,21 @@ def masked_whiten(
 def fused_reward_gae(
     hidden, weight, bias, values, response_mask, prompt_len=None, *, logprobs=None, ref_logprobs=None, kl_coef=0.0,
     kl_estimator="k1", kl_clamp=None, gamma=1.0, lam=0.95, first="prompt", beta_c=1.0, reward_clip=None,
-    bootstrap=None, cu_seqlens=None, backend="auto",
+    bootstrap=None, cu_seqlens=None, backend="auto", potential_weight=None, potential_bias=None,
 ):
     """Reward-head projection → R3HF rewards → KL → GAE in one call.
 
     hidden [B, S, D], weight [D] or [1, D], bias, values [B, L], response_mask [B, L] ->
     (rewards, advantages, returns), each float32 [B, L]; equal to
     gae(token_rewards(prefix_scores(hidden, weight, bias), …), values, …). No whitening.
+    potential_weight [D] or [1, D] (+ potential_bias): a potential head on the same hidden states,
+    projected in the same read; equal to token_rewards(…, potential=prefix_scores(hidden,
+    potential_weight, potential_bias)) (see `redistribute`).
     """
     args = (v if cu_seqlens is None else vp).fused_args(
         hidden, weight, bias, values, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator,
         kl_clamp, gamma, lam, first, beta_c, reward_clip, bootstrap, *_packed(cu_seqlens),
-    )
+    ) | v.potential_head_args(potential_weight, potential_bias, hidden)
     return _run("fused_reward_gae", backend, hidden.device, args)
 
 
@@ -223,8 +235,8 @@ def group_advantages(
 def fused_reward_group_advantages(
     hidden, weight, bias, response_mask, prompt_len=None, index=None, estimator="grpo", *, logprobs=None, ref_logprobs=None,
     kl_coef=0.0, kl_estimator="k1", kl_clamp=None, first="prompt", beta_c=1.0, reward_clip=None, gamma=1.0,
-    eps=1e-6, scale="group", group=None, cu_seqlens=None, backend="auto",
-    baseline="row",
+    eps=1e-6, scale="group", group=None, cu_seqlens=None, backend="auto", baseline="row", potential_weight=None,
+    potential_bias=None,
 ):
     """Reward-head projection → R3HF rewards → KL → group advantages in one call.
 
@@ -232,13 +244,14 @@ def fused_reward_group_advantages(
     advantages), float32 [B, L] each; equal to
     group_advantages(token_rewards(prefix_scores(hidden, weight, bias), …), response_mask, index, …).
     beta_c="auto" (torch backend): β(t) is estimated on this process's batch, also with `group`.
+    potential_weight / potential_bias: a potential head, as in `fused_reward_gae`.
     """
     if index is None:
         raise TypeError("index is required: an int G or an integer tensor of group ids ([B], or [N] with cu_seqlens)")
     args = (v if cu_seqlens is None else vp).fused_group_args(
         hidden, weight, bias, response_mask, prompt_len, index, estimator, logprobs, ref_logprobs, kl_coef,
         kl_estimator, kl_clamp, first, beta_c, reward_clip, gamma, eps, scale, group, *_packed(cu_seqlens),
-    )
+    ) | v.potential_head_args(potential_weight, potential_bias, hidden)
     args.update(v.group_baseline(baseline, args["estimator"]))
     return _run("fused_reward_group_advantages", backend, hidden.device, args)
 

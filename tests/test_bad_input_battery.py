@@ -43,6 +43,11 @@ SPECS = {
         "gamma": "unit", "eps": "positive", "scale": "scale"},
 }
 GROUP_OPS = ("group_advantages", "fused_reward_group_advantages")
+# A separate potential (issue 24)
+for _op in ("redistribute", "token_rewards"):
+    SPECS[_op]["potential"] = "BS"
+for _op in ("fused_reward_gae", "fused_reward_group_advantages"):
+    SPECS[_op].update(potential_weight="D", potential_bias="bias")
 
 
 def _base_args(op):
@@ -55,6 +60,7 @@ def _base_args(op):
         kl_clamp=5.0, reward_clip=3.0, rewards=b["rewards"], values=b["values"], gamma=0.99, lam=0.95,
         bootstrap=0.25, x=b["values"], mask=b["response_mask"], shift_mean=True, unbiased=True, eps=1e-8,
         index=2, holes="discount", scale="batch",
+        potential=b["scores"] + 1.0, potential_weight=b["weight"][None], potential_bias=0.25,
     )
     if op in GROUP_OPS:
         pool["estimator"] = "grpo"

@@ -58,7 +58,7 @@ def cases():
             for cfg in fused._CONFIGS:
                 yield "fused" + tag, fused._fused_kernel, {
                     **reward_consts, "HAS_BIAS": flip, "HAS_BOOT": flip, "MULTI": flip, "FLIP": flip,
-                    "FIRST_PROMPT": not flip, **cfg.kwargs, **v}, cfg.num_warps
+                    "FIRST_PROMPT": not flip, "POT": flip, "HAS_PBIAS": flip, **cfg.kwargs, **v}, cfg.num_warps
             for skip, transform, stats in [(True, False, True), (False, False, False), (True, True, False)]:
                 scan = dict(SKIP=skip, TRANSFORM=transform, STATS=stats, FLIP=flip, **v)
                 yield "rtg_row" + tag, returns._rtg_row_kernel, dict(**scan, MULTI=stats, BLOCK_T=256), 2
@@ -66,7 +66,7 @@ def cases():
             for cfg in group._CONFIGS:
                 yield "fused_group" + tag, group._fused_group_kernel, {
                     **reward_consts, "HAS_BIAS": flip, "MULTI": flip, "FLIP": flip, "FIRST_PROMPT": not flip,
-                    **cfg.kwargs, **v}, cfg.num_warps
+                    "POT": not flip, "HAS_PBIAS": not flip, **cfg.kwargs, **v}, cfg.num_warps
         yield "row_stats" + tag, returns._row_stats_kernel, dict(BLOCK_C=16, BLOCK_T=64, **v), 1
         yield "affine" + tag, returns._affine_kernel, dict(BLOCK=1024, **v), 4
         yield "first_unmasked" + tag, rewards._first_unmasked_kernel, dict(BLOCK_T=64, **v), 4

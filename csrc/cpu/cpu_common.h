@@ -68,6 +68,39 @@ struct Projection {
   }
 };
 
+// The reward head and an optional potential head (issue 24) on the same hidden states, for the
+// fused ops. A row reads R only at s[last + 1] (last = its last generated token) and Φ at every
+// other entry it needs (r3hf::needed_scores), so with a potential head s holds Φ' everywhere but
+// there: each needed hidden row is read once, with the one head its entry uses, and the row math
+// (token_rewards_row) is unchanged. Without a potential head, s is the reward head's scores.
+struct Heads {
+  const Projection& reward;
+  c10::optional<Projection> potential;
+
+  Heads(const Projection& r, const c10::optional<Tensor>& potential_weight,
+        const c10::optional<Tensor>& potential_bias)
+      : reward(r) {
+    TORCH_CHECK_VALUE(potential_weight.has_value() || !potential_bias.has_value(),
+                      "potential_bias is set but potential_weight is None");
+    if (potential_weight.has_value()) potential.emplace(r.hidden, *potential_weight, potential_bias);
+  }
+
+  // s[k] = head(hidden[b, t0 + k]) where need[k], else 0, for k in [0, L]; mask: the row's [L].
+  template <typename scalar_t>
+  void fill(const scalar_t* base, int64_t b, int64_t t0, const bool* mask, const bool* need, int64_t L,
+            float* s) const {
+    if (!potential.has_value()) {
+      for (int64_t k = 0; k <= L; ++k) s[k] = need[k] ? reward.score(base, b, t0 + k) : 0.f;
+      return;
+    }
+    int64_t r_k = -1;  // s index of R: after the last generated token (none in an empty row)
+    for (int64_t j = L - 1; j >= 0; --j)
+      if (mask[j]) { r_k = j + 1; break; }
+    for (int64_t k = 0; k <= L; ++k)
+      s[k] = need[k] ? (k == r_k ? reward : *potential).score(base, b, t0 + k) : 0.f;
+  }
+};
+
 #define R3HF_DISPATCH_HIDDEN(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 

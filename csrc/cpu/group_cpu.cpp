@@ -126,9 +126,11 @@ std::tuple<Tensor, Tensor> fused_reward_group_row_pass_cpu(
     const Tensor& hidden, const Tensor& weight, const c10::optional<Tensor>& bias, const Tensor& mask_in,
     const Tensor& prompt_len_in, const c10::optional<Tensor>& logprobs_in, const c10::optional<Tensor>& ref_in,
     double kl_coef, c10::string_view kl_estimator, OptRange kl_clamp, c10::string_view first, double beta_c,
-    OptRange reward_clip, double gamma) {
+    OptRange reward_clip, double gamma, const c10::optional<Tensor>& potential_weight,
+    const c10::optional<Tensor>& potential_bias) {
   check_cpu(hidden, "hidden");
   Projection proj(hidden, weight, bias);
+  const cpu::Heads heads(proj, potential_weight, potential_bias);
   const RewardOptions ropt = reward_options(first, beta_c, kl_coef, kl_estimator, kl_clamp, reward_clip);
   const Tensor mask = as_bool(mask_in), prompt_len = as_long(prompt_len_in);
   TORCH_CHECK_VALUE(mask.dim() == 2, "response_mask must be [B, L], got ", mask.sizes());
@@ -161,7 +163,7 @@ std::tuple<Tensor, Tensor> fused_reward_group_row_pass_cpu(
       for (int64_t b = begin; b < end; ++b) {
         const bool* m = p_m + b * L;
         needed_scores(m, L, ropt.first_prompt, reinterpret_cast<bool*>(need.data()));
-        for (int64_t k = 0; k <= L; ++k) s[k] = need[k] ? proj.score(base, b, p_len[b] - 1 + k) : 0.f;
+        heads.fill(base, b, p_len[b] - 1, m, reinterpret_cast<const bool*>(need.data()), L, s.data());
         float* rw = p_rw + b * L;
         token_rewards_row(s.data(), m, p_lp ? p_lp + b * L : nullptr, p_ref ? p_ref + b * L : nullptr, L, ropt, rw);
         row_pass_block<1>(rw, m, L, g, RowPassColumns{}, G.data(), p_s + b * kStats);

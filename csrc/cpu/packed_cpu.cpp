@@ -135,9 +135,11 @@ std::tuple<Tensor, Tensor, Tensor> packed_fused_reward_gae_cpu(
     const Tensor& mask_in, const Tensor& cu_in, const c10::optional<Tensor>& logprobs_in,
     const c10::optional<Tensor>& ref_in, double kl_coef, c10::string_view kl_estimator, OptRange kl_clamp,
     double gamma, double lam, c10::string_view first, double beta_c, OptRange reward_clip,
-    const c10::optional<Tensor>& bootstrap_in) {
+    const c10::optional<Tensor>& bootstrap_in, const c10::optional<Tensor>& potential_weight,
+    const c10::optional<Tensor>& potential_bias) {
   check_cpu(hidden_in, "hidden");
   Projection proj(packed_hidden(hidden_in), weight, bias);
+  const cpu::Heads heads(proj, potential_weight, potential_bias);
   const RewardOptions ropt = reward_options(first, beta_c, kl_coef, kl_estimator, kl_clamp, reward_clip);
   const GaeOptions gopt = gae_options(gamma, lam);
   const int64_t T = proj.hidden.size(1);
@@ -176,7 +178,7 @@ std::tuple<Tensor, Tensor, Tensor> packed_fused_reward_gae_cpu(
         // need[0] (Φ_1 at s0 − 1) only with first="prompt", where s0 > c0; the last read is at most
         // position c1 − 1: never outside the sequence.
         needed_scores(m, L, ropt.first_prompt, reinterpret_cast<bool*>(need.data()));
-        for (int64_t k = 0; k <= L; ++k) s[k] = need[k] ? proj.score(base, 0, s0 - 1 + k) : 0.f;
+        heads.fill(base, 0, s0 - 1, m, reinterpret_cast<const bool*>(need.data()), L, s.data());
         float* rw = p_rw + s0;
         token_rewards_row(s.data(), m, p_lp ? p_lp + s0 : nullptr, p_ref ? p_ref + s0 : nullptr, L, ropt, rw);
         gae_row(rw, p_v + s0, m, L, p_boot ? p_boot[i] : 0.f, gopt, p_adv + s0, p_ret + s0);

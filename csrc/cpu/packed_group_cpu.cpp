@@ -174,9 +174,11 @@ std::tuple<Tensor, Tensor> packed_fused_reward_group_row_pass_cpu(
     const Tensor& hidden_in, const Tensor& weight, const c10::optional<Tensor>& bias, const Tensor& mask_in,
     const Tensor& cu_in, const c10::optional<Tensor>& logprobs_in, const c10::optional<Tensor>& ref_in,
     double kl_coef, c10::string_view kl_estimator, OptRange kl_clamp, c10::string_view first, double beta_c,
-    OptRange reward_clip, double gamma) {
+    OptRange reward_clip, double gamma, const c10::optional<Tensor>& potential_weight,
+    const c10::optional<Tensor>& potential_bias) {
   check_cpu(hidden_in, "hidden");
   Projection proj(packed_hidden(hidden_in), weight, bias);
+  const cpu::Heads heads(proj, potential_weight, potential_bias);
   const RewardOptions ropt = reward_options(first, beta_c, kl_coef, kl_estimator, kl_clamp, reward_clip);
   const int64_t T = proj.hidden.size(1);
   check_stream(mask_in, T, "response_mask");
@@ -217,7 +219,7 @@ std::tuple<Tensor, Tensor> packed_fused_reward_group_row_pass_cpu(
           G.resize(L);
           // need[0] only with first="prompt" (s0 > c0); reads stay in [s0 − 1, c1 − 1].
           needed_scores(m, L, ropt.first_prompt, reinterpret_cast<bool*>(need.data()));
-          for (int64_t k = 0; k <= L; ++k) s[k] = need[k] ? proj.score(base, 0, s0 - 1 + k) : 0.f;
+          heads.fill(base, 0, s0 - 1, m, reinterpret_cast<const bool*>(need.data()), L, s.data());
           token_rewards_row(s.data(), m, p_lp ? p_lp + s0 : nullptr, p_ref ? p_ref + s0 : nullptr, L, ropt, rw);
         }
         row_pass_block<1>(rw, m, L, g, RowPassColumns{}, G.data(), p_s + i * kStats);

@@ -154,8 +154,11 @@ std::tuple<Tensor, Tensor, Tensor> fused_reward_gae_cuda(
     const Tensor& hidden, const Tensor& weight, const c10::optional<Tensor>& bias, const Tensor& values,
     const Tensor& mask_in, const Tensor& prompt_len, const c10::optional<Tensor>& logprobs,
     const c10::optional<Tensor>& ref, double kl_coef, c10::string_view est, OptRange kl_clamp, double gamma,
-    double lam, c10::string_view first, double beta_c, OptRange reward_clip, const c10::optional<Tensor>& bootstrap) {
+    double lam, c10::string_view first, double beta_c, OptRange reward_clip, const c10::optional<Tensor>& bootstrap,
+    const c10::optional<Tensor>& potential_weight, const c10::optional<Tensor>& potential_bias) {
   c10::cuda::CUDAGuard guard(hidden.device());
+  TORCH_CHECK_VALUE(potential_weight.has_value() || !potential_bias.has_value(),
+                    "potential_bias is set but potential_weight is None");
   const RewardOptions ropt = reward_options(first, beta_c, kl_coef, est, kl_clamp, reward_clip);
   const Tensor mask = as_bool(mask_in), v = f32(values);
   const Tensor boot = bootstrap.has_value() ? f32(*bootstrap) : Tensor();
@@ -173,7 +176,20 @@ std::tuple<Tensor, Tensor, Tensor> fused_reward_gae_cuda(
         mask.data_ptr<bool>(), stats.data_ptr<int64_t>(), B, L, ropt.first_prompt, need.data_ptr<bool>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   Tensor s = at::empty({B, L + 1}, hidden.options().dtype(at::kFloat));
-  launch_project(hidden, weight, bias, first_pos, need, L + 1, s);
+  if (!potential_weight.has_value()) {
+    launch_project(hidden, weight, bias, first_pos, need, L + 1, s);
+  } else {
+    // A potential head (issue 24): a row reads R only at s[last + 1] and Φ' at its other needed
+    // entries, disjoint sets, so each needed hidden row is still projected once, by one head.
+    const Tensor k = at::arange(L + 1, stats.options()).unsqueeze(0);
+    const Tensor last = stats.select(1, 1).unsqueeze(1);
+    const Tensor at_r = need.logical_and(k.eq(last + 1).logical_and(last.ge(0))).contiguous();
+    const Tensor at_phi = need.logical_and(at_r.logical_not()).contiguous();
+    Tensor s_r = at::empty_like(s);
+    launch_project(hidden, *potential_weight, potential_bias, first_pos, at_phi, L + 1, s);
+    launch_project(hidden, weight, bias, first_pos, at_r, L + 1, s_r);
+    s = at::where(at_r, s_r, s).contiguous();
+  }
   auto opts = hidden.options().dtype(at::kFloat);
   Tensor rewards = at::empty({B, L}, opts), adv = at::empty({B, L}, opts), ret = at::empty({B, L}, opts);
   const Tensor zero_offset = at::zeros({B}, first_pos.options());

@@ -32,6 +32,9 @@ OPTION_DEVICES = {"cu_seqlens": ("cpu",)}
 # baseline="position" (issue 21): CPU kernels, padded and packed (group ops are CPU-only here anyway).
 for _op in ("group_advantages", "fused_reward_group_advantages"):
     OPTIONS[_op] = OPTIONS[_op] + ("baseline",)
+# A potential head on the fused ops (issue 24): one read of each needed hidden row, CPU and CUDA.
+for _op in ("fused_reward_gae", "fused_reward_group_advantages"):
+    OPTIONS[_op] += ("potential_weight", "potential_bias")
 
 # Ops with CPU kernels only in r3hf._C (Triton runs them on CUDA).
 OP_DEVICES = {op: ("cpu",) for op in ("masked_whiten", "reward_to_go", "group_advantages", "fused_reward_group_advantages")}
@@ -170,18 +173,18 @@ def gae(rewards, values, response_mask, gamma=1.0, lam=0.95, bootstrap=None, *, 
 def fused_reward_gae(
     hidden, weight, bias, values, response_mask, prompt_len, logprobs=None, ref_logprobs=None, kl_coef=0.0,
     kl_estimator="k1", kl_clamp=None, gamma=1.0, lam=0.95, first="prompt", beta_c=1.0, reward_clip=None,
-    bootstrap=None, *, cu_seqlens=None,
+    bootstrap=None, *, cu_seqlens=None, potential_weight=None, potential_bias=None,
 ):
     if cu_seqlens is not None:
         return torch.ops.r3hf.packed_fused_reward_gae(
             hidden, weight, bias, values, response_mask, cu_seqlens, logprobs, ref_logprobs, float(kl_coef),
             kl_estimator, _range(kl_clamp), float(gamma), float(lam), first, float(beta_c), _range(reward_clip),
-            bootstrap,
+            bootstrap, potential_weight, potential_bias,
         )
     return torch.ops.r3hf.fused_reward_gae(
         hidden, weight, bias, values, response_mask, prompt_len, logprobs, ref_logprobs, float(kl_coef),
         kl_estimator, _range(kl_clamp), float(gamma), float(lam), first, float(beta_c), _range(reward_clip),
-        bootstrap,
+        bootstrap, potential_weight, potential_bias,
     )
 
 
@@ -236,21 +239,24 @@ def _row_pass(rewards, response_mask, gamma, cu_seqlens=None, estimator=None, *,
 
 
 def _fused_row_pass(hidden, weight, bias, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator,
-                    kl_clamp, first, beta_c, reward_clip, gamma, cu_seqlens=None, *, positions=None):
+                    kl_clamp, first, beta_c, reward_clip, gamma, cu_seqlens=None, potential_weight=None,
+                    potential_bias=None, *, positions=None):
     if positions is not None:
         # The fused kernel forms the rewards, then the position row pass reads them once more.
         rewards, _, _ = _fused_row_pass(hidden, weight, bias, response_mask, prompt_len, logprobs, ref_logprobs,
-                                        kl_coef, kl_estimator, kl_clamp, first, beta_c, reward_clip, gamma, cu_seqlens)
+                                        kl_coef, kl_estimator, kl_clamp, first, beta_c, reward_clip, gamma, cu_seqlens,
+                                        potential_weight, potential_bias)
         return (rewards, *_row_pass(rewards, response_mask, gamma, cu_seqlens, positions=positions))
     if cu_seqlens is not None:
         rewards, stats = torch.ops.r3hf.packed_fused_reward_group_row_pass(
             hidden, weight, bias, response_mask, cu_seqlens, logprobs, ref_logprobs, float(kl_coef), kl_estimator,
-            _range(kl_clamp), first, float(beta_c), _range(reward_clip), float(gamma),
+            _range(kl_clamp), first, float(beta_c), _range(reward_clip), float(gamma), potential_weight,
+            potential_bias,
         )
         return rewards, None, stats
     rewards, stats = torch.ops.r3hf.fused_reward_group_row_pass(
         hidden, weight, bias, response_mask, prompt_len, logprobs, ref_logprobs, float(kl_coef), kl_estimator,
-        _range(kl_clamp), first, float(beta_c), _range(reward_clip), float(gamma),
+        _range(kl_clamp), first, float(beta_c), _range(reward_clip), float(gamma), potential_weight, potential_bias,
     )
     return rewards, None, stats
 
@@ -281,14 +287,15 @@ def group_advantages(rewards, response_mask, index, estimator="grpo", gamma=1.0,
 def fused_reward_group_advantages(
     hidden, weight, bias, response_mask, prompt_len, index, estimator="grpo", logprobs=None, ref_logprobs=None,
     kl_coef=0.0, kl_estimator="k1", kl_clamp=None, first="prompt", beta_c=1.0, reward_clip=None, gamma=1.0,
-    eps=1e-6, scale="group", group=None, *, cu_seqlens=None, baseline="row",
+    eps=1e-6, scale="group", group=None, *, cu_seqlens=None, baseline="row", potential_weight=None,
+    potential_bias=None,
 ):
     from r3hf import _group_stats
 
     return _group_stats.fused_reward_group_advantages(
         _fused_row_pass, _finish, hidden, weight, bias, response_mask, prompt_len, index, estimator, logprobs,
         ref_logprobs, kl_coef, kl_estimator, kl_clamp, first, beta_c, reward_clip, gamma, eps, scale, group,
-        cu_seqlens=cu_seqlens, baseline=baseline,
+        cu_seqlens=cu_seqlens, baseline=baseline, potential_weight=potential_weight, potential_bias=potential_bias,
     )
 
 
@@ -324,7 +331,7 @@ if _C is not None:
 
     @torch.library.register_fake("r3hf::fused_reward_gae")
     def _(hidden, weight, bias, values, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator,
-          kl_clamp, gamma, lam, first, beta_c, reward_clip, bootstrap):
+          kl_clamp, gamma, lam, first, beta_c, reward_clip, bootstrap, potential_weight=None, potential_bias=None):
         shape = response_mask.shape
         return _f32(hidden, *shape), _f32(hidden, *shape), _f32(hidden, *shape)
 
@@ -350,7 +357,7 @@ if _C is not None:
 
     @torch.library.register_fake("r3hf::fused_reward_group_row_pass")
     def _(hidden, weight, bias, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp,
-          first, beta_c, reward_clip, gamma):
+          first, beta_c, reward_clip, gamma, potential_weight=None, potential_bias=None):
         shape = response_mask.shape
         return _f32(hidden, *shape), hidden.new_empty((shape[0], _N_STATS), dtype=torch.float64)
 
@@ -374,7 +381,7 @@ if _C is not None:
 
     @torch.library.register_fake("r3hf::packed_fused_reward_gae")
     def _(hidden, weight, bias, values, response_mask, cu_seqlens, logprobs, ref_logprobs, kl_coef, kl_estimator,
-          kl_clamp, gamma, lam, first, beta_c, reward_clip, bootstrap):
+          kl_clamp, gamma, lam, first, beta_c, reward_clip, bootstrap, potential_weight=None, potential_bias=None):
         return _T(hidden, response_mask), _T(hidden, response_mask), _T(hidden, response_mask)
 
     @torch.library.register_fake("r3hf::packed_response_region")
@@ -391,7 +398,7 @@ if _C is not None:
 
     @torch.library.register_fake("r3hf::packed_fused_reward_group_row_pass")
     def _(hidden, weight, bias, response_mask, cu_seqlens, logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp,
-          first, beta_c, reward_clip, gamma):
+          first, beta_c, reward_clip, gamma, potential_weight=None, potential_bias=None):
         return (_T(hidden, response_mask),
                 hidden.new_empty((cu_seqlens.shape[0] - 1, _N_STATS), dtype=torch.float64))
 

@@ -28,6 +28,11 @@ OPS = ("prefix_scores", "redistribute", "kl_penalty", "token_rewards", "gae", "f
 # Packed sequences (cu_seqlens, PACKED_CONTRACT.md): every op, over kernels/varlen.py's chunk index.
 OPTIONS = {op: ("cu_seqlens",) for op in OPS}
 OPTIONS["masked_whiten"] = ("transform_masked", "eps_mode", "cu_seqlens")
+# A separate potential (issue 24): `potential` on the reward ops, a potential head on the fused ones.
+for _op in ("redistribute", "token_rewards"):
+    OPTIONS[_op] += ("potential",)
+for _op in ("fused_reward_gae", "fused_reward_group_advantages"):
+    OPTIONS[_op] += ("potential_weight", "potential_bias")
 
 
 def unavailable_reason(device: torch.device) -> str | None:
@@ -60,10 +65,10 @@ def prefix_scores(hidden, weight, bias, cu_seqlens=None):
     return _projection.prefix_scores(hidden, weight, bias)
 
 
-def redistribute(scores, response_mask, prompt_len, first="prompt", beta_c=1.0, cu_seqlens=None):
+def redistribute(scores, response_mask, prompt_len, first="prompt", beta_c=1.0, cu_seqlens=None, potential=None):
     # token_rewards without clip or KL is exactly mask · redistribute.
     return _rewards.token_rewards(scores, response_mask, prompt_len, first=first, beta_c=beta_c,
-                                  cu_seqlens=cu_seqlens)
+                                  cu_seqlens=cu_seqlens, potential=potential)
 
 
 def kl_penalty(logprobs, ref_logprobs, estimator="k1", clamp=None, cu_seqlens=None):
@@ -72,9 +77,10 @@ def kl_penalty(logprobs, ref_logprobs, estimator="k1", clamp=None, cu_seqlens=No
 
 
 def token_rewards(scores, response_mask, prompt_len, logprobs=None, ref_logprobs=None, kl_coef=0.0,
-                  kl_estimator="k1", kl_clamp=None, first="prompt", beta_c=1.0, reward_clip=None, cu_seqlens=None):
+                  kl_estimator="k1", kl_clamp=None, first="prompt", beta_c=1.0, reward_clip=None, cu_seqlens=None,
+                  potential=None):
     return _rewards.token_rewards(scores, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator,
-                                  kl_clamp, first, beta_c, reward_clip, cu_seqlens=cu_seqlens)
+                                  kl_clamp, first, beta_c, reward_clip, cu_seqlens=cu_seqlens, potential=potential)
 
 
 def gae(rewards, values, response_mask, gamma=1.0, lam=0.95, bootstrap=None, cu_seqlens=None):
@@ -83,10 +89,11 @@ def gae(rewards, values, response_mask, gamma=1.0, lam=0.95, bootstrap=None, cu_
 
 def fused_reward_gae(hidden, weight, bias, values, response_mask, prompt_len, logprobs=None, ref_logprobs=None,
                      kl_coef=0.0, kl_estimator="k1", kl_clamp=None, gamma=1.0, lam=0.95, first="prompt", beta_c=1.0,
-                     reward_clip=None, bootstrap=None, cu_seqlens=None):
+                     reward_clip=None, bootstrap=None, cu_seqlens=None, potential_weight=None, potential_bias=None):
     return _fused.fused_reward_gae(hidden, weight, bias, values, response_mask, prompt_len, logprobs, ref_logprobs,
                                    kl_coef, kl_estimator, kl_clamp, gamma, lam, first, beta_c, reward_clip, bootstrap,
-                                   cu_seqlens=cu_seqlens)
+                                   cu_seqlens=cu_seqlens, potential_weight=potential_weight,
+                                   potential_bias=potential_bias)
 
 
 def reward_to_go(rewards, response_mask, gamma=1.0, holes="skip", cu_seqlens=None):
@@ -104,11 +111,11 @@ def group_advantages(rewards, response_mask, index, estimator="grpo", gamma=1.0,
 def fused_reward_group_advantages(hidden, weight, bias, response_mask, prompt_len, index, estimator="grpo",
                                   logprobs=None, ref_logprobs=None, kl_coef=0.0, kl_estimator="k1", kl_clamp=None,
                                   first="prompt", beta_c=1.0, reward_clip=None, gamma=1.0, eps=1e-6, scale="group",
-                                  group=None, cu_seqlens=None):
+                                  group=None, cu_seqlens=None, potential_weight=None, potential_bias=None):
     return _group_stats.fused_reward_group_advantages(
         _group.fused_row_pass, _returns.finish, hidden, weight, bias, response_mask, prompt_len, index, estimator,
         logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp, first, beta_c, reward_clip, gamma, eps, scale, group,
-        cu_seqlens=cu_seqlens)
+        cu_seqlens=cu_seqlens, potential_weight=potential_weight, potential_bias=potential_bias)
 
 
 def masked_whiten(x, mask, shift_mean=True, unbiased=True, eps=1e-8, group=None, transform_masked=False,

@@ -28,16 +28,22 @@ def fused_reward_group_advantages(
     beta_c_auto: bool = False,
     cu_seqlens: torch.Tensor | None = None,
     baseline: str = "row",
+    potential_weight: torch.Tensor | None = None,
+    potential_bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """group_advantages(token_rewards(prefix_scores(hidden, weight, bias), …), …).
 
     hidden [B, S, D], response_mask [B, L], index int64 [B] -> (rewards, advantages), each
     float32 [B, L]. Packed: hidden [T, D], the rest [T], index [N], cu_seqlens.
+    potential_weight/potential_bias: a second head on the same hidden states gives the potential
+    (token_rewards(potential=prefix_scores(hidden, potential_weight, potential_bias))).
     """
     scores = prefix_scores(hidden, weight, bias)
+    # A potential head (potential_weight [D], potential_bias [1] | None): Φ' = its prefix scores.
+    potential = None if potential_weight is None else prefix_scores(hidden, potential_weight, potential_bias)
     rewards = token_rewards(
         scores, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp,
-        first, beta_c, reward_clip, beta_c_auto, cu_seqlens,
+        first, beta_c, reward_clip, beta_c_auto, cu_seqlens, potential,
     )
     return rewards, group_advantages(rewards, response_mask, index, estimator, gamma, eps, scale, group, cu_seqlens,
                                      baseline)

@@ -76,21 +76,26 @@ class Packing:
 # --- each op: pad, call the padded reference, unpack ----------------------------------------
 
 
-def redistribute(scores, response_mask, first, beta_c, beta_c_auto, cu_seqlens):
+def _sequences(p: Packing, x: torch.Tensor | None) -> torch.Tensor | None:
+    return None if x is None else p.sequences(x)
+
+
+def redistribute(scores, response_mask, first, beta_c, beta_c_auto, cu_seqlens, potential=None):
     from .rewards import redistribute as padded
 
     p = Packing(cu_seqlens, response_mask)
-    return p.unpack(padded(p.sequences(scores), p.rows(response_mask), p.prompt_len, first, beta_c, beta_c_auto))
+    return p.unpack(padded(p.sequences(scores), p.rows(response_mask), p.prompt_len, first, beta_c, beta_c_auto,
+                           potential=_sequences(p, potential)))
 
 
 def token_rewards(scores, response_mask, logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp, first, beta_c,
-                  reward_clip, beta_c_auto, cu_seqlens):
+                  reward_clip, beta_c_auto, cu_seqlens, potential=None):
     from .rewards import token_rewards as padded
 
     p = Packing(cu_seqlens, response_mask)
     return p.unpack(padded(
         p.sequences(scores), p.rows(response_mask), p.prompt_len, p.rows(logprobs), p.rows(ref_logprobs), kl_coef,
-        kl_estimator, kl_clamp, first, beta_c, reward_clip, beta_c_auto,
+        kl_estimator, kl_clamp, first, beta_c, reward_clip, beta_c_auto, potential=_sequences(p, potential),
     ))
 
 

@@ -50,6 +50,7 @@ def redistribute(
     beta_c: float = 1.0,
     beta_c_auto: bool = False,
     cu_seqlens: torch.Tensor | None = None,
+    potential: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """R3HF/RED token rewards from prefix scores.
 
@@ -69,18 +70,28 @@ def redistribute(
     `auto_beta` (leave-one-out over the batch at each response position): the reward-to-go from
     u_k is R − β(u_k)·Φ_k, the variance-minimising scaled baseline.
 
-    cu_seqlens (int64 [N + 1]): a packed batch, scores and response_mask [T], prompt_len None
-    (`r3hf.reference.packed`).
+    potential ([B, S] like scores, or [T] packed): a separate shaping potential Φ' (e.g. a
+    potential head on the reward model's hidden states). Then Φ_1 = potential[prompt_len − 1] (or
+    0) and Φ_k = potential[u_k − 1], while Φ_{n+1} = scores[u_n] = R stays the reward model's final
+    score: token u_n gets R − Φ'_n and a row's dense rewards sum to R − Φ_1. Everything above (holes,
+    the β_c mix, "auto") applies with Φ' in place of the prefix scores; sparse is still R at u_n. So
+    a number β_c shapes with β_c·Φ'_k, and "auto" uses β(u_k)·Φ'_k with β from auto_beta(Φ', R).
+    potential = scores gives exactly the results without it.
+
+    cu_seqlens (int64 [N + 1]): a packed batch, scores, potential and response_mask [T], prompt_len
+    None (`r3hf.reference.packed`).
     """
     if cu_seqlens is not None:
         from . import packed
 
-        return packed.redistribute(scores, response_mask, first, beta_c, beta_c_auto, cu_seqlens)
+        return packed.redistribute(scores, response_mask, first, beta_c, beta_c_auto, cu_seqlens, potential)
     s = scores.float()
     mask = response_mask
     B, L = mask.shape
-    after = _response_positions(s, prompt_len, L, 0)  # R(x, y≤j)
-    before = _response_positions(s, prompt_len, L, -1)  # R(x, y<j)
+    after = _response_positions(s, prompt_len, L, 0)  # R(x, y≤j): read at the last generated token only
+    # Φ: the prefix scores themselves, or the separate potential Φ' (same positions).
+    pot = s if potential is None else potential.float()
+    before = _response_positions(pot, prompt_len, L, -1)  # Φ(x, y<j)
 
     nxt = _next_generated(mask)
     has_next = nxt < L
@@ -88,7 +99,7 @@ def redistribute(
     is_last = mask & ~has_next
 
     if first == "prompt":
-        phi_1 = s.gather(1, (prompt_len - 1)[:, None])
+        phi_1 = pot.gather(1, (prompt_len - 1)[:, None])
     else:
         phi_1 = torch.zeros((B, 1), dtype=s.dtype, device=s.device)
     phi_in = torch.where(is_first, phi_1, before)  # Φ_k
@@ -149,8 +160,9 @@ def token_rewards(
     reward_clip: tuple[float, float] | None = None,
     beta_c_auto: bool = False,
     cu_seqlens: torch.Tensor | None = None,
+    potential: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """mask · (clip(redistribute(scores)) − kl_coef · kl_penalty(logprobs, ref_logprobs)).
+    """mask · (clip(redistribute(scores, potential=potential)) − kl_coef · kl_penalty(logprobs, ref_logprobs)).
 
     reward_clip bounds the reward-model part only. float32 [B, L], 0 where masked. Packed
     ([T], cu_seqlens): see `r3hf.reference.packed`.
@@ -159,8 +171,8 @@ def token_rewards(
         from . import packed
 
         return packed.token_rewards(scores, response_mask, logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp,
-                                    first, beta_c, reward_clip, beta_c_auto, cu_seqlens)
-    r = redistribute(scores, response_mask, prompt_len, first, beta_c, beta_c_auto)
+                                    first, beta_c, reward_clip, beta_c_auto, cu_seqlens, potential)
+    r = redistribute(scores, response_mask, prompt_len, first, beta_c, beta_c_auto, potential=potential)
     if reward_clip is not None:
         r = r.clamp(reward_clip[0], reward_clip[1])
     if kl_coef != 0.0:
