@@ -44,3 +44,13 @@ CASES = {
         logprobs=b["logprobs"], ref_logprobs=b["ref_logprobs"], kl_coef=0.05, **kw),
 }
 
+# Non-default options with their own kernels, as more cases (keys "op[option]"): test_compile and
+# test_contract_cuda (fullgraph, no host sync on CUDA) run CASES | OPTION_CASES.
+OPTION_CASES = {
+    # baseline="position" (issue 21)
+    "group_advantages[position]": lambda b, **kw: ops.group_advantages(
+        b["rewards"], b["response_mask"], b["index"], "grpo", baseline="position", **kw),
+    "fused_reward_group_advantages[position]": lambda b, **kw: ops.fused_reward_group_advantages(
+        b["hidden"], b["weight"], b["bias"], b["response_mask"], b["prompt_len"], 2, "rloo",
+        logprobs=b["logprobs"], ref_logprobs=b["ref_logprobs"], kl_coef=0.05, baseline="position", **kw),
+}

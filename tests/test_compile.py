@@ -12,7 +12,9 @@ import torch
 
 import r3hf.ops as ops
 from r3hf._library import OPS
-from op_cases import CASES, batch as _batch
+from op_cases import CASES, OPTION_CASES, batch as _batch
+
+CASES = {**CASES, **OPTION_CASES}
 
 torch._dynamo.config.cache_size_limit = 64
 
