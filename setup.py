@@ -65,7 +65,8 @@ def extensions():
     except ImportError:
         print("r3hf: torch not importable at build time; building without the C++ extension")
         return [], {}
-    with_cuda = bool(cu) and (_flag("R3HF_FORCE_CUDA") or (CUDA_HOME is not None and torch.version.cuda is not None))
+    with_cuda = bool(cu) and not _flag("R3HF_NO_CUDA") and (
+        _flag("R3HF_FORCE_CUDA") or (CUDA_HOME is not None and torch.version.cuda is not None))
     if with_cuda and CUDA_HOME is None:
         raise RuntimeError(
             "R3HF_FORCE_CUDA=1 but torch.utils.cpp_extension found no CUDA toolkit (CUDA_HOME is None; it is "

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -24,27 +25,21 @@ CHILD = r"""
 import json, sys, warnings
 import torch
 torch.__version__ = sys.argv[1]  # the running torch, as the loader reads it
+sys.path.insert(0, sys.argv[2])  # tests/
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     import r3hf.ops as ops
     from r3hf._dispatch import BackendUnavailableError
-    torch.manual_seed(0)
-    B, S, L = 3, 9, 6
-    scores, values = torch.randn(B, S), torch.randn(B, L)
-    mask = torch.rand(B, L) > 0.3
-    mask[1] = False  # an all-masked row
-    lp, ref = torch.randn(B, L), torch.randn(B, L)
-    prompt_len = torch.tensor([3, 2, 1])
-    out = {}
-    for backend in ("auto", "torch"):
-        a, r = ops.fused_reward_gae(scores, values, mask, prompt_len, logprobs=lp, ref_logprobs=ref, kl_coef=0.1,
-                                    backend=backend)
-        w = ops.masked_whiten(values, mask, backend=backend)
-        out[backend] = (a, r, w)
-    for got, want in zip(out["auto"], out["torch"]):
-        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    from op_cases import CASES, batch
+    for prompt_tensor in (False, True):  # every op: auto (whatever runs) == the torch reference, bitwise
+        b = batch(prompt_tensor)
+        for op, fn in CASES.items():
+            got, want = fn(b), fn(b, backend="torch")
+            for g, w in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+                if ops.backends()["ops"][op]["cpu"] == "torch":
+                    torch.testing.assert_close(g, w, rtol=0, atol=0)
     try:
-        ops.gae(values, values, mask, backend="cpp")
+        ops.gae(b["rewards"], b["values"], b["response_mask"], backend="cpp")
         explicit = "ran"
     except BackendUnavailableError as e:
         explicit = str(e)
@@ -52,13 +47,14 @@ with warnings.catch_warnings(record=True) as caught:
 ours = [str(w.message) for w in caught if "r3hf" in str(w.message)]
 print(json.dumps({
     "warnings": ours, "loaded": "r3hf._C" in sys.modules, "cpp": info["cpp"],
-    "cpu_gae": info["ops"]["gae"]["cpu"], "explicit": explicit,
+    "cpu": sorted({d["cpu"] for d in info["ops"].values()}), "explicit": explicit,
 }))
 """
 
 
 def _run(version: str) -> dict:
-    res = subprocess.run([sys.executable, "-c", CHILD, version], capture_output=True, text=True, timeout=300)
+    res = subprocess.run([sys.executable, "-c", CHILD, version, str(Path(__file__).parent)], capture_output=True,
+                         text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     return json.loads(res.stdout.strip().splitlines()[-1])
 
@@ -72,7 +68,7 @@ def test_foreign_torch_warns_once_and_falls_back():
     assert f"built against torch {BUILT}" in msg and f"torch {foreign} is running" in msg, msg
     assert "--no-build-isolation" in msg, msg
     assert not got["cpp"]["available"] and "built against torch" in got["cpp"]["detail"], got["cpp"]
-    assert got["cpu_gae"] == "torch", got
+    assert got["cpu"] == ["torch"], got  # every op on CPU falls back to the torch backend
     assert "built against torch" in got["explicit"], got["explicit"]
 
 
@@ -82,4 +78,4 @@ def test_same_release_other_build_loads():
     got = _run(release + "+cu999")
     assert got["loaded"] and got["cpp"]["available"], got
     assert got["warnings"] == [], got["warnings"]
-    assert got["cpu_gae"] == "cpp", got
+    assert got["cpu"] == ["cpp"], got

@@ -54,8 +54,11 @@ assert info["cpp"]["available"], info["cpp"]
 assert info["ops"]["fused_reward_gae"]["cpu"] == "cpp", info["ops"]
 print("wheel smoke test ok:", info["cpp"]["detail"])
 PY
-# Every op on the C++ and (interpreted) Triton backends against torch; missing extras name themselves.
+# Every op on the C++ backend against torch, with torch alone; missing extras name themselves. Then
+# the Triton kernels too, under Triton's CPU interpreter, which needs numpy (Triton's, not r3hf's).
+"$work/venv/bin/python" torch_only_check.py
+"$work/venv/bin/pip" install -q numpy
 TRITON_INTERPRET=1 "$work/venv/bin/python" torch_only_check.py
-"$work/venv/bin/pip" install -q pytest hypothesis numpy
+"$work/venv/bin/pip" install -q pytest hypothesis
 "$work/venv/bin/python" -m pytest -q -p no:cacheprovider test_cpp_backend.py test_cpp_foreign_torch.py
 cd "$root"
