@@ -13,7 +13,7 @@ pytest.importorskip("transformers")
 
 from r3hf import ops  # noqa: E402
 from r3hf.models import prefix_diagnostics  # noqa: E402
-from r3hf.models.advantage_diagnostics import _group_resample  # noqa: E402
+from r3hf.models.advantage_diagnostics import _group_resample, _group_table  # noqa: E402
 
 
 def grouped_scores(n_groups, G, L, seed=0, P=2, noise=0.0, offset=0.0):
@@ -122,12 +122,30 @@ def test_group_resample_draws_whole_groups():
     groups = torch.tensor([2, 0, 1, 0, 2, 1, 1, 3])
     gen = torch.Generator().manual_seed(0)
     for _ in range(20):
-        rows, ids = _group_resample(groups, gen)
+        rows, ids = _group_resample(_group_table(groups), gen)
         assert ids.tolist() == sorted(ids.tolist()) and int(ids.max()) == 3
         for k in range(4):
             members = rows[ids == k]
             assert groups[members].unique().numel() == 1
             assert sorted(members.tolist()) == (groups == groups[members[0]]).nonzero().flatten().tolist()
+
+
+@pytest.mark.parametrize("estimator", ["rloo", "grpo"])
+def test_group_local_shortcut_equals_rerunning_the_op(estimator, monkeypatch):
+    """rloo/grpo advantages depend on their own group only: permuting them per bootstrap draw gives
+    the intervals that rerunning the op on each resampled batch gives."""
+    import r3hf.models.advantage_diagnostics as ad
+
+    G, L = 3, 6
+    scores, P = grouped_scores(10, G, L, seed=6, noise=0.4, offset=1.0)
+    ids = torch.ones(scores.shape, dtype=torch.long)
+    kw = dict(scores=scores, index=G, estimator=estimator, baseline="position", bootstrap=15, seed=2)
+    fast = prefix_diagnostics(None, ids, None, P, **kw)["advantage"]
+    monkeypatch.setattr(ad, "_group_local", lambda *a: False)
+    slow = prefix_diagnostics(None, ids, None, P, **kw)["advantage"]
+    for a, b in zip(fast["quarters"] + fast["positions"], slow["quarters"] + slow["positions"]):
+        assert a["second_moment_ratio_ci"] == pytest.approx(b["second_moment_ratio_ci"], rel=1e-4)
+        assert a["variance_ratio_ci"] == pytest.approx(b["variance_ratio_ci"], rel=1e-4)
 
 
 def test_estimator_options_and_bad_input():

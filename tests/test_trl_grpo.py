@@ -389,7 +389,7 @@ def test_bad_baseline(policy, root):
             run(R3HFGRPOTrainer, policy, root, [reward_model()], train=None,
                 trainer_kw=dict(estimator=estimator, baseline="position"))
     scores, mask, sparse = torch.randn(4, 6), torch.ones(4, 5, dtype=torch.bool), torch.zeros(4)
-    with pytest.raises(ValueError, match="baseline"):
+    with pytest.raises(TypeError, match="baseline"):
         token_level_advantages(scores, sparse, mask, 2, estimator="rloo", baseline=None)
     _, pos = token_level_advantages(scores, sparse, mask, 2, estimator="rloo_outcome", baseline="position")
     _, row = token_level_advantages(scores, sparse, mask, 2, estimator="rloo_outcome")

@@ -17,11 +17,11 @@ import math
 
 import torch
 
+from .. import _validate as v
 from .. import ops
 
-BASELINES = ("row", "position")
-# Estimators with a group baseline of the return, for which baseline="position" is defined.
-POSITION_ESTIMATORS = ("rloo", "grpo", "reinforce_pp_baseline")
+BASELINES = v.GROUP_BASELINES
+POSITION_ESTIMATORS = v.POSITION_ESTIMATORS  # the estimators with a group baseline of the return
 
 
 def _moments(adv: torch.Tensor, present: torch.Tensor, spans) -> tuple:
@@ -39,10 +39,20 @@ def _moments(adv: torch.Tensor, present: torch.Tensor, spans) -> tuple:
     return m2, var, span_m2, span_var
 
 
-def _ratios(dense, sparse, mask, groups, estimator, baseline, spans, options):
-    """(second-moment ratio [L], variance ratio [L], span ratios [S] x 2, raw moments) for one batch."""
-    a_d = ops.group_advantages(dense, mask, groups, estimator, baseline=baseline, **options)
-    a_s = ops.group_advantages(sparse, mask, groups, estimator, baseline=baseline, **options)
+def _group_local(estimator: str, options: dict) -> bool:
+    """True when a row's advantage depends on its own group only (no batch statistic): resampling
+    whole groups then permutes advantages, and the op need not run again per bootstrap draw."""
+    return estimator in ("rloo", "grpo", "grpo_process") and options.get("scale", "group") != "batch"
+
+
+def _advantages(dense, sparse, mask, groups, estimator, baseline, options):
+    return (ops.group_advantages(dense, mask, groups, estimator, baseline=baseline, **options),
+            ops.group_advantages(sparse, mask, groups, estimator, baseline=baseline, **options))
+
+
+def _ratios(a_d, a_s, mask, spans):
+    """(second-moment ratio [L], variance ratio [L], span ratios [S] x 2, raw moments) of the dense
+    and sparse advantages [B, L] of one batch."""
     m2_d, var_d, sm2_d, svar_d = _moments(a_d, mask, spans)
     m2_s, var_s, sm2_s, svar_s = _moments(a_s, mask, spans)
     tiny = 1e-30
@@ -53,29 +63,39 @@ def _ratios(dense, sparse, mask, groups, estimator, baseline, spans, options):
     }
 
 
-def _group_resample(groups: torch.Tensor, gen: torch.Generator):
-    """Rows of as many groups as the batch has, drawn with replacement -> (row indices, new group
-    ids): a bootstrap batch (a group drawn twice becomes two groups)."""
+def _group_table(groups: torch.Tensor) -> torch.Tensor:
+    """int64 [num_groups, max group size]: each group's rows, −1 padded."""
     order = torch.argsort(groups, stable=True)
     counts = torch.bincount(groups)
     starts = torch.cumsum(counts, 0) - counts
-    n_groups = counts.numel()
-    draw = torch.randint(n_groups, (n_groups,), generator=gen).to(groups.device)
-    c = counts[draw]
-    new_ids = torch.repeat_interleave(torch.arange(n_groups, device=groups.device), c)
-    first = torch.repeat_interleave(torch.cumsum(c, 0) - c, c)
-    rows = order[torch.repeat_interleave(starts[draw], c) + torch.arange(int(c.sum()), device=groups.device) - first]
-    return rows, new_ids
+    slot = torch.arange(groups.numel(), device=groups.device) - starts[groups[order]]
+    table = torch.full((counts.numel(), int(counts.max())), -1, dtype=torch.int64, device=groups.device)
+    table[groups[order], slot] = order
+    return table
+
+
+def _group_resample(table: torch.Tensor, gen: torch.Generator):
+    """As many groups as `table` has, drawn with replacement -> (row indices, new group ids, sorted):
+    a bootstrap batch (a group drawn twice becomes two groups). Indexing only."""
+    n_groups, width = table.shape
+    draw = torch.randint(n_groups, (n_groups,), generator=gen).to(table.device)
+    rows = table[draw].flatten()
+    ids = torch.arange(n_groups, device=table.device)[:, None].expand(n_groups, width).flatten()
+    keep = rows >= 0
+    return rows[keep], ids[keep]
 
 
 def _effect(value: float, ci) -> str:
-    """'reduces' / 'raises' when the 95 % interval of the ratio excludes 1, else 'unclear'."""
+    """'reduces' / 'raises' when the 95 % interval of the ratio excludes 1 (without a bootstrap:
+    when the ratio itself is off 1), else 'unclear'."""
     if not math.isfinite(value):
         return "unclear"
     low, high = ci if ci is not None else (value, value)
-    if high < 1.0:
+    # 1e-4: advantages are float32, and dense rewards' reward-to-go rounds differently from sparse
+    # ones, so equal advantages can give a ratio of 1 ± 1e-6 with a zero-width interval.
+    if high < 1.0 - 1e-4:
         return "reduces"
-    if low > 1.0:
+    if low > 1.0 + 1e-4:
         return "raises"
     return "unclear"
 
@@ -94,14 +114,21 @@ def advantage_ratios(dense: torch.Tensor, sparse: torch.Tensor, mask: torch.Tens
     """
     options = dict(options or {})
     spans = list(spans)
-    point = _ratios(dense, sparse, mask, groups, estimator, baseline, spans, options)
+    a_d, a_s = _advantages(dense, sparse, mask, groups, estimator, baseline, options)
+    point = _ratios(a_d, a_s, mask, spans)
+    local = _group_local(estimator, options)
     cis = {}
     if bootstrap:
         gen = torch.Generator().manual_seed(seed)
+        table = _group_table(groups)
         draws = {k: [] for k in ("m2", "var", "span_m2", "span_var")}
         for _ in range(bootstrap):
-            rows, ids = _group_resample(groups, gen)
-            r = _ratios(dense[rows], sparse[rows], mask[rows], ids, estimator, baseline, spans, options)
+            rows, ids = _group_resample(table, gen)
+            if local:
+                r = _ratios(a_d[rows], a_s[rows], mask[rows], spans)
+            else:  # batch statistics (whitening, scale="batch") change with the resampled batch
+                r = _ratios(*_advantages(dense[rows], sparse[rows], mask[rows], ids, estimator, baseline, options),
+                            mask[rows], spans)
             for k in draws:
                 draws[k].append(r[k])
         for k, d in draws.items():

@@ -43,12 +43,12 @@ import warnings
 
 import torch
 
+from ... import _validate as v
 from ... import ops
 
 ESTIMATORS = ("gae", "reinforce", "rloo", "reinforce_baseline", "group_norm", "dr_grpo")
 GROUP_ESTIMATORS = ("rloo", "reinforce_baseline", "group_norm", "dr_grpo")
 NORMALISED = ("gae", "reinforce", "reinforce_baseline")
-BASELINES = ("row", "position")
 # OpenRLHF estimator -> ops.group_advantages(estimator, eps, scale)
 _GROUP_OP = {
     "rloo": ("rloo", 1e-6, "group"),
@@ -67,8 +67,8 @@ def check_estimator(advantage_estimator) -> str:
 def check_baseline(estimator: str, baseline) -> str:
     """baseline "row" | "position"; "position" only for the group estimators (gae and reinforce have
     no group baseline to make per position): refused there, never ignored."""
-    if not isinstance(baseline, str) or baseline not in BASELINES:
-        raise ValueError(f"baseline must be one of {list(BASELINES)}, got {baseline!r}")
+    if not isinstance(baseline, str) or baseline not in v.GROUP_BASELINES:
+        raise ValueError(f"baseline must be one of {list(v.GROUP_BASELINES)}, got {baseline!r}")
     if baseline == "position" and estimator not in GROUP_ESTIMATORS:
         raise ValueError(f"baseline='position' needs a group estimator ({', '.join(GROUP_ESTIMATORS)}), got "
                          f"advantage_estimator={estimator!r}, which has no group baseline")

@@ -24,10 +24,6 @@ ESTIMATORS = TOKEN_ESTIMATORS + tuple(OUTCOME_ESTIMATORS)
 GROUP_BASELINE = ("grpo", "rloo", "reinforce_pp_baseline", "grpo_process", "grpo_outcome", "rloo_outcome")
 # TRL's GRPOTrainer divides by (std + 1e-4).
 TRL_EPS = 1e-4
-# ops.group_advantages' baseline: "row" (the group's row sums) or "position" (the group's
-# reward-to-go at the same generated-token position; rloo, grpo and reinforce_pp_baseline only).
-BASELINES = ("row", "position")
-POSITION_BASELINE = ("grpo", "rloo", "reinforce_pp_baseline", "grpo_outcome", "rloo_outcome")
 
 
 def check_estimator(estimator) -> str:
@@ -35,14 +31,9 @@ def check_estimator(estimator) -> str:
 
 
 def check_baseline(estimator: str, baseline) -> str:
-    """baseline "row" | "position" for `estimator`; refused (never ignored) where the op has no
-    per-position baseline (reinforce_pp has no group baseline, grpo_process normalises rewards)."""
-    baseline = v.check_choice("baseline", baseline, BASELINES)
-    if baseline == "position" and estimator not in POSITION_BASELINE:
-        raise ValueError(
-            f"baseline='position' is not defined for estimator={estimator!r}: it needs a group baseline of the "
-            f"reward-to-go ({', '.join(POSITION_BASELINE)}); use baseline='row'"
-        )
+    """baseline "row" | "position" for `estimator`, by the op's own rule (r3hf._validate.group_baseline):
+    refused, never ignored, where the op has no per-position baseline (reinforce_pp, grpo_process)."""
+    v.group_baseline(baseline, OUTCOME_ESTIMATORS.get(estimator, estimator))
     return baseline
 
 
