@@ -78,6 +78,39 @@ def test_advantage_moments_by_hand():
     json.dumps(res)
 
 
+def test_varlen_rows_an_empty_row_and_empty_positions():
+    """Rows of different lengths and an all-masked row (it still counts in its group, as in the op);
+    a position no row reaches has no statistic (NaN, 'unclear'). Moments are those of the op's own
+    advantages over the rows with a token at each position."""
+    G, L, P = 3, 8, 2
+    scores, _ = grouped_scores(8, G, L, seed=7, noise=0.5)
+    B = scores.shape[0]
+    mask = torch.ones(B, L, dtype=torch.bool)
+    mask[::2, 5:] = False
+    mask[:, 7] = False  # nobody reaches the last position
+    mask[4] = False  # an empty row
+    ids = torch.ones(scores.shape, dtype=torch.long)
+    res = prefix_diagnostics(None, ids, None, P, scores=scores, response_mask=mask, index=G, estimator="rloo",
+                             baseline="position", bootstrap=10)
+    dense = ops.redistribute(scores, mask, P)
+    last = L - 1 - mask.flip(1).int().argmax(1)
+    sparse = torch.zeros(B, L)
+    for b in range(B):
+        if mask[b].any():
+            sparse[b, last[b]] = scores[b, P + last[b]]
+    a_d = ops.group_advantages(dense, mask, G, "rloo", baseline="position").double()
+    a_s = ops.group_advantages(sparse, mask, G, "rloo", baseline="position").double()
+    for t in (0, 4, 6):
+        p = res["advantage"]["positions"][t]
+        rows = mask[:, t]
+        assert p["n"] == int(rows.sum())
+        assert p["second_moment"] == pytest.approx(float((a_d[rows, t] ** 2).mean()), rel=1e-6)
+        assert p["second_moment_sparse"] == pytest.approx(float((a_s[rows, t] ** 2).mean()), rel=1e-6)
+    empty = res["advantage"]["positions"][7]
+    assert empty["n"] == 0 and empty["second_moment_effect"] == "unclear" and empty["variance_effect"] == "unclear"
+    json.dumps(res)
+
+
 def test_sparse_like_scores_give_ratio_one():
     """Prefix scores flat at the prompt score until the last token: R3HF rewards are the sparse
     ones, every ratio is 1 for both baselines, with a degenerate interval, and nothing is 'raised'."""

@@ -269,7 +269,7 @@ def _advantage_view(scores, rmask, p, groups, estimator, baseline, bootstrap, se
     dense = ops.redistribute(scores, rmask, p)
     has = rmask.any(1)
     last = (L - 1 - rmask.flip(1).int().argmax(1)).clamp_min(0)
-    final = scores.gather(1, (p + last)[:, None]).squeeze(1)
+    final = scores.gather(1, (p + last).clamp_max(scores.shape[1] - 1)[:, None]).squeeze(1)  # rows without tokens: unused
     sparse = torch.zeros_like(dense).scatter_(1, last[:, None], torch.where(has, final, 0.0)[:, None])
     spans = _buckets(L, 4)
     wanted = [baseline] + ([b for b in BASELINES if b != baseline] if estimator in POSITION_ESTIMATORS else [])
