@@ -22,8 +22,9 @@ from trl_grpo_harness import (  # noqa: E402
 )
 
 # (estimator, scale_rewards, with a reward model[, baseline]); groups of 2 straddle the ranks (3 rows each)
-CONFIGS = [("grpo", "batch", True), ("reinforce_pp_baseline", "group", True), ("grpo", "group", False),
-           ("rloo", "group", True, "position")]
+# (the plain-function-only config stays last: the test reads it as single[-1])
+CONFIGS = [("grpo", "batch", True), ("reinforce_pp_baseline", "group", True), ("rloo", "group", True, "position"),
+           ("grpo", "group", False)]
 
 
 def sometimes_none(completions, **kwargs):
