@@ -111,6 +111,12 @@ TORCH_LIBRARY(r3hf, m) {
       "Tensor shift, Tensor scale, float gamma) -> Tensor");
 }
 
+// The torch this file was compiled against, as a string r3hf/backends/cpp.py finds in the .so's
+// bytes BEFORE loading it: an extension built against another torch is not loaded at all (its
+// symbols may resolve and then misbehave), it warns and r3hf runs on the other backends.
+extern "C" __attribute__((used, visibility("default"))) const char r3hf_built_against_torch[] =
+    "r3hf-built-against-torch=" R3HF_TORCH_VERSION;
+
 namespace {
 pybind11::dict build_info() {
   pybind11::dict d;

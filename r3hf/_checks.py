@@ -15,13 +15,8 @@ from __future__ import annotations
 
 import torch
 
-
-def _fail(ok: torch.Tensor, message: str) -> None:
-    if ok.device.type == "cpu":
-        if not bool(ok):
-            raise ValueError(message)
-    else:
-        torch._assert_async(ok, message)
+from .reference.data_checks import check_tokens, whiten_count  # noqa: F401  (the spec's checks)
+from .reference.data_checks import fail as _fail
 
 
 def prompt_len_range(lo: int, hi: int, S: int, L: int, first: str, scores_name: str = "scores") -> None:
@@ -53,23 +48,9 @@ def prompt_len_values(prompt_len: torch.Tensor, S: int, L: int, first: str, scor
     _fail(hi + L <= S, f"{scores_name} must cover prompt_len + L positions (S = {S}, L = {L}): prompt_len too large")
 
 
-def whiten_count(count: torch.Tensor, unbiased: bool) -> None:
-    """masked_whiten needs >= 2 selected positions (unbiased) or >= 1; count is a 1-element tensor."""
-    need = 2 if unbiased else 1
-    if count.device.type == "cpu":
-        n = int(count.reshape(()))
-        if n < need:
-            what = "at least 2 positions for an unbiased variance" if unbiased else "at least 1 position"
-            raise ValueError(f"mask selects {n} positions; masked_whiten needs {what}")
-        return
-    _fail((count.reshape(()) >= need), f"masked_whiten: mask selects fewer than {need} positions")
-
-
 def group_tokens(mask: torch.Tensor, estimator: str) -> None:
     """Group advantages need a generated token in the batch (2 for the estimators that whiten over tokens)."""
     if mask.device.type == "cpu":
-        from ._group_stats import check_tokens
-
         check_tokens(int(mask.sum()), estimator)
         return
     n = mask.sum()

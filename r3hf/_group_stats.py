@@ -136,6 +136,10 @@ from typing import NamedTuple
 
 import torch
 
+# The spec's data check and distributed helpers; names kept here for the backends.
+from .reference.data_checks import check_tokens  # noqa: F401
+from .reference.dist import all_gather_rows, world_sizes  # noqa: F401
+
 ESTIMATORS = ("grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "grpo_process")
 SCALES = ("group", "batch", "none")
 N_STATS = 5
@@ -259,34 +263,11 @@ def _dist():
     return dist
 
 
-def world_sizes(n: int, group, device) -> list[int]:
-    """Every rank's n (rank order within `group`)."""
-    dist = _dist()
-    mine = torch.tensor([n], dtype=torch.int64, device=device)
-    out = [torch.zeros_like(mine) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(out, mine, group=group)
-    return [int(x) for x in out]
-
-
 def row_offset(B: int, group, device) -> tuple[int, int]:
     """(this rank's first global row, global B): ranks hold consecutive rows in rank order."""
     sizes = world_sizes(B, group, device)
     rank = _dist().get_rank(group)
     return sum(sizes[:rank]), sum(sizes)
-
-
-def all_gather_rows(t: torch.Tensor, group) -> tuple[torch.Tensor, int]:
-    """Concatenate every rank's t [B_r, ...] along dim 0 (B_r may differ; trailing dims must
-    match) -> (global tensor, this rank's first row)."""
-    dist = _dist()
-    sizes = world_sizes(t.shape[0], group, t.device)
-    top = max(sizes)
-    padded = t.new_zeros((top, *t.shape[1:]))
-    padded[: t.shape[0]] = t
-    parts = [torch.empty_like(padded) for _ in sizes]
-    dist.all_gather(parts, padded.contiguous(), group=group)
-    rank = dist.get_rank(group)
-    return torch.cat([p[:n] for p, n in zip(parts, sizes)]), sum(sizes[:rank])
 
 
 # --- 2: group statistics ------------------------------------------------------------------------
@@ -329,20 +310,6 @@ def _whiten(n, total, m2, eps: float):
     """Global (mean, rsqrt(unbiased var + eps)) over every generated token, as veRL's masked_whiten."""
     N, mean, M2 = _merge(n, total, m2, torch.zeros_like(n, dtype=torch.int64), 1)
     return mean[0], torch.rsqrt(M2[0] / (N[0] - 1).clamp_min(1) + eps)
-
-
-def check_tokens(n_tokens: int, estimator: str) -> None:
-    """The data errors of a whole batch: no generated token, or fewer than 2 to whiten over."""
-    if n_tokens == 0:
-        raise ValueError(
-            "response_mask has no generated token in the whole batch: group advantages are undefined "
-            "(all-masked rows are fine, an all-masked batch is a bug upstream)"
-        )
-    if n_tokens < 2 and estimator in ("reinforce_pp", "reinforce_pp_baseline"):
-        raise ValueError(
-            f"response_mask selects {n_tokens} generated token(s) in the batch; estimator={estimator!r} whitens "
-            "over tokens with an unbiased variance and needs at least 2"
-        )
 
 
 def dense_ids(index: torch.Tensor) -> torch.Tensor:

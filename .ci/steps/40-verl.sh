@@ -30,6 +30,12 @@ echo "veRL installed in $(( $(date +%s) - start ))s"
 # OpenRLHF 0.11's source only (it pins flash-attn, deepspeed, vLLM), so that tests/test_group_verl.py
 # compares holes="discount" with its own get_cumulative_returns rather than a transcription.
 "${PIP[@]}" install -q --no-deps "openrlhf==0.11.0"
-# R3HF_REQUIRE_VERL makes the tests fail, not skip, if veRL does not import.
+# R3HF_REQUIRE_VERL makes the tests fail, not skip, if veRL does not import. test_ray_launchers.py
+# starts a local Ray (num_cpus=1): the veRL and OpenRLHF launchers register / patch in the actors.
 R3HF_REQUIRE_VERL=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_integrations_verl.py tests/test_group_verl.py tests/test_verl_packed.py \
-  tests/test_verl_group.py tests/test_integrations_docs_peers.py::test_verl_example
+  tests/test_verl_group.py tests/test_integrations_docs_peers.py::test_verl_example tests/test_ray_launchers.py
+# tests/test_group_verl.py against the newest OpenRLHF 0.11.x's get_cumulative_returns too (its
+# source in a target dir first on PYTHONPATH; the venv keeps 0.11.0).
+"${PIP[@]}" install -q --no-deps --target "$work/openrlhf-0.11.2" "openrlhf==0.11.2"
+PYTHONPATH="$work/openrlhf-0.11.2${PYTHONPATH:+:$PYTHONPATH}" R3HF_REQUIRE_VERL=1 "$VENV/bin/python" -m pytest -q \
+  -p no:cacheprovider tests/test_group_verl.py

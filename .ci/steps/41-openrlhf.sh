@@ -25,4 +25,14 @@ fi
 # R3HF_REQUIRE_OPENRLHF makes the tests fail instead of falling back to the transcription.
 R3HF_REQUIRE_OPENRLHF=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
   tests/test_openrlhf_group.py tests/test_integrations_openrlhf.py tests/test_openrlhf_packed.py \
+  tests/test_openrlhf_versions.py \
   tests/test_integrations_docs_peers.py::test_openrlhf_example tests/test_integrations_docs_peers.py::test_there_are_runnable_peer_examples
+
+# The newest OpenRLHF 0.11.x (0.11.2 casts bf16 rewards to fp32 before its length penalties; the
+# adapter follows the installed version): its source in a separate target dir, first on
+# PYTHONPATH, so the venv keeps 0.11.0. The same adapter tests run against it.
+new="$work/openrlhf-0.11.2"
+"${PIP[@]}" install -q --no-deps --target "$new" "openrlhf==0.11.2"
+PYTHONPATH="$new${PYTHONPATH:+:$PYTHONPATH}" R3HF_REQUIRE_OPENRLHF=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
+  tests/test_openrlhf_group.py tests/test_integrations_openrlhf.py tests/test_openrlhf_packed.py \
+  tests/test_openrlhf_versions.py

@@ -10,6 +10,8 @@ Setting R3HF_NO_EXT=1 at run time ignores a built extension (and does not warn).
 from __future__ import annotations
 
 import functools
+import importlib.util
+import mmap
 import os
 import warnings
 
@@ -38,15 +40,54 @@ BUILD_HINT = "build it with `pip install --no-build-isolation -e .` (or `pip ins
 
 _C = None
 _LOAD_ERROR: str | None = None
+# csrc/library.cpp embeds this prefix and the build's torch.__version__ in the .so (NUL-terminated).
+_TORCH_MARKER = b"r3hf-built-against-torch="
+
+
+def _release(version: str) -> str:
+    """'2.11.0+cu130' -> '2.11.0': CPU and CUDA wheels of one torch release share its C++ ABI."""
+    return version.split("+", 1)[0]
+
+
+def built_against_torch(path: str) -> str | None:
+    """The torch version the extension file at `path` was compiled against, read from its bytes
+    without loading it; None for a build that predates the marker."""
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        i = data.find(_TORCH_MARKER)
+        if i < 0:
+            return None
+        j = data.find(b"\0", i)
+        return data[i + len(_TORCH_MARKER):j].decode("ascii", "replace")
+
+
+def _foreign_torch() -> str | None:
+    """Why r3hf._C must not be loaded under this torch, or None (also None when it is not built)."""
+    spec = importlib.util.find_spec("r3hf._C")
+    if spec is None or not spec.origin:
+        return None
+    built = built_against_torch(spec.origin)
+    if built is None or built == "unknown" or _release(built) == _release(torch.__version__):
+        return None
+    return (
+        f"r3hf._C was built against torch {built} but torch {torch.__version__} is running; rebuild it in this "
+        f"environment with `pip install --no-build-isolation --force-reinstall --no-deps r3hf` (or, from a "
+        f"source checkout, `pip install --no-build-isolation -e .`)"
+    )
+
 
 if os.environ.get("R3HF_NO_EXT", "0") == "1":
     _LOAD_ERROR = "disabled by R3HF_NO_EXT=1"
 else:
-    try:
-        from r3hf import _C  # noqa: F811  (registers torch.ops.r3hf.* on import)
-    except (ImportError, OSError) as e:  # not built, or built against another torch
-        _LOAD_ERROR = f"r3hf._C could not be loaded ({e}); {BUILD_HINT}"
-        warnings.warn(f"r3hf: C++ extension unavailable, falling back to torch: {_LOAD_ERROR}", RuntimeWarning, stacklevel=2)
+    _LOAD_ERROR = _foreign_torch()
+    if _LOAD_ERROR is None:
+        try:
+            from r3hf import _C  # noqa: F811  (registers torch.ops.r3hf.* on import)
+        except (ImportError, OSError) as e:  # not built, or an older build against another torch
+            _LOAD_ERROR = f"r3hf._C could not be loaded ({e}); {BUILD_HINT}"
+    if _LOAD_ERROR is not None:
+        # This module is imported once per process (r3hf._dispatch caches it): one warning.
+        warnings.warn(f"r3hf: C++ extension unavailable, falling back to the other backends: {_LOAD_ERROR}",
+                      RuntimeWarning, stacklevel=2)
 
 
 def build_info() -> dict:

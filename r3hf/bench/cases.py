@@ -6,14 +6,12 @@ and "gpu". A provider is a zero-argument callable made for one case's inputs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
-
 import torch
 
 import r3hf.ops as ops
 
 from . import baselines as bl
+from .case import GAMMA, KL_COEF, LAM, Case  # noqa: F401  (Case and the constants, for cases' users)
 
 SIZES = {
     "quick": {
@@ -42,20 +40,6 @@ SIZES = {
     },
 }
 PROMPT = 64
-GAMMA, LAM, KL_COEF = 1.0, 0.95, 0.05
-
-
-@dataclass
-class Case:
-    group: str
-    name: str
-    params: dict
-    providers: dict[str, Callable[[], object]]
-    baseline: str
-    bytes_read: int | None = None  # hidden-state bytes read once, for bandwidth figures
-    notes: dict = field(default_factory=dict)
-
-
 def r3hf_backends(op: str, device: torch.device) -> list[str]:
     from r3hf._dispatch import _why_not
 

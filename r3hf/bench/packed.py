@@ -25,7 +25,7 @@ import torch
 import r3hf.ops as ops
 
 from . import baselines as bl
-from .cases import KL_COEF, LAM, Case
+from .case import KL_COEF, LAM, Case
 
 PROMPT_RANGE = (16, 256)  # prompt lengths, uniform
 TAIL_SIGMA = 1.2  # lognormal shape of the long-tail response lengths

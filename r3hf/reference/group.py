@@ -6,7 +6,7 @@ G = reward_to_go(r, m, γ, holes="skip"). Groups are the rows sharing an `index`
 
 import torch
 
-from .._group_stats import check_tokens
+from .data_checks import check_tokens
 from .returns import reward_to_go
 from .whiten import masked_whiten
 
@@ -171,7 +171,7 @@ def _position_baseline(G, m, s, index, estimator: str, eps: float, scale: str) -
 
 def _on_whole_batch(rewards, response_mask, index, group, estimator, gamma, eps, scale, baseline="row"):
     """Gather every rank's rows (padded to the longest L), compute on them, keep this rank's rows."""
-    from .._group_stats import all_gather_rows, world_sizes
+    from .dist import all_gather_rows, world_sizes
 
     B, L = response_mask.shape
     width = max(world_sizes(L, group, rewards.device))

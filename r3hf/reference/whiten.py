@@ -1,6 +1,6 @@
 import torch
 
-from .. import _checks
+from . import data_checks
 
 
 def _all_reduce(t: torch.Tensor, group) -> torch.Tensor:
@@ -42,7 +42,7 @@ def masked_whiten(
     xf = x.float()
     zero = torch.zeros_like(xf)
     count = _all_reduce(mask.sum().to(torch.float64).reshape(1), group)
-    _checks.whiten_count(count, unbiased)  # ValueError on CPU, device-side assert on GPU: no host sync
+    data_checks.whiten_count(count, unbiased)  # ValueError on CPU, device-side assert on GPU: no host sync
     n = count
     # float64 sums keep large batches' statistics independent of summation order.
     total = _all_reduce(torch.where(mask, xf, zero).sum(dtype=torch.float64).reshape(1), group)

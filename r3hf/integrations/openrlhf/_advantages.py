@@ -39,14 +39,25 @@ return is carried there; the loss masks them). Sparse, both baselines give the s
 
 from __future__ import annotations
 
+import functools
+import re
 import warnings
 
 import torch
 
 from ... import _validate as v
 from ... import ops
+from ._rewards import (
+    ESTIMATORS,
+    as_mask,
+    check_estimator,
+    compute_dense_reward,
+    compute_reward,
+    get_advantages_and_returns,
+    kl_reward,
+    normalize_advantages,
+)
 
-ESTIMATORS = ("gae", "reinforce", "rloo", "reinforce_baseline", "group_norm", "dr_grpo")
 GROUP_ESTIMATORS = ("rloo", "reinforce_baseline", "group_norm", "dr_grpo")
 NORMALISED = ("gae", "reinforce", "reinforce_baseline")
 # OpenRLHF estimator -> ops.group_advantages(estimator, eps, scale)
@@ -56,12 +67,6 @@ _GROUP_OP = {
     "dr_grpo": ("grpo", 1e-6, "none"),
     "group_norm": ("grpo", 1e-9, "group"),
 }
-
-
-def check_estimator(advantage_estimator) -> str:
-    if advantage_estimator not in ESTIMATORS:
-        raise ValueError(f"advantage_estimator must be one of {list(ESTIMATORS)}, got {advantage_estimator!r}")
-    return advantage_estimator
 
 
 def check_baseline(estimator: str, baseline) -> str:
@@ -124,14 +129,12 @@ def advantages_and_returns(
     Advantages are not yet normalised (see `normalize_advantages`); token_rewards is what OpenRLHF
     sums into info["return"].
     """
-    from . import _kl_reward, _mask, compute_dense_reward, compute_reward, get_advantages_and_returns
-
     estimator = check_estimator(advantage_estimator)
     baseline = check_baseline(estimator, baseline)
     if not isinstance(kl, torch.Tensor) or kl.dim() != 2:
         raise ValueError(f"kl must be a [B, A] tensor, got {getattr(kl, 'shape', type(kl).__name__)}")
     B, A = kl.shape
-    m = _mask(action_mask, kl)
+    m = as_mask(action_mask, kl)
     if not isinstance(rewards, torch.Tensor) or rewards.shape != (B,):
         raise ValueError(f"rewards must be a [B] = [{B}] tensor, got {getattr(rewards, 'shape', type(rewards).__name__)}")
     if estimator in GROUP_ESTIMATORS:
@@ -169,8 +172,8 @@ def advantages_and_returns(
     final = prefix_scores.float().gather(1, (last + 1)[:, None]).squeeze(1)
     residual = torch.where(has_action, rewards.float() - final, 0.0)
     score = dense.scatter_add(1, last[:, None], residual[:, None])
-    kl_reward = _kl_reward(kl_coef, kl)
-    token_rewards = score + kl_reward
+    kl_term = kl_reward(kl_coef, kl)
+    token_rewards = score + kl_term
     if estimator == "gae":
         adv, ret = get_advantages_and_returns(values, token_rewards, m, gamma, lambd)
         return adv, ret, token_rewards
@@ -182,7 +185,7 @@ def advantages_and_returns(
     # "position": over the action tokens, so that positions count action tokens.
     span = _up_to_last_action(m) if baseline == "row" else m
     ret = ops.group_advantages(score, span, ids, op, gamma=1.0, eps=eps, scale=scale, baseline=baseline)
-    ret = ret + _returns(kl_reward, m, 1.0)
+    ret = ret + _returns(kl_term, m, 1.0)
     return ret, ret.clone(), token_rewards
 
 
@@ -192,6 +195,34 @@ def _get(obj, path: str, default=None):
             return default
         obj = obj.get(key, None) if isinstance(obj, dict) else getattr(obj, key, None)
     return default if obj is None else obj
+
+
+@functools.lru_cache(maxsize=None)
+def _version(dist: str = "openrlhf") -> tuple[int, ...] | None:
+    """The installed OpenRLHF's (major, minor, patch), None when it is not installed."""
+    from importlib import metadata
+
+    try:
+        text = metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+    parts = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
+    return tuple(int(p or 0) for p in parts.groups()) if parts else None
+
+
+def upcasts_rewards(version: tuple[int, ...] | None = None) -> bool:
+    """Whether OpenRLHF (`version`, default: the installed one) casts each experience's rewards to at
+    least float32 before its length penalties and group statistics: 0.11.2 does, 0.11.0 and
+    0.11.1 penalise in the rewards' own dtype (bfloat16 from a bf16 reward model). Not installed:
+    True (r3hf computes in float32)."""
+    version = _version() if version is None else version
+    return version is None or version >= (0, 11, 2)
+
+
+def _upcast(experiences) -> None:
+    # OpenRLHF >= 0.11.2: "Use at least FP32 for reward penalties and group statistics".
+    for e in experiences:
+        e.rewards = e.rewards.to(torch.promote_types(e.rewards.dtype, torch.float32))
 
 
 def _length_penalties(experiences, args) -> None:
@@ -225,10 +256,10 @@ def compute_advantages_and_returns(experiences, args, kl_coef, *, prefix_scores=
     baseline, docs/group.md; what helps with dense rewards).
     Sets advantages, returns, info["return"] (and info["group_reward_std"] when
     n_samples_per_prompt > 1), kl = None, as OpenRLHF does; returns the experiences.
-    Length penalties are OpenRLHF's own `apply_length_penalties`, run first when args set them.
+    Length penalties are OpenRLHF's own `apply_length_penalties`, run first when args set them,
+    in the dtype the installed OpenRLHF uses (`upcasts_rewards`: 0.11.2 casts the rewards to
+    float32 first and leaves them so on the experiences; 0.11.0/0.11.1 penalise bf16 in bf16).
     """
-    from . import normalize_advantages
-
     estimator = check_estimator(_get(args, "algo.advantage.estimator"))
     baseline = check_baseline(estimator, baseline)
     n = int(_get(args, "rollout.n_samples_per_prompt", 1))
@@ -239,6 +270,8 @@ def compute_advantages_and_returns(experiences, args, kl_coef, *, prefix_scores=
         )
     if prefix_scores is not None and len(prefix_scores) != len(experiences):
         raise ValueError(f"prefix_scores must have one tensor per experience ({len(experiences)}), got {len(prefix_scores)}")
+    if upcasts_rewards():
+        _upcast(experiences)
     if length_penalties:
         _length_penalties(experiences, args)
 

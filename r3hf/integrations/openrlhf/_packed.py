@@ -24,7 +24,8 @@ from typing import NamedTuple
 import torch
 
 from ... import ops
-from ._prefix import forward_with_head, normalised
+from ._head import forward_with_head, normalised
+from ._rewards import check_dense_estimator, kl_reward
 
 __all__ = ["PackedValues", "stream_layout", "packed_prefix_values", "packed_token_rewards", "packed_dense_reward"]
 
@@ -180,13 +181,11 @@ def packed_dense_reward(
     `prefix_values`. advantage_estimator as there: only "gae" and "reinforce" (the group
     estimators need `compute_advantages_and_returns`).
     """
-    from . import _check_dense_estimator, _kl_reward
-
-    _check_dense_estimator(advantage_estimator)
-    kl_reward = _kl_reward(kl_coef, kl)
+    check_dense_estimator(advantage_estimator)
+    kl_term = kl_reward(kl_coef, kl)
     if not isinstance(action_mask, torch.Tensor) or action_mask.shape != kl.shape:
         raise ValueError(f"action_mask must be [B, A] = {list(kl.shape)}, got "
                          f"{getattr(action_mask, 'shape', type(action_mask).__name__)}")
     dense = packed_token_rewards(packed, attention_mask, action_mask, first=first, beta_c=beta_c,
                                  reward_clip_range=reward_clip_range, backend=backend)
-    return dense.to(kl_reward.device) + kl_reward
+    return dense.to(kl_term.device) + kl_term

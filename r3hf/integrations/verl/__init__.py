@@ -33,11 +33,13 @@ __all__ = [
     "register",
     "unregister",
     "ESTIMATOR_NAME",
+    "REWARD_MANAGER_NAME",
     "GROUP_ESTIMATORS",
     "warn_if_summing",
 ]
 
 ESTIMATOR_NAME = "r3hf"
+REWARD_MANAGER_NAME = "r3hf"  # `reward.reward_manager.name=r3hf` (source=register) after register()
 
 # veRL's KL names -> (r3hf estimator, clamp). A trailing "+" (veRL's straight-through gradient
 # variant) has the same value; rewards are computed without gradients, so it maps the same way.
@@ -157,19 +159,31 @@ def _core_algos():
         return None
 
 
+def _reward_registry():
+    """veRL 0.9's reward-loop manager registry (name -> class), or None where it does not import."""
+    try:
+        return importlib.import_module("verl.experimental.reward_loop.reward_manager.registry").REWARD_MANAGER
+    except ImportError:
+        return None
+
+
 def register(name: str = ESTIMATOR_NAME, *, replace_gae: bool = False) -> bool:
-    """Register r3hf with veRL (when importable); returns False when veRL is not installed.
+    """Register r3hf with veRL (when importable) in this process; False when veRL is not installed.
 
     - Adds `r3hf_advantage_estimator` to veRL's registry under `name` (`register_adv_est`), for
       `algorithm.adv_estimator=<name>` (critic-free in stock veRL 0.9, see that function).
     - Adds the token-level group estimators `GROUP_ESTIMATORS` (r3hf_grpo, r3hf_rloo,
       r3hf_reinforce_pp, r3hf_reinforce_pp_baseline, r3hf_grpo_process; see
       r3hf/integrations/verl/_estimators.py) under their own names.
+    - Adds `reward.R3HFRewardManager` to veRL's reward-manager registry as `REWARD_MANAGER_NAME`
+      ("r3hf"), for `reward.reward_manager.name=r3hf` (the importlib route,
+      `module.path=pkg://r3hf.integrations.verl.reward`, needs no registration).
     - replace_gae=True also points `core_algos.compute_gae_advantage_return` at this module's
       (same outputs, r3hf kernels): veRL 0.9's trainer calls that function directly for
       `adv_estimator=gae`, the PPO-with-critic path. `unregister()` restores veRL's.
-    Call it in the driver process before training (e.g. at the top of your main_ppo entry).
-    Idempotent.
+    Registries are per process and veRL builds its trainer in a Ray actor: launch with
+    `python -m r3hf.integrations.verl.main_ppo` (registers in the driver, the trainer's actor and
+    every Ray worker) rather than calling this in the driver only. Idempotent.
     """
     global _replaced_gae
     core = _core_algos()
@@ -180,6 +194,16 @@ def register(name: str = ESTIMATOR_NAME, *, replace_gae: bool = False) -> bool:
     for group_name, fn in GROUP_ESTIMATORS.items():
         if core.ADV_ESTIMATOR_REGISTRY.get(group_name) is not fn:
             core.register_adv_est(group_name)(fn)
+    managers = _reward_registry()
+    if managers is not None:
+        from .reward import R3HFRewardManager
+
+        if managers.get(REWARD_MANAGER_NAME, R3HFRewardManager) is not R3HFRewardManager:
+            raise ValueError(
+                f"veRL's reward manager {REWARD_MANAGER_NAME!r} is already registered as "
+                f"{managers[REWARD_MANAGER_NAME]!r}, not r3hf's R3HFRewardManager"
+            )
+        managers[REWARD_MANAGER_NAME] = R3HFRewardManager
     if replace_gae and core.compute_gae_advantage_return is not compute_gae_advantage_return:
         _replaced_gae = core.compute_gae_advantage_return
         core.compute_gae_advantage_return = compute_gae_advantage_return
@@ -187,7 +211,7 @@ def register(name: str = ESTIMATOR_NAME, *, replace_gae: bool = False) -> bool:
 
 
 def unregister(name: str = ESTIMATOR_NAME) -> None:
-    """Undo `register()`: remove the estimator and restore veRL's GAE function."""
+    """Undo `register()`: remove the estimators and the reward manager, restore veRL's GAE function."""
     global _replaced_gae
     core = _core_algos()
     if core is None:
@@ -197,6 +221,12 @@ def unregister(name: str = ESTIMATOR_NAME) -> None:
     for group_name, fn in GROUP_ESTIMATORS.items():
         if core.ADV_ESTIMATOR_REGISTRY.get(group_name) is fn:
             del core.ADV_ESTIMATOR_REGISTRY[group_name]
+    managers = _reward_registry()
+    if managers is not None and REWARD_MANAGER_NAME in managers:
+        from .reward import R3HFRewardManager
+
+        if managers[REWARD_MANAGER_NAME] is R3HFRewardManager:
+            del managers[REWARD_MANAGER_NAME]
     if _replaced_gae is not None:
         core.compute_gae_advantage_return = _replaced_gae
         _replaced_gae = None
