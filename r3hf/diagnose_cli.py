@@ -52,6 +52,21 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def advantage_table(adv: dict) -> str:
+    """By quarter: the advantage's second moment and variance, R3HF rewards / sparse rewards."""
+    rows = [("positions", "baseline", "E[A²] ratio", "95% CI", "Var(A) ratio", "95% CI", "E[A²] effect")]
+    for res in [adv] + ([adv["other"]] if "other" in adv else []):
+        for q in res["quarters"]:
+            m2, var = q["second_moment_ratio_ci"], q["variance_ratio_ci"]
+            rows.append((f"{q['start']}-{q['end'] - 1}", res["baseline"], f"{q['second_moment_ratio']:.3f}",
+                         f"[{m2[0]:.2f}, {m2[1]:.2f}]" if m2 else "-", f"{q['variance_ratio']:.3f}",
+                         f"[{var[0]:.2f}, {var[1]:.2f}]" if var else "-", q["second_moment_effect"]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 def main(args) -> int:
     from ._extras import require
 
@@ -73,13 +88,17 @@ def main(args) -> int:
     result = prefix_diagnostics(model, ids.to(args.device), attention.to(args.device), P,
                                 response_mask=rmask.to(args.device), buckets=args.buckets,
                                 bootstrap=args.bootstrap, batch_size=args.batch_size,
-                                index=index.to(args.device) if args.group_by_prompt else None)
+                                index=index.to(args.device) if args.group_by_prompt or args.estimator else None,
+                                estimator=args.estimator, baseline=args.baseline)
     result["model"] = str(args.model)
     result["data"] = str(args.data)
     paths = save_diagnostics(result, Path(args.out), title=f"prefix diagnostics of {args.model}")
     print(f"{result['rows']} samples, {result['response_positions']} response positions; "
           f"final score mean {result['final_score']['mean']:+.3f}, var {result['final_score']['var']:.4f}")
     print(table(result))
+    if "advantage" in result:
+        print(f"advantages of {args.estimator!r} (groups: samples with the same prompt), R3HF rewards / sparse rewards:")
+        print(advantage_table(result["advantage"]))
     print(result["verdict"])
     print(f"wrote {paths['json']} and {paths['png']}")
     return 0
@@ -184,5 +203,12 @@ def add_parser(sub) -> None:
     p.add_argument("--max-rows", type=int, default=None, help="read at most this many samples")
     p.add_argument("--group-by-prompt", action="store_true",
                    help="statistics within groups of samples with the same prompt (what RLOO/GRPO see)")
+    p.add_argument("--estimator", default=None, choices=("rloo", "grpo", "reinforce_pp", "reinforce_pp_baseline",
+                                                         "grpo_process"),
+                   help="also measure this group estimator's advantages (ops.group_advantages) on R3HF vs sparse "
+                        "rewards, per position, groups = samples with the same prompt (implies --group-by-prompt)")
+    p.add_argument("--baseline", default="row", choices=("row", "position"),
+                   help="the estimator's baseline (with --estimator; rloo, grpo and reinforce_pp_baseline are "
+                        "measured with both and the verdict says which reduces the advantage's second moment)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=main)

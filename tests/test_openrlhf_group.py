@@ -319,6 +319,81 @@ def test_bad_arguments():
         adapter.advantages_and_returns("rloo", torch.zeros(2), torch.zeros(2, 3), torch.ones(2, 3), kl_coef=0.0)
 
 
+# --- baseline="position" (issue 21) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("estimator", GROUP)
+def test_position_baseline_sparse_equals_openrlhf(estimator):
+    """Sparse, the per-position baseline is the row baseline: OpenRLHF's numbers either way."""
+    exps, _ = experiences_for(5, 3, seed=21)
+    want = peer(clone(exps), make_args(estimator, 3), 0.05)
+    got = adapter.compute_advantages_and_returns(clone(exps), make_args(estimator, 3), 0.05, baseline="position")
+    for k, (g, w) in enumerate(zip(got, want)):
+        close(g.advantages, w.advantages, f"{estimator} baseline='position' experience {k} advantages")
+        close(g.returns, w.returns, f"{estimator} baseline='position' experience {k} returns")
+
+
+def _position_baseline(G, m, members, i, estimator):
+    """From scratch: row i's baseline and scale at its k-th action token, k = 0.. (held last values)."""
+    def H(j):
+        g = G[j][m[j]]
+        return lambda k: g[min(k, len(g) - 1)]
+    hs = {j: H(j) for j in members}
+    n_i = int(m[i].sum())
+    out_b, out_c = [], []
+    for k in range(n_i):
+        vals = torch.stack([hs[j](k) for j in members])
+        if estimator == "rloo":
+            out_b.append((vals.sum() - hs[i](k)) / (len(members) - 1))
+            out_c.append(torch.tensor(1.0, dtype=torch.float64))
+        else:
+            out_b.append(vals.mean())
+            out_c.append(1.0 / (vals.std() + 1e-9) if estimator == "group_norm" else torch.tensor(1.0, dtype=torch.float64))
+    return torch.stack(out_b), torch.stack(out_c)
+
+
+@pytest.mark.parametrize("estimator", GROUP)
+def test_dense_position_baseline_from_scratch(estimator):
+    """Dense, KL off: at the k-th action token A = c·(G̃ − b_k), b_k from the group's returns at
+    their k-th action token (leave-one-out for rloo; an ended row holds its last value), c the
+    per-position 1/(std + 1e-9) for group_norm; 0 off the action tokens. Rows of different lengths,
+    holes and experiences of different widths."""
+    n = 4
+    exps, scores = dense_case(5, n, seed=13)
+    dense = adapter.compute_advantages_and_returns(clone(exps), make_args(estimator, n), 0.0, prefix_scores=scores,
+                                                   baseline="position")
+    row = adapter.compute_advantages_and_returns(clone(exps), make_args(estimator, n), 0.0, prefix_scores=scores)
+    G, M, where = {}, {}, {}
+    for e, sc in zip(exps, scores):
+        m = e.action_mask
+        tokens = adapter.compute_dense_reward(sc, 0.0, torch.zeros_like(e.kl, dtype=torch.float32), m,
+                                              advantage_estimator="reinforce")
+        for k, i in enumerate(e.index):
+            G[i] = tokens[k].double().flip(0).cumsum(0).flip(0)
+            M[i] = m[k]
+    for e, de, ro in zip(exps, dense, row):
+        for k, i in enumerate(e.index):
+            members = [j for j in G if j // n == i // n]
+            b, c = _position_baseline(G, M, members, i, estimator)
+            want = torch.zeros_like(G[i])
+            want[M[i]] = c * (G[i][M[i]] - b)
+            close(de.returns[k], want.float(), f"{estimator} baseline='position' row {i}")
+        m = e.action_mask
+        assert not torch.allclose(de.returns[m], ro.returns[m])
+
+
+def test_position_baseline_refused_where_undefined():
+    exps, scores = experiences_for(2, 2, seed=1)
+    for estimator in ("gae", "reinforce"):
+        with pytest.raises(ValueError, match=f"baseline='position'.*{estimator}"):
+            adapter.compute_advantages_and_returns(clone(exps), make_args(estimator, 2), 0.0, baseline="position")
+    with pytest.raises(ValueError, match="baseline"):
+        adapter.compute_advantages_and_returns(clone(exps), make_args("rloo", 2), 0.0, baseline="column")
+    with pytest.raises(ValueError, match="baseline"):
+        adapter.advantages_and_returns("rloo", torch.zeros(2), torch.zeros(2, 3), torch.ones(2, 3), kl_coef=0.0,
+                                       index=torch.zeros(2, dtype=torch.int64), baseline=None)
+
+
 # --- prefix_values: every position's value from OpenRLHF's RewardModel -------------------------
 
 

@@ -357,6 +357,45 @@ def test_train_with_a_reward_trainer_model(trained_rm, policy, root):
     assert moved
 
 
+# --- baseline="position" (issue 21) -------------------------------------------------------------
+
+
+def test_position_baseline_in_trls_loop(policy, root):
+    """baseline="position" in the real GRPOTrainer loop, with tool-output holes and completions of
+    different lengths: the advantages are ops.group_advantages(..., baseline="position") of the
+    R3HF rewards (not the row baseline's); sparse (beta_c=0) with "grpo" they are TRL's own."""
+    cfg = dict(per_device_train_batch_size=6, num_generations=3)
+    kw = dict(rollout_func=deterministic_rollout)
+    rec = run(R3HFGRPOTrainer, policy, root, [reward_model()],
+              trainer_kw=dict(kw, estimator="rloo", baseline="position"), **cfg).recorded[0]
+    r, mask = rec["r3hf"]["rewards"], rec["r3hf"]["response_mask"]
+    assert (mask.sum(1) != mask.sum(1)[0]).any() and (rec["completion_mask"].bool() & ~mask).any()
+    want = ops.group_advantages(r, mask, 3, "rloo", baseline="position") * loss_mask(rec)
+    torch.testing.assert_close(rec["advantages"], want)
+    row = ops.group_advantages(r, mask, 3, "rloo") * loss_mask(rec)
+    assert not torch.allclose(rec["advantages"], row)
+
+    stock = run(GRPOTrainer, policy, root, [reward_model(), plain_reward], trainer_kw=kw, **cfg).recorded[0]
+    sparse = run(R3HFGRPOTrainer, policy, root, [reward_model(), plain_reward],
+                 trainer_kw=dict(kw, beta_c=0.0, baseline="position"), **cfg).recorded[0]
+    assert_matches_trl(sparse, stock)
+
+
+def test_bad_baseline(policy, root):
+    with pytest.raises(ValueError, match="baseline"):
+        run(R3HFGRPOTrainer, policy, root, [reward_model()], train=None, trainer_kw=dict(baseline="column"))
+    for estimator in ("reinforce_pp", "grpo_process"):
+        with pytest.raises(ValueError, match=f"baseline='position'.*estimator={estimator!r}"):
+            run(R3HFGRPOTrainer, policy, root, [reward_model()], train=None,
+                trainer_kw=dict(estimator=estimator, baseline="position"))
+    scores, mask, sparse = torch.randn(4, 6), torch.ones(4, 5, dtype=torch.bool), torch.zeros(4)
+    with pytest.raises(TypeError, match="baseline"):
+        token_level_advantages(scores, sparse, mask, 2, estimator="rloo", baseline=None)
+    _, pos = token_level_advantages(scores, sparse, mask, 2, estimator="rloo_outcome", baseline="position")
+    _, row = token_level_advantages(scores, sparse, mask, 2, estimator="rloo_outcome")
+    torch.testing.assert_close(pos, row)  # one reward per row: the per-position baseline is the row one
+
+
 # --- configuration errors ----------------------------------------------------------------
 
 

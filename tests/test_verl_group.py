@@ -231,6 +231,63 @@ def test_bad_inputs_and_no_mutation():
     assert torch.equal(r, before)
 
 
+# --- baseline="position" by estimator name (issue 21) -------------------------------------------
+
+POSITION = {  # veRL name -> (r3hf op estimator, eps, veRL's own estimator of the family)
+    "r3hf_grpo_position": ("grpo", 1e-6, "grpo"),
+    "r3hf_rloo_position": ("rloo", 1e-6, "rloo"),
+    "r3hf_reinforce_pp_baseline_position": ("reinforce_pp_baseline", 1e-8, "reinforce_plus_plus_baseline"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(POSITION))
+def test_position_names_through_verls_compute_advantage(name):
+    """algorithm.adv_estimator=r3hf_*_position, through veRL's registry and compute_advantage (with
+    its AlgoConfig and with a Hydra DictConfig): ops.group_advantages(..., baseline="position") on
+    dense rewards, other numbers than the row baseline; sparse (rows of mixed lengths) veRL's own
+    estimator of the family, as the row baseline gives."""
+    from omegaconf import OmegaConf
+
+    op, eps, family = POSITION[name]
+    assert core_algos.get_adv_estimator_fn(name) is est.ESTIMATORS[name]
+    data, _, mask = _dense_batch(12, 40, 5, seed=17)
+    ids = est.group_ids(data.non_tensor_batch["uid"], 12, "cpu")
+    want = ops.group_advantages(data.batch["token_level_rewards"], mask, ids, op, eps=eps, baseline="position")
+    for config in (AlgoConfig(), OmegaConf.create({"gamma": 1.0, "norm_adv_by_std_in_grpo": True})):
+        got, ret = _advantage(data, name, config)
+        assert_close(got, want, f"{name} advantages")
+        assert torch.equal(got, ret)
+    row, _ = _advantage(data, name[: -len("_position")], AlgoConfig())
+    assert not torch.allclose(got[mask], row[mask])
+
+    sparse = _rewards(_sparse_batch(9, 31, seed=5), kl=False)
+    verl_adv, _ = _advantage(sparse, family, AlgoConfig())
+    got, _ = _advantage(sparse, name, AlgoConfig())
+    assert_close(got, verl_adv, f"{name} sparse vs veRL's {family}")
+
+
+def test_position_baseline_is_never_dropped():
+    """A config key r3hf_baseline is refused (the name chooses the baseline); baseline= on a direct
+    call reaches the op, which refuses "position" where it is undefined; the _position names take
+    no baseline= of their own."""
+    from omegaconf import OmegaConf
+
+    data = _rewards(_sparse_batch(6, 7, seed=2), kl=False)
+    with pytest.raises(ValueError, match="r3hf_baseline.*r3hf_rloo_position"):
+        _advantage(data, "r3hf_rloo", OmegaConf.create({"gamma": 1.0, "r3hf_baseline": "position"}))
+    r, m, uid = data.batch["token_level_rewards"], data.batch["response_mask"], data.non_tensor_batch["uid"]
+    for fn in (est.r3hf_reinforce_pp, est.r3hf_grpo_process):
+        with pytest.raises(ValueError, match="baseline"):
+            fn(r, m, index=uid, baseline="position")
+    with pytest.raises(ValueError, match="baseline"):
+        est.r3hf_rloo(r, m, index=uid, baseline="rows")
+    with pytest.raises(TypeError, match="baseline"):
+        est.r3hf_rloo_position(r, m, index=uid, baseline="row")
+    direct, _ = est.r3hf_grpo(r, m, index=uid, baseline="position")
+    named, _ = est.r3hf_grpo_position(r, m, index=uid)
+    assert torch.equal(direct, named)
+
+
 def test_register_adds_and_unregister_removes_every_name():
     for name in est.NAMES:
         assert core_algos.get_adv_estimator_fn(name) is est.ESTIMATORS[name]

@@ -21,8 +21,10 @@ from trl_grpo_harness import (  # noqa: E402
     word_tokenizer,
 )
 
-# (estimator, scale_rewards, with a reward model)
-CONFIGS = [("grpo", "batch", True), ("reinforce_pp_baseline", "group", True), ("grpo", "group", False)]
+# (estimator, scale_rewards, with a reward model[, baseline]); groups of 2 straddle the ranks (3 rows each)
+# (the plain-function-only config stays last: the test reads it as single[-1])
+CONFIGS = [("grpo", "batch", True), ("reinforce_pp_baseline", "group", True), ("rloo", "group", True, "position"),
+           ("grpo", "group", False)]
 
 
 def sometimes_none(completions, **kwargs):
@@ -30,7 +32,8 @@ def sometimes_none(completions, **kwargs):
     return [None if "sat" in c else float("good" in c) + 0.1 * len(c) for c in completions]
 
 
-def run_config(policy: str, out: str, per_device: int, estimator: str, scale: str, with_rm: bool):
+def run_config(policy: str, out: str, per_device: int, estimator: str, scale: str, with_rm: bool,
+               baseline: str = "row"):
     from r3hf.integrations.trl import R3HFGRPOTrainer
 
     funcs = [reward_model(), sometimes_none] if with_rm else [sometimes_none]
@@ -41,7 +44,7 @@ def run_config(policy: str, out: str, per_device: int, estimator: str, scale: st
             model=policy, reward_funcs=funcs, args=args, train_dataset=prompt_dataset(),
             processing_class=word_tokenizer(),
             reward_processing_classes=[word_tokenizer() if isinstance(f, torch.nn.Module) else None for f in funcs],
-            rollout_func=deterministic_rollout, estimator=estimator,
+            rollout_func=deterministic_rollout, estimator=estimator, baseline=baseline,
         )
         trainer.train()
     rec = trainer.recorded[0]

@@ -20,6 +20,7 @@ from torch import nn
 from .._extras import require
 from .. import _validate as v
 from .. import ops
+from .advantage_diagnostics import BASELINES, POSITION_ESTIMATORS, advantage_ratios, advantage_verdict
 from .scoring import MODEL_PAD, check_ids, prefix_scores
 
 
@@ -101,7 +102,8 @@ def _buckets(L: int, buckets) -> list[tuple[int, int]]:
 @torch.no_grad()
 def prefix_diagnostics(model: nn.Module, input_ids, attention_mask=None, prompt_len=None, *, response_mask=None,
                        buckets=None, bootstrap: int = 200, seed: int = 0, head=None, label=None,
-                       pad_token_id=MODEL_PAD, scores=None, batch_size: int = 64, index=None) -> dict:
+                       pad_token_id=MODEL_PAD, scores=None, batch_size: int = 64, index=None, estimator=None,
+                       baseline: str = "row") -> dict:
     """How much signal a reward model's prefix scores carry, from sampled responses (no ground truth).
 
     input_ids [B, S] = left-padded prompt ⊕ right-padded response (the PPO layout), attention_mask
@@ -125,6 +127,16 @@ def prefix_diagnostics(model: nn.Module, input_ids, attention_mask=None, prompt_
     R − Φ_0 sums); largest_share: per row, max_t |r̃_t| / Σ_t |r̃_t| of its R3HF token rewards
     (1 = one token carries the whole change, 1/L = spread evenly) with its mean and quantiles;
     verdict: where R3HF can reduce variance and where it would add it.
+
+    estimator (with index): also measure the advantages that estimator really produces, through
+    `ops.group_advantages(rewards, mask, groups, estimator, baseline=baseline)` on the R3HF rewards
+    (`ops.redistribute` of the scores) and on sparse rewards (R on the last generated token). In
+    result["advantage"]: per position and by quarter, second moment E[A²] and variance of A,
+    dense/sparse ratios with 95 % bootstrap intervals (resampling groups, `bootstrap` times),
+    "raises"/"reduces"/"unclear"; for rloo, grpo and reinforce_pp_baseline the other baseline
+    too (result["advantage"]["other"]); its verdict (also appended to result["verdict"]) says
+    which baseline reduces them. With a row baseline the shaping term enters every token's
+    advantage uncentred, which the prefix statistics above cannot show.
     """
     ids, attention = check_ids(input_ids, attention_mask)
     B, S = ids.shape
@@ -163,6 +175,7 @@ def prefix_diagnostics(model: nn.Module, input_ids, attention_mask=None, prompt_
     if int(has.sum()) < 3:
         raise ValueError("at least 3 rows need a response token (response_mask / attention_mask)")
     groups = _group_ids(index, B, ids.device)
+    advantage = _advantage_view(scores, rmask, p, groups, estimator, baseline, bootstrap, seed)
     scores, rmask, p = scores[has], rmask[has], p[has]
     groups = groups[has] if groups is not None else None
     n_rows = int(has.sum())
@@ -236,7 +249,38 @@ def prefix_diagnostics(model: nn.Module, input_ids, attention_mask=None, prompt_
         "buckets": bucket_rows,
     }
     result["verdict"] = verdict(result)
+    if advantage is not None:
+        result["advantage"] = advantage
+        result["verdict"] += " " + advantage["verdict"]
     return result
+
+
+def _advantage_view(scores, rmask, p, groups, estimator, baseline, bootstrap, seed):
+    """prefix_diagnostics' estimator= view over every row (an all-masked row still counts in its
+    group, as in the op) -> dict or None."""
+    if estimator is None:
+        if baseline != "row":
+            raise ValueError(f"baseline={baseline!r} needs estimator= (the group estimator whose advantages to measure)")
+        return None
+    if groups is None:
+        raise ValueError(f"estimator={estimator!r} needs index= (the group of each row: an int G or ids [B])")
+    if not isinstance(baseline, str) or baseline not in BASELINES:
+        raise ValueError(f"baseline must be one of {list(BASELINES)}, got {baseline!r}")
+    B, L = rmask.shape
+    dense = ops.redistribute(scores, rmask, p)
+    has = rmask.any(1)
+    last = (L - 1 - rmask.flip(1).int().argmax(1)).clamp_min(0)
+    final = scores.gather(1, (p + last).clamp_max(scores.shape[1] - 1)[:, None]).squeeze(1)  # rows without tokens: unused
+    sparse = torch.zeros_like(dense).scatter_(1, last[:, None], torch.where(has, final, 0.0)[:, None])
+    spans = _buckets(L, 4)
+    wanted = [baseline] + ([b for b in BASELINES if b != baseline] if estimator in POSITION_ESTIMATORS else [])
+    results = {b: advantage_ratios(dense, sparse, rmask, groups, estimator, b, spans, bootstrap=bootstrap, seed=seed)
+               for b in wanted}
+    out = dict(results[baseline])
+    if len(wanted) > 1:
+        out["other"] = results[wanted[1]]
+    out["verdict"] = advantage_verdict(results, baseline)
+    return out
 
 
 def _f(x) -> float:

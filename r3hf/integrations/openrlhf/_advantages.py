@@ -28,6 +28,13 @@ reward are kept and a row's rewards sum to r − (prompt-only score) (potential-
 r with the prefix scores as potential). With r equal to the RM's final score that residual is 0.
 reward.clip_range bounds each token's reward-model part (as in `compute_dense_reward`), not the
 residual; info["return"] sums the dense rewards and the KL term (no baseline: it is per token).
+
+baseline="position" (keyword, the group estimators only; default "row"): b is the group's
+reward-to-go at the same action-token position (`ops.group_advantages(..., baseline="position")`,
+leave-one-out for rloo, docs/group.md) instead of the group's row sums. Positions count action
+tokens (the k-th action token of each sample lines up, whatever its prompt or observation spans),
+so the op runs over the action mask and the baseline part is 0 off the action tokens (only the KL
+return is carried there; the loss masks them). Sparse, both baselines give the same numbers.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import warnings
 
 import torch
 
+from ... import _validate as v
 from ... import ops
 from ._rewards import (
     ESTIMATORS,
@@ -59,6 +67,17 @@ _GROUP_OP = {
     "dr_grpo": ("grpo", 1e-6, "none"),
     "group_norm": ("grpo", 1e-9, "group"),
 }
+
+
+def check_baseline(estimator: str, baseline) -> str:
+    """baseline "row" | "position"; "position" only for the group estimators (gae and reinforce have
+    no group baseline to make per position): refused there, never ignored."""
+    if not isinstance(baseline, str) or baseline not in v.GROUP_BASELINES:
+        raise ValueError(f"baseline must be one of {list(v.GROUP_BASELINES)}, got {baseline!r}")
+    if baseline == "position" and estimator not in GROUP_ESTIMATORS:
+        raise ValueError(f"baseline='position' needs a group estimator ({', '.join(GROUP_ESTIMATORS)}), got "
+                         f"advantage_estimator={estimator!r}, which has no group baseline")
+    return baseline
 
 
 def _up_to_last_action(m: torch.Tensor) -> torch.Tensor:
@@ -99,17 +118,19 @@ def _check_groups(ids: torch.Tensor, estimator: str) -> None:
 
 def advantages_and_returns(
     advantage_estimator, rewards, kl, action_mask, *, kl_coef, index=None, values=None, gamma=1.0, lambd=1.0,
-    reward_clip_range=None, prefix_scores=None, first="prompt", beta_c=1.0,
+    reward_clip_range=None, prefix_scores=None, first="prompt", beta_c=1.0, baseline="row",
 ):
     """One batch in OpenRLHF's layout -> (advantages, returns, token_rewards), float32 [B, A].
 
     rewards [B] (the scalar reward per sample, after length penalties), kl and action_mask
     [B, A], index int64 [B] group ids (group estimators), values [B, A] (gae). prefix_scores
     [B, A + 1] (the reward model's value at every sequence position) switches to dense R3HF
-    rewards. Advantages are not yet normalised (see `normalize_advantages`); token_rewards is
-    what OpenRLHF sums into info["return"].
+    rewards. baseline: "row" (OpenRLHF's) or "position" (group estimators, see the module doc).
+    Advantages are not yet normalised (see `normalize_advantages`); token_rewards is what OpenRLHF
+    sums into info["return"].
     """
     estimator = check_estimator(advantage_estimator)
+    baseline = check_baseline(estimator, baseline)
     if not isinstance(kl, torch.Tensor) or kl.dim() != 2:
         raise ValueError(f"kl must be a [B, A] tensor, got {getattr(kl, 'shape', type(kl).__name__)}")
     B, A = kl.shape
@@ -130,7 +151,7 @@ def advantages_and_returns(
         if estimator in GROUP_ESTIMATORS:
             op, eps, scale = _GROUP_OP[estimator]
             r = ops.group_advantages(r[:, None], torch.ones(B, 1, dtype=torch.bool, device=r.device), ids, op,
-                                     eps=eps, scale=scale)[:, 0]
+                                     eps=eps, scale=scale, baseline=baseline)[:, 0]
         reward = compute_reward(r, kl_coef, kl, action_mask=m, reward_clip_range=reward_clip_range)
         if estimator == "gae":
             adv, ret = get_advantages_and_returns(values, reward, m, gamma, lambd)
@@ -160,8 +181,11 @@ def advantages_and_returns(
         ret = _returns(token_rewards, m, gamma)
         return ret, ret.clone(), token_rewards
     op, eps, scale = _GROUP_OP[estimator]
-    span = _up_to_last_action(m)
-    ret = ops.group_advantages(score, span, ids, op, gamma=1.0, eps=eps, scale=scale) + _returns(kl_term, m, 1.0)
+    # "row": over every position up to the last action (OpenRLHF carries returns through holes);
+    # "position": over the action tokens, so that positions count action tokens.
+    span = _up_to_last_action(m) if baseline == "row" else m
+    ret = ops.group_advantages(score, span, ids, op, gamma=1.0, eps=eps, scale=scale, baseline=baseline)
+    ret = ret + _returns(kl_term, m, 1.0)
     return ret, ret.clone(), token_rewards
 
 
@@ -220,7 +244,7 @@ def _pad_cat(tensors, width: int, fill=0):
 
 
 def compute_advantages_and_returns(experiences, args, kl_coef, *, prefix_scores=None, first="prompt", beta_c=1.0,
-                                   length_penalties=True):
+                                   baseline="row", length_penalties=True):
     """Drop-in for OpenRLHF 0.11's `RemoteExperienceMaker.compute_advantages_and_returns`.
 
     experiences: OpenRLHF `Experience`s (uses .index, .rewards [b], .kl, .action_mask [b, A_e],
@@ -228,6 +252,8 @@ def compute_advantages_and_returns(experiences, args, kl_coef, *, prefix_scores=
     no_std_norm, rollout.n_samples_per_prompt, reward.clip_range); kl_coef: `self.kl_ctl.value`.
     prefix_scores: None (OpenRLHF's sparse numbers) or, per experience, the reward model's value
     at every sequence position [b, A_e + 1] (`prefix_values`) for dense R3HF rewards.
+    baseline: "row" (OpenRLHF's group baseline) or "position" (the group estimators' per-position
+    baseline, docs/group.md; what helps with dense rewards).
     Sets advantages, returns, info["return"] (and info["group_reward_std"] when
     n_samples_per_prompt > 1), kl = None, as OpenRLHF does; returns the experiences.
     Length penalties are OpenRLHF's own `apply_length_penalties`, run first when args set them,
@@ -235,6 +261,7 @@ def compute_advantages_and_returns(experiences, args, kl_coef, *, prefix_scores=
     float32 first and leaves them so on the experiences; 0.11.0/0.11.1 penalise bf16 in bf16).
     """
     estimator = check_estimator(_get(args, "algo.advantage.estimator"))
+    baseline = check_baseline(estimator, baseline)
     n = int(_get(args, "rollout.n_samples_per_prompt", 1))
     if estimator in NORMALISED and _get(args, "algo.advantage.no_std_norm", False):
         raise NotImplementedError(
@@ -275,6 +302,7 @@ def compute_advantages_and_returns(experiences, args, kl_coef, *, prefix_scores=
         estimator, rewards, kl, mask, kl_coef=kl_coef, index=sample // n, values=values,
         gamma=float(_get(args, "algo.advantage.gamma", 1.0)), lambd=float(_get(args, "algo.advantage.lambd", 1.0)),
         reward_clip_range=_get(args, "reward.clip_range"), prefix_scores=scores, first=first, beta_c=beta_c,
+        baseline=baseline,
     )
     if estimator in NORMALISED:
         adv = normalize_advantages(adv, mask)

@@ -1,7 +1,7 @@
 """TRL 1.13 – 1.16 `GRPOTrainer` with R3HF token-level advantages: `R3HFGRPOTrainer`.
 
 Swap `trl.GRPOTrainer` for `R3HFGRPOTrainer`, keep every argument, add `estimator=` (and
-`beta_c=`, `first=`, `kl_in_reward=`). What changes, per generation batch:
+`baseline=`, `beta_c=`, `first=`, `kl_in_reward=`). What changes, per generation batch:
 
 - Each reward model in `reward_funcs` (an `nn.Module`: a causal sequence classifier, as TRL
   accepts them) reads the text TRL's own reward path reads (prompt + completion, chat template
@@ -40,6 +40,7 @@ from ...models import Scorer, UnsupportedModelError
 from .grpo_advantages import (
     OUTCOME_ESTIMATORS,
     TRL_EPS,
+    check_baseline,
     check_estimator,
     op_options,
     token_level_advantages,
@@ -98,6 +99,10 @@ class R3HFGRPOTrainer(GRPOTrainer):
       (sum each row's rewards first, like TRL's own GRPO/RLOO: dense rewards then change nothing,
       see docs/integrations.md). scale_rewards ("group", "batch", "none") applies to the grpo
       estimators as in TRL; eps (default TRL's 1e-4) is the op's eps.
+    - baseline: "row" (default: the group's row sums, today's numbers) or "position" (the group's
+      reward-to-go at the same generated-token position, leave-one-out for "rloo"; for "grpo",
+      "rloo", "reinforce_pp_baseline" and the outcome estimators): the op's `baseline`. With dense
+      R3HF rewards "position" is the one that helps (docs/group.md); with sparse rewards both agree.
     - beta_c: 1 = R3HF dense rewards, 0 = sparse (TRL's reward on the last token), in between a mix.
     - first: "prompt" (difference the first token against the prompt-only score) or "zero".
     - kl_in_reward: coefficient of a per-token KL penalty (kl_estimator "k1", "k2", "k3", "abs")
@@ -106,10 +111,11 @@ class R3HFGRPOTrainer(GRPOTrainer):
     - backend: r3hf backend for the ops ("auto").
     """
 
-    def __init__(self, *args, estimator: str = "grpo", beta_c: float = 1.0, first: str = "prompt",
-                 kl_in_reward: float = 0.0, kl_estimator: str = "k1", eps: float = TRL_EPS,
+    def __init__(self, *args, estimator: str = "grpo", baseline: str = "row", beta_c: float = 1.0,
+                 first: str = "prompt", kl_in_reward: float = 0.0, kl_estimator: str = "k1", eps: float = TRL_EPS,
                  backend: str = "auto", **kwargs):
         self.r3hf_estimator = check_estimator(estimator)
+        self.r3hf_baseline = check_baseline(self.r3hf_estimator, baseline)
         self.r3hf_beta_c = v.check_unit_interval("beta_c", beta_c)
         self.r3hf_first = v.check_choice("first", first, v.FIRST_MODES)
         self.r3hf_kl_in_reward = v.check_finite_float("kl_in_reward", kl_in_reward)
@@ -125,7 +131,7 @@ class R3HFGRPOTrainer(GRPOTrainer):
         if config is not None:  # fail before TRL loads models; checked again on the trainer below
             self._r3hf_check_aggregation(config.multi_objective_aggregation)
             scale = {True: "group", False: "none"}.get(config.scale_rewards, config.scale_rewards)
-            op_options(self.r3hf_estimator, self.r3hf_eps, scale)
+            op_options(self.r3hf_estimator, self.r3hf_eps, scale, self.r3hf_baseline)
         build_ref = self.r3hf_kl_in_reward > 0 and config is not None and config.beta == 0.0
         if self.r3hf_kl_in_reward > 0 and config is None:
             raise ValueError("kl_in_reward needs a reference model: pass args=GRPOConfig(...)")
@@ -202,7 +208,7 @@ class R3HFGRPOTrainer(GRPOTrainer):
                 "assignment is lost (use importance_sampling_level='token' for R3HF's per-token advantages)",
                 stacklevel=3,
             )
-        op_options(self.r3hf_estimator, self.r3hf_eps, self.scale_rewards)  # refuses options the estimator ignores
+        op_options(self.r3hf_estimator, self.r3hf_eps, self.scale_rewards, self.r3hf_baseline)  # refuses options the estimator ignores
 
     # --- TRL hooks ------------------------------------------------------------------------
 
@@ -317,7 +323,7 @@ class R3HFGRPOTrainer(GRPOTrainer):
             group = dist.group.WORLD
         rewards, advantages = token_level_advantages(
             scores, sparse, mask, G, unscorable=unscorable.to(device), row_offset=offset,
-            estimator=self.r3hf_estimator, beta_c=self.r3hf_beta_c, first=self.r3hf_first, eps=self.r3hf_eps,
+            estimator=self.r3hf_estimator, baseline=self.r3hf_baseline, beta_c=self.r3hf_beta_c, first=self.r3hf_first, eps=self.r3hf_eps,
             scale=self.scale_rewards, logprobs=logprobs, ref_logprobs=ref_logprobs,
             kl_coef=self.r3hf_kl_in_reward, kl_estimator=self.r3hf_kl_estimator, group=group,
             backend=self.r3hf_backend,

@@ -30,19 +30,28 @@ def check_estimator(estimator) -> str:
     return v.check_choice("estimator", estimator, ESTIMATORS)
 
 
-def op_options(estimator: str, eps: float, scale: str) -> dict:
+def check_baseline(estimator: str, baseline) -> str:
+    """baseline "row" | "position" for `estimator`, by the op's own rule (r3hf._validate.group_baseline):
+    refused, never ignored, where the op has no per-position baseline (reinforce_pp, grpo_process)."""
+    v.group_baseline(baseline, OUTCOME_ESTIMATORS.get(estimator, estimator))
+    return baseline
+
+
+def op_options(estimator: str, eps: float, scale: str, baseline: str = "row") -> dict:
     """The keyword options of ops.group_advantages that `estimator` uses (the op refuses unused ones).
 
     TRL's scale_rewards ("group", its default, "batch", "none") is the op's `scale`, used by the
-    grpo estimators only; eps divides by (std + eps) and is unused by rloo and by scale "none".
+    grpo estimators only; eps divides by (std + eps) and is unused by rloo and by scale "none";
+    baseline ("row" | "position") goes to the op as it is.
     """
+    baseline = check_baseline(estimator, baseline)
     base = OUTCOME_ESTIMATORS.get(estimator, estimator)
     if scale != "group" and base not in ("grpo", "grpo_process"):
         raise ValueError(
             f"scale_rewards={scale!r} is not used by estimator={estimator!r} (only the grpo estimators divide by "
             "a std); leave scale_rewards at 'group' (TRL's default) or choose a grpo estimator"
         )
-    kw = {} if base not in ("grpo", "grpo_process") else {"scale": scale}
+    kw = {"baseline": baseline} if base not in ("grpo", "grpo_process") else {"scale": scale, "baseline": baseline}
     if base != "rloo" and scale != "none":
         kw["eps"] = eps
     elif eps != TRL_EPS:
@@ -79,6 +88,7 @@ def token_level_advantages(
     first: str = "prompt",
     eps: float = TRL_EPS,
     scale: str = "group",
+    baseline: str = "row",
     logprobs: torch.Tensor | None = None,
     ref_logprobs: torch.Tensor | None = None,
     kl_coef: float = 0.0,
@@ -100,13 +110,15 @@ def token_level_advantages(
     `num_generations` consecutive rows of the global batch (this process holds global rows
     row_offset …; `group`, a torch.distributed process group, spans the statistics across ranks).
     "grpo_outcome"/"rloo_outcome" sum each row first (TRL's scalar GRPO/RLOO advantage, broadcast).
+    baseline: the op's "row" (default) or "position" (the group's reward-to-go at the same
+    generated-token position, leave-one-out for rloo; docs/group.md).
 
     unscorable bool [N_global] (every reward function returned None: TRL's NaN rows) is left out
     of every statistic and gets advantage 0; so does every completion whose group has fewer than
     two scorable completions under an estimator with a group baseline (TRL's rule).
     """
     estimator = check_estimator(estimator)
-    op_options(estimator, eps, scale)
+    options = op_options(estimator, eps, scale, baseline)
     mask = v.as_mask("response_mask", response_mask)
     B, T = mask.shape
     if not isinstance(num_generations, int) or num_generations < 1:
@@ -149,8 +161,7 @@ def token_level_advantages(
     advantages = torch.zeros((B, T), dtype=torch.float32, device=mask.device)
     if group is not None or bool(keep.any()):
         advantages[keep] = ops.group_advantages(
-            r_adv[keep], mask[keep], index[keep], base, group=group, backend=backend,
-            **op_options(estimator, eps, scale),
+            r_adv[keep], mask[keep], index[keep], base, group=group, backend=backend, **options,
         )
     if estimator in GROUP_BASELINE:
         scorable = torch.zeros(int(ids.max()) + 1 if n_global else 0, device=mask.device).index_add_(

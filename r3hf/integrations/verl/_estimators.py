@@ -12,6 +12,17 @@ the token level, computed by `ops.group_advantages` / `ops.reward_to_go`:
 | r3hf_reinforce_pp            | group_advantages("reinforce_pp")          | reward_to_go(holes="skip")      |
 | r3hf_reinforce_pp_baseline   | group_advantages("reinforce_pp_baseline") | the advantages                  |
 | r3hf_grpo_process            | group_advantages("grpo_process")          | the advantages                  |
+| r3hf_grpo_position           | group_advantages("grpo", baseline="position")                  | the advantages |
+| r3hf_rloo_position           | group_advantages("rloo", baseline="position")                  | the advantages |
+| r3hf_reinforce_pp_baseline_position | group_advantages("reinforce_pp_baseline", baseline="position") | the advantages |
+
+The per-position baseline (docs/group.md) is chosen by the estimator NAME, not a config key:
+`algorithm.adv_estimator=r3hf_rloo_position`. veRL validates that name itself (an unknown one
+raises in `get_adv_estimator_fn`), and it works with Hydra's DictConfig and the frozen AlgoConfig
+dataclass alike (which has no room for an extra key). The `_position` names exist for the three
+estimators that have a group baseline of the return; r3hf_reinforce_pp and r3hf_grpo_process have
+none. Called directly, every estimator also takes `baseline="row" | "position"` as a keyword; a
+config that sets `r3hf_baseline` is refused with a pointer to the names (never ignored).
 
 What they read, as veRL passes it to registered estimators (`ray_trainer.compute_advantage`):
 token_level_rewards and response_mask [B, L]; `index` = the `uid` column (a numpy array of ids,
@@ -40,7 +51,8 @@ import torch
 
 from ... import ops
 
-NAMES = ("r3hf_grpo", "r3hf_rloo", "r3hf_reinforce_pp", "r3hf_reinforce_pp_baseline", "r3hf_grpo_process")
+NAMES = ("r3hf_grpo", "r3hf_rloo", "r3hf_reinforce_pp", "r3hf_reinforce_pp_baseline", "r3hf_grpo_process",
+         "r3hf_grpo_position", "r3hf_rloo_position", "r3hf_reinforce_pp_baseline_position")
 
 # veRL estimators that sum each row's rewards first -> the r3hf estimator to use with dense rewards.
 SUMMING = {
@@ -76,8 +88,9 @@ def warn_if_summing(adv_estimator) -> bool:
         warnings.warn(
             f"dense (R3HF) rewards with algorithm.adv_estimator={name!r}: veRL's {name} sums each row's "
             f"token_level_rewards first, so the dense rewards give exactly the advantages of sparse ones. "
-            f"Use algorithm.adv_estimator={SUMMING[name]} (after r3hf.integrations.verl.register()) to keep "
-            "them at the token level.",
+            f"Use algorithm.adv_estimator={SUMMING[name]}_position (the per-position baseline, which is what "
+            f"helps with dense rewards: docs/group.md) or {SUMMING[name]} (the row baseline), after "
+            "r3hf.integrations.verl.register(), to keep them at the token level.",
             UserWarning,
             stacklevel=2,
         )
@@ -142,7 +155,18 @@ def _config_value(config, key: str, default):
     return default if value is None else value
 
 
+def _check_config_baseline(config) -> None:
+    # The baseline is chosen by estimator name; a config key for it would be read by nothing.
+    if _config_value(config, "r3hf_baseline", None) is not None:
+        raise ValueError(
+            f"algorithm.r3hf_baseline={_config_value(config, 'r3hf_baseline', None)!r} is not read: r3hf chooses the "
+            "baseline by estimator name. Use algorithm.adv_estimator=r3hf_rloo_position (or r3hf_grpo_position, "
+            "r3hf_reinforce_pp_baseline_position) for the per-position baseline, the plain names for the row baseline"
+        )
+
+
 def _inputs(token_level_rewards, response_mask, index, config, needs_index=True):
+    _check_config_baseline(config)
     if not isinstance(token_level_rewards, torch.Tensor) or token_level_rewards.dim() != 2:
         raise ValueError(
             f"token_level_rewards must be a [B, L] tensor, got {getattr(token_level_rewards, 'shape', type(token_level_rewards).__name__)}"
@@ -166,31 +190,32 @@ def _norm_by_std(config, norm_adv_by_std_in_grpo):
 
 
 def r3hf_grpo(token_level_rewards, response_mask, index=None, epsilon=GROUP_EPS, norm_adv_by_std_in_grpo=None,
-              config=None, **unused):
+              config=None, baseline="row", **unused):
     """GRPO at the token level -> (advantages, returns = advantages), float32 [B, L].
 
     m·(G − mean_g s)/(std_g s + epsilon), G the γ-discounted reward-to-go (config.gamma), s the
     row sums; norm_adv_by_std_in_grpo False (or config's) drops the division. Sparse rewards at
-    γ = 1: veRL's compute_grpo_outcome_advantage.
+    γ = 1: veRL's compute_grpo_outcome_advantage. baseline: the op's "row" | "position".
     """
     r, m, ids, gamma = _inputs(token_level_rewards, response_mask, index, config)
     adv = ops.group_advantages(r, m, ids, "grpo", gamma=gamma, eps=epsilon,
-                               scale=_norm_by_std(config, norm_adv_by_std_in_grpo))
+                               scale=_norm_by_std(config, norm_adv_by_std_in_grpo), baseline=baseline)
     return adv, adv
 
 
-def r3hf_rloo(token_level_rewards, response_mask, index=None, epsilon=GROUP_EPS, config=None, **unused):
+def r3hf_rloo(token_level_rewards, response_mask, index=None, epsilon=GROUP_EPS, config=None, baseline="row",
+              **unused):
     """RLOO at the token level -> (advantages, returns = advantages), float32 [B, L].
 
     m·(G − mean of the other rows' sums); a singleton keeps its return. Sparse rewards at γ = 1:
-    veRL's compute_rloo_outcome_advantage.
+    veRL's compute_rloo_outcome_advantage. baseline: the op's "row" | "position".
     """
     r, m, ids, gamma = _inputs(token_level_rewards, response_mask, index, config)
-    adv = ops.group_advantages(r, m, ids, "rloo", gamma=gamma, eps=epsilon)
+    adv = ops.group_advantages(r, m, ids, "rloo", gamma=gamma, eps=epsilon, baseline=baseline)
     return adv, adv
 
 
-def r3hf_reinforce_pp(token_level_rewards, response_mask, config=None, index=None, **unused):
+def r3hf_reinforce_pp(token_level_rewards, response_mask, config=None, index=None, baseline="row", **unused):
     """REINFORCE++ -> (advantages, returns), float32 [B, L]: veRL's reinforce_plus_plus.
 
     returns = the γ-discounted reward-to-go with observation spans skipped (0 where masked);
@@ -199,33 +224,62 @@ def r3hf_reinforce_pp(token_level_rewards, response_mask, config=None, index=Non
     """
     r, m, _, gamma = _inputs(token_level_rewards, response_mask, index, config, needs_index=False)
     ids = torch.zeros(r.shape[0], dtype=torch.int64, device=r.device)
-    adv = ops.group_advantages(r, m, ids, "reinforce_pp", gamma=gamma, eps=WHITEN_EPS)
+    # baseline goes to the op, which refuses "position" here (no group baseline to make per position)
+    adv = ops.group_advantages(r, m, ids, "reinforce_pp", gamma=gamma, eps=WHITEN_EPS, baseline=baseline)
     returns = ops.reward_to_go(r, m, gamma, holes="skip")
     return adv, returns
 
 
 def r3hf_reinforce_pp_baseline(token_level_rewards, response_mask, index=None, epsilon=GROUP_EPS, config=None,
-                               **unused):
+                               baseline="row", **unused):
     """REINFORCE++ with the group-mean baseline at the token level -> (advantages, returns =
     advantages), float32 [B, L]: G − mean_g s, whitened over the batch (unbiased, eps 1e-8).
     Sparse rewards at γ = 1: veRL's compute_reinforce_plus_plus_baseline_outcome_advantage.
-    (`epsilon` is accepted for veRL's signature; veRL does not use it either.)
+    (`epsilon` is accepted for veRL's signature; veRL does not use it either.) baseline: the op's
+    "row" | "position".
     """
     r, m, ids, gamma = _inputs(token_level_rewards, response_mask, index, config)
-    adv = ops.group_advantages(r, m, ids, "reinforce_pp_baseline", gamma=gamma, eps=WHITEN_EPS)
+    adv = ops.group_advantages(r, m, ids, "reinforce_pp_baseline", gamma=gamma, eps=WHITEN_EPS, baseline=baseline)
     return adv, adv
 
 
 def r3hf_grpo_process(token_level_rewards, response_mask, index=None, epsilon=GROUP_EPS,
-                      norm_adv_by_std_in_grpo=None, config=None, **unused):
+                      norm_adv_by_std_in_grpo=None, config=None, baseline="row", **unused):
     """DeepSeekMath process-supervised GRPO, every generated token a step -> (advantages, returns
     = advantages), float32 [B, L]: rewards normalised over the group's generated tokens, then
     their γ-discounted reward-to-go. No veRL counterpart.
     """
     r, m, ids, gamma = _inputs(token_level_rewards, response_mask, index, config)
     adv = ops.group_advantages(r, m, ids, "grpo_process", gamma=gamma, eps=epsilon,
-                               scale=_norm_by_std(config, norm_adv_by_std_in_grpo))
+                               scale=_norm_by_std(config, norm_adv_by_std_in_grpo), baseline=baseline)
     return adv, adv
+
+
+def _refuse_baseline(kwargs, name):
+    if "baseline" in kwargs:
+        raise TypeError(f"{name} sets its baseline by name ('position'); it takes no baseline= argument, "
+                        f"got baseline={kwargs['baseline']!r}")
+
+
+def r3hf_grpo_position(token_level_rewards, response_mask, index=None, epsilon=GROUP_EPS, norm_adv_by_std_in_grpo=None,
+                       config=None, **unused):
+    """r3hf_grpo with baseline="position": per-position group mean (and std) of the reward-to-go."""
+    _refuse_baseline(unused, "r3hf_grpo_position")
+    return r3hf_grpo(token_level_rewards, response_mask, index, epsilon, norm_adv_by_std_in_grpo, config,
+                     baseline="position")
+
+
+def r3hf_rloo_position(token_level_rewards, response_mask, index=None, epsilon=GROUP_EPS, config=None, **unused):
+    """r3hf_rloo with baseline="position": m·(G_t − mean of the other rows' G at the same position)."""
+    _refuse_baseline(unused, "r3hf_rloo_position")
+    return r3hf_rloo(token_level_rewards, response_mask, index, epsilon, config, baseline="position")
+
+
+def r3hf_reinforce_pp_baseline_position(token_level_rewards, response_mask, index=None, epsilon=GROUP_EPS, config=None,
+                                        **unused):
+    """r3hf_reinforce_pp_baseline with baseline="position": G − per-position group mean, whitened."""
+    _refuse_baseline(unused, "r3hf_reinforce_pp_baseline_position")
+    return r3hf_reinforce_pp_baseline(token_level_rewards, response_mask, index, epsilon, config, baseline="position")
 
 
 ESTIMATORS = {
@@ -234,4 +288,7 @@ ESTIMATORS = {
     "r3hf_reinforce_pp": r3hf_reinforce_pp,
     "r3hf_reinforce_pp_baseline": r3hf_reinforce_pp_baseline,
     "r3hf_grpo_process": r3hf_grpo_process,
+    "r3hf_grpo_position": r3hf_grpo_position,
+    "r3hf_rloo_position": r3hf_rloo_position,
+    "r3hf_reinforce_pp_baseline_position": r3hf_reinforce_pp_baseline_position,
 }
