@@ -11,8 +11,8 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: $(SOURCES)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip setuptools wheel
-	$(VENV)/bin/pip install -q $(TORCH)
-	$(VENV)/bin/pip install -q --no-build-isolation -e ".[test,demo]"
+	$(VENV)/bin/pip install -q $(TORCH) ninja
+	$(VENV)/bin/pip install -q --no-build-isolation -e ".[test,demo,hf,trl]"
 	touch $@
 
 demo: setup

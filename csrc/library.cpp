@@ -94,7 +94,28 @@ TORCH_LIBRARY(r3hf, m) {
   m.def(
       "packed_group_finish(Tensor rewards, Tensor response_mask, Tensor cu_seqlens, Tensor shift, Tensor scale, "
       "float gamma, bool on_rewards) -> Tensor");
+  // Per-position baselines (issue 21; r3hf/_group_stats.py steps 1p and 3p): ids int64 dense group
+  // ids [B] (packed [N]); -> (stats [B, 5] with COUNT and SUM_R, sums f64 [2, n_groups, width], last
+  // f64 [B]); the finish reads shift/scale f32 [n_groups, width] at (id, position).
+  m.def(
+      "group_position_row_pass(Tensor rewards, Tensor response_mask, Tensor ids, int n_groups, int width, "
+      "float gamma, bool squares) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "group_position_finish(Tensor rewards, Tensor response_mask, Tensor ids, Tensor shift, Tensor scale, "
+      "float gamma) -> Tensor");
+  m.def(
+      "packed_group_position_row_pass(Tensor rewards, Tensor response_mask, Tensor cu_seqlens, Tensor ids, "
+      "int n_groups, int width, float gamma, bool squares) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "packed_group_position_finish(Tensor rewards, Tensor response_mask, Tensor cu_seqlens, Tensor ids, "
+      "Tensor shift, Tensor scale, float gamma) -> Tensor");
 }
+
+// The torch this file was compiled against, as a string r3hf/backends/cpp.py finds in the .so's
+// bytes BEFORE loading it: an extension built against another torch is not loaded at all (its
+// symbols may resolve and then misbehave), it warns and r3hf runs on the other backends.
+extern "C" __attribute__((used, visibility("default"))) const char r3hf_built_against_torch[] =
+    "r3hf-built-against-torch=" R3HF_TORCH_VERSION;
 
 namespace {
 pybind11::dict build_info() {

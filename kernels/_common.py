@@ -27,6 +27,30 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 AUTOTUNE = os.environ.get("R3HF_TRITON_AUTOTUNE", "1") != "0"
 
 
+def _fix_interpreter_index() -> None:
+    """Triton <= 3.6's interpreter turns a scalar tensor into a Python int with `int(data)`, where
+    data is a 1-element 1-D array; NumPy >= 2.4 refuses that ("only 0-dimensional arrays can be
+    converted"), so every loop with a run-time bound (`range(0, n, BLOCK)`) fails on CPU. Triton
+    3.7 squeezes first; do the same for older releases. Interpreter only: compiled kernels never
+    run this code."""
+    from triton.runtime import interpreter
+
+    original = getattr(interpreter, "_patch_lang_tensor", None)
+    if original is None or getattr(original, "_r3hf_squeezed", False):
+        return
+
+    def patch_lang_tensor(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(())))
+
+    patch_lang_tensor._r3hf_squeezed = True
+    interpreter._patch_lang_tensor = patch_lang_tensor
+
+
+if INTERPRET:
+    _fix_interpreter_index()
+
+
 def flip_scans() -> bool:
     mode = os.environ.get("R3HF_TRITON_SCAN", "flip")
     if mode not in ("flip", "reverse"):

@@ -75,6 +75,53 @@ torch.distributed process group.
                         cancels badly when the shift is large).
    shift and scale are float32 [B]; compute in fp32.
 
+Per-position baselines (issue 21, `baseline="position"`; semantics: r3hf.reference.group). The
+passes take keyword arguments that select this mode and return more; the wiring below calls them
+with `baseline` only when it is "position", so a backend without the mode never sees it (it must
+not list "baseline" in its OPTIONS). Position p (0-based) of a generated token = the number of
+generated tokens before it in its row (holes and padding skipped); n_i = the row's generated count.
+Row i of group g "holds" H_{i,p} = G at its p-th generated token for p < n_i, and its last value
+G_{i,n_i−1} (its last generated token's return, = its reward there) for p >= n_i; 0 for an
+all-masked row. The positions' layout comes from `position_layout(index, response_mask, group,
+cu_seqlens) -> Positions(ids, n_groups, width, squares)`:
+   ids      int64 [B] dense group ids in [0, n_groups) (global over `group`'s ranks; `dense_ids`);
+   n_groups int, > every id (exact on CPU and with `group`; B, an upper bound, on other devices,
+            so no host sync: table rows no id maps to stay 0 and are never read);
+   width    int W >= every n_i: L padded (max L over ranks with `group`), the longest response
+            region packed (read on the host, as the packed reference does);
+   squares  bool: whether the statistics need sums of squares (grpo with scale="group",
+            reinforce_pp_baseline); when False a row pass may leave sums[1] unwritten (any value).
+1p. Row pass  `row_pass(rewards, response_mask, gamma, positions=Positions) -> (returns, stats,
+   sums, last)`, also in the row pass (no extra pass over [B, L] data):
+   - returns, stats: as in step 1; only COUNT and SUM_R are read in this mode (others may be NaN);
+   - sums float64 [2, n_groups, W], contiguous, zero-initialised by the pass:
+       sums[0, g, p] = Σ_{i: ids_i = g, n_i > p} G_i at its p-th generated token,
+       sums[1, g, p] = the same Σ of G² (the rows still generating at p only: `affine_position`
+       adds the ended rows' held values from `last`, which is cheaper than writing them);
+     accumulated in float64 in an order that does not depend on thread count or scheduling
+     (C++: one group per task, its rows in row order; a GPU kernel may use float64 atomics only
+     if it states the results are then order-dependent in the last bits).
+   - last float64 [B]: G at the row's last generated token (0 for an all-masked row).
+   `fused_row_pass(..., positions=Positions)` -> (rewards, returns, stats, sums, last) likewise.
+2p. Group statistics  `affine_position(stats, sums, last, positions, estimator, eps, scale, group)
+   -> (shift, scale)`, float32 [n_groups, W] each, contiguous. With `group` the per-position
+   tables, group sizes and held values are all-reduced (summed) over the global dense ids. With
+   c_g the rows of g (every row counts), S1/S2 = Σ_j H_{j,p} / H_{j,p}² over g, μ = S1/c_g, sd the
+   unbiased std (singleton: μ = 0, sd = 1), all in float64:
+     rloo                  shift = μ, scale = c_g/(c_g − 1) (singleton: 0, 1): m·(G − μ)·c/(c − 1)
+                           = m·(G − mean of the other rows' H at p), since H_{i,p} = G there;
+     grpo                  shift = μ, scale = 1/(sd + eps) ("group"), 1/(σ_batch(s) + eps)
+                           ("batch", s = SUM_R as in row mode), 1 ("none");
+     reinforce_pp_baseline x = G − μ whitened over every generated token of the batch: shift =
+                           μ + mean(x), scale = rsqrt(unbiased var(x) + eps), from the tables
+                           (Σx = Σ_{g,p} S1^act − D·μ, Σx² = Σ S2^act − 2μ·S1^act + D·μ², D the
+                           rows still generating at p).
+3p. Finish  `finish(rewards, returns, response_mask, shift, scale, gamma, False, ids=ids) -> A`:
+   A_{i,t} = m·(G_{i,t} − shift[ids_i, p])·scale[ids_i, p] with p the position of t (fp32; G
+   recomputed or read as in step 3). on_rewards is always False in this mode.
+Packed: the same keywords next to `cu_seqlens`; ids are per sequence [N], positions count the
+generated tokens of each sequence, and `last` is [N].
+
 Packed batches (issue 16, `cu_seqlens` int64 [N + 1]): a sequence is a row. A backend listing
 "cu_seqlens" in its OPTIONS for these ops is called with keyword `cu_seqlens`; its passes then take
 it too: row_pass(rewards [T], response_mask [T], gamma, cu_seqlens=) -> (returns [T], stats [N, 5]),
@@ -84,6 +131,8 @@ region only (r3hf.reference.packed); every position outside the response regions
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
@@ -103,6 +152,18 @@ COLUMNS = {
     "reinforce_pp_baseline": (STAT_COUNT, STAT_SUM_R, STAT_SUM_G, STAT_M2_G),
     "grpo_process": (STAT_COUNT, STAT_SUM_R, STAT_M2_R),
 }
+BASELINES = ("row", "position")
+POSITION_ESTIMATORS = ("grpo", "rloo", "reinforce_pp_baseline")  # the estimators with a group baseline
+POSITION_COLUMNS = (STAT_COUNT, STAT_SUM_R)  # the stats columns read with baseline="position"
+
+
+class Positions(NamedTuple):
+    """The layout of the per-position tables (see the module docstring, "Per-position baselines")."""
+
+    ids: torch.Tensor  # int64 [B] (packed: [N]) dense group ids
+    n_groups: int
+    width: int
+    squares: bool
 
 
 # --- 1 and 3: the torch form of the backend passes --------------------------------------------
@@ -129,30 +190,64 @@ def _row_moments(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, tor
     return n, total, m2
 
 
-def row_pass(rewards: torch.Tensor, response_mask: torch.Tensor, gamma: float, cu_seqlens=None):
+def row_pass(rewards: torch.Tensor, response_mask: torch.Tensor, gamma: float, cu_seqlens=None, *,
+             positions: Positions | None = None):
     """-> (returns float32 [B, L], stats float64 [B, 5]); see the module docstring, step 1.
-    Packed ([T], cu_seqlens [N + 1]) -> (returns [T], stats [N, 5]), a sequence per row."""
+    Packed ([T], cu_seqlens [N + 1]) -> (returns [T], stats [N, 5]), a sequence per row.
+    With `positions` (step 1p) -> (returns, stats, sums float64 [2, n_groups, W], last float64 [B])."""
     if cu_seqlens is not None:
         from .reference.packed import Packing
 
         p = Packing(cu_seqlens, response_mask)
-        returns, stats = row_pass(p.rows(rewards), p.rows(response_mask), gamma)
-        return p.unpack(returns), stats
+        out = row_pass(p.rows(rewards), p.rows(response_mask), gamma, positions=positions)
+        return (p.unpack(out[0]), *out[1:])
     r = torch.where(response_mask, rewards.float(), 0.0)
     returns = _scan(r, response_mask, gamma)
     n, s, m2_r = _row_moments(r, response_mask)
     _, sum_g, m2_g = _row_moments(returns, response_mask)
-    return returns, torch.stack([n, s, m2_r, sum_g, m2_g], dim=1)
+    stats = torch.stack([n, s, m2_r, sum_g, m2_g], dim=1)
+    if positions is None:
+        return returns, stats
+    return (returns, stats, *position_sums(returns, response_mask, positions))
 
 
-def finish(rewards, returns, response_mask, shift, scale, gamma: float, on_rewards: bool, cu_seqlens=None):
-    """-> advantages float32 [B, L]; see the module docstring, step 3. Packed: [T], shift/scale [N]."""
+def _position_of(mask: torch.Tensor) -> torch.Tensor:
+    """p of every position, int64 [B, L]: the generated tokens before it (−1 before the first)."""
+    return mask.long().cumsum(1) - 1
+
+
+def position_sums(returns: torch.Tensor, response_mask: torch.Tensor, positions: Positions):
+    """The per-position tables of step 1p from G [B, L] -> (sums float64 [2, n_groups, W], last float64 [B])."""
+    ids, n_groups, W, _ = positions
+    B, L = response_mask.shape
+    g = returns.double()
+    # Masked positions go to a spare column W, dropped afterwards: no host sync for a nonzero().
+    pos = torch.where(response_mask, _position_of(response_mask), W)
+    rows = ids[:, None].expand(B, L)
+    sums = torch.zeros(2, n_groups, W + 1, dtype=torch.float64, device=returns.device)
+    sums[0].index_put_((rows, pos), torch.where(response_mask, g, 0.0), accumulate=True)
+    sums[1].index_put_((rows, pos), torch.where(response_mask, g * g, 0.0), accumulate=True)
+    n = response_mask.sum(1)
+    last_t = torch.where(response_mask, torch.arange(L, device=returns.device), -1).amax(1, keepdim=True) if L else None
+    last = torch.where(n > 0, g.gather(1, last_t.clamp_min(0))[:, 0], 0.0) if L else g.new_zeros(B)
+    return sums[:, :, :W].contiguous(), last
+
+
+def finish(rewards, returns, response_mask, shift, scale, gamma: float, on_rewards: bool, cu_seqlens=None, *,
+           ids=None):
+    """-> advantages float32 [B, L]; see the module docstring, step 3. Packed: [T], shift/scale [N].
+    With `ids` (step 3p): shift and scale are float32 [n_groups, W] tables read at (ids_i, p)."""
     if cu_seqlens is not None:
         from .reference.packed import Packing
 
         p = Packing(cu_seqlens, response_mask)
-        rows = finish(p.rows(rewards), p.rows(returns), p.rows(response_mask), shift, scale, gamma, on_rewards)
+        rows = finish(p.rows(rewards), p.rows(returns), p.rows(response_mask), shift, scale, gamma, on_rewards,
+                      ids=ids)
         return p.unpack(rows)
+    if ids is not None:
+        p = _position_of(response_mask).clamp(0, max(shift.shape[1] - 1, 0))
+        at = (ids[:, None].expand_as(p), p)
+        return torch.where(response_mask, (returns - shift[at]) * scale[at], 0.0)
     if on_rewards:
         x = torch.where(response_mask, (rewards.float() - shift[:, None]) * scale[:, None], 0.0)
         return _scan(x, response_mask, gamma)
@@ -278,6 +373,95 @@ def _batch_std(s: torch.Tensor) -> torch.Tensor:
     return std * torch.ones_like(s)
 
 
+# --- 1p and 2p: per-position baselines (issue 21) ---------------------------------------------
+
+
+def position_layout(index: torch.Tensor, response_mask: torch.Tensor, estimator: str, scale: str, group=None,
+                    cu_seqlens=None) -> Positions:
+    """The tables' layout (module docstring, "Per-position baselines"): global dense ids, n_groups,
+    width and whether sums of squares are needed. Syncs with the host only on CPU, with `group`
+    (which syncs anyway) or for a packed width."""
+    if group is not None:
+        every, start = all_gather_rows(index, group)
+        ids = dense_ids(every)
+        n_groups = int(ids.max()) + 1 if ids.numel() else 0
+        ids = ids[start : start + index.shape[0]]
+    else:
+        ids = dense_ids(index)
+        on_cpu = ids.device.type == "cpu"
+        n_groups = (int(ids.max()) + 1 if ids.numel() else 0) if on_cpu else ids.shape[0]
+    if cu_seqlens is None:
+        width = response_mask.shape[1]
+    else:
+        from .reference.packed import response_starts
+
+        cu = cu_seqlens.to(torch.int64)
+        region = cu[1:] - response_starts(cu, response_mask)
+        width = int(region.max()) if region.numel() else 0
+    if group is not None:
+        width = max(world_sizes(width, group, response_mask.device))
+    squares = estimator == "reinforce_pp_baseline" or (estimator == "grpo" and scale == "group")
+    return Positions(ids, n_groups, max(width, 1), squares)
+
+
+def affine_position(stats: torch.Tensor, sums: torch.Tensor, last: torch.Tensor, positions: Positions,
+                    estimator: str, eps: float, scale: str, group=None):
+    """Step 2p: row stats [B, 5], sums [2, n_groups, W], last [B] -> (shift, scale) float32
+    [n_groups, W] each. Statistics span `group`'s ranks when it is given (one all-reduce)."""
+    ids, n_groups, W, _ = positions
+    dev = stats.device
+    n = stats[:, STAT_COUNT].double()
+    s = stats[:, STAT_SUM_R].double()
+    last = last.double()
+    # The rows that ended before p hold `last` there: a histogram at (id, n_i), summed along p.
+    held = torch.zeros(3, n_groups, W + 1, dtype=torch.float64, device=dev)
+    at = (ids, n.long().clamp(0, W))
+    held[0].index_put_(at, torch.ones_like(last), accumulate=True)
+    held[1].index_put_(at, last, accumulate=True)
+    held[2].index_put_(at, last * last, accumulate=True)
+    held = held.cumsum(2)[:, :, :W]
+    size = torch.zeros(n_groups, dtype=torch.float64, device=dev).index_add_(0, ids, torch.ones_like(last))
+    active = sums.double()
+    if group is not None:
+        flat = torch.cat([active.reshape(-1), held.reshape(-1), size, n.sum().reshape(1)])
+        _dist().all_reduce(flat, group=group)
+        k = active.numel()
+        active = flat[:k].view_as(active)
+        held = flat[k : k + held.numel()].view_as(held)
+        size = flat[-n_groups - 1 : -1]
+        check_tokens(int(flat[-1]), estimator)
+        if estimator == "grpo" and scale == "batch":
+            s, _ = all_gather_rows(s, group)
+    c = size[:, None]
+    S1 = active[0] + held[1]
+    single = c < 2
+    mu = torch.where(single, 0.0, S1 / c.clamp_min(1))
+    one = torch.ones_like(S1)
+    if estimator == "rloo":
+        shift, mult = mu, torch.where(single, 1.0, c / (c - 1).clamp_min(1)) * one
+    elif estimator == "grpo":
+        shift = mu
+        if scale == "group":
+            S2 = active[1] + held[2]
+            var = ((S2 - S1 * (S1 / c.clamp_min(1))) / (c - 1).clamp_min(1)).clamp_min(0.0)
+            mult = 1.0 / (torch.where(single, 1.0, var.sqrt()) + eps)
+        elif scale == "batch":
+            mult = 1.0 / ((s.std() if s.numel() >= 2 else s.new_tensor(1.0)) + eps) * one
+        else:
+            mult = one
+    elif estimator == "reinforce_pp_baseline":
+        D = c - held[0]  # the rows still generating at p: the tokens there
+        A, Q = active[0], active[1]
+        N = D.sum()
+        sx = (A - D * mu).sum()
+        mean = sx / N.clamp_min(1)
+        m2 = ((Q - 2.0 * mu * A + D * mu * mu).sum() - sx * mean).clamp_min(0.0)
+        shift, mult = mu + mean, torch.rsqrt(m2 / (N - 1).clamp_min(1) + eps) * one
+    else:
+        raise ValueError(f"baseline='position' is defined for estimator in {list(POSITION_ESTIMATORS)}, got {estimator!r}")
+    return shift.float().contiguous(), mult.float().contiguous()
+
+
 # --- wiring -----------------------------------------------------------------------------------
 
 
@@ -287,9 +471,14 @@ def _packed(cu_seqlens) -> dict:
 
 
 def group_advantages(row_pass_fn, finish_fn, rewards, response_mask, index, estimator, gamma, eps, scale, group,
-                     cu_seqlens=None):
+                     cu_seqlens=None, baseline="row"):
     """A backend's group_advantages from its two passes (see the module docstring)."""
     packed = _packed(cu_seqlens)
+    if baseline == "position":
+        pos = position_layout(index, response_mask, estimator, scale, group, cu_seqlens)
+        returns, stats, sums, last = row_pass_fn(rewards, response_mask, gamma, **packed, positions=pos)
+        shift, mult = affine_position(stats, sums, last, pos, estimator, eps, scale, group)
+        return finish_fn(rewards, returns, response_mask, shift, mult, gamma, False, **packed, ids=pos.ids)
     returns, stats = row_pass_fn(rewards, response_mask, gamma, **packed)
     shift, mult, on_rewards = affine(stats, index, estimator, eps, scale, group)
     return finish_fn(rewards, returns, response_mask, shift, mult, gamma, on_rewards, **packed)
@@ -298,10 +487,18 @@ def group_advantages(row_pass_fn, finish_fn, rewards, response_mask, index, esti
 def fused_reward_group_advantages(
     fused_row_pass_fn, finish_fn, hidden, weight, bias, response_mask, prompt_len, index, estimator="grpo",
     logprobs=None, ref_logprobs=None, kl_coef=0.0, kl_estimator="k1", kl_clamp=None, first="prompt", beta_c=1.0,
-    reward_clip=None, gamma=1.0, eps=1e-6, scale="group", group=None, cu_seqlens=None,
+    reward_clip=None, gamma=1.0, eps=1e-6, scale="group", group=None, cu_seqlens=None, baseline="row",
 ):
     """A backend's fused_reward_group_advantages from its fused row pass and finish -> (rewards, advantages)."""
     packed = _packed(cu_seqlens)
+    if baseline == "position":
+        pos = position_layout(index, response_mask, estimator, scale, group, cu_seqlens)
+        rewards, returns, stats, sums, last = fused_row_pass_fn(
+            hidden, weight, bias, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp,
+            first, beta_c, reward_clip, gamma, **packed, positions=pos,
+        )
+        shift, mult = affine_position(stats, sums, last, pos, estimator, eps, scale, group)
+        return rewards, finish_fn(rewards, returns, response_mask, shift, mult, gamma, False, **packed, ids=pos.ids)
     rewards, returns, stats = fused_row_pass_fn(
         hidden, weight, bias, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp,
         first, beta_c, reward_clip, gamma, **packed,
@@ -312,14 +509,14 @@ def fused_reward_group_advantages(
 
 def fused_row_pass(
     hidden, weight, bias, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp,
-    first, beta_c, reward_clip, gamma, cu_seqlens=None,
+    first, beta_c, reward_clip, gamma, cu_seqlens=None, *, positions=None,
 ):
-    """Torch form of the fused row pass -> (rewards, returns, stats); see step 1. Packed: hidden [T, D]."""
+    """Torch form of the fused row pass -> (rewards, returns, stats); see step 1. Packed: hidden [T, D].
+    With `positions` (step 1p) -> (rewards, returns, stats, sums, last)."""
     from .reference import prefix_scores, token_rewards
 
     rewards = token_rewards(
         prefix_scores(hidden, weight, bias), response_mask, prompt_len, logprobs, ref_logprobs, kl_coef,
         kl_estimator, kl_clamp, first, beta_c, reward_clip, cu_seqlens=cu_seqlens,
     )
-    returns, stats = row_pass(rewards, response_mask, gamma, cu_seqlens)
-    return rewards, returns, stats
+    return (rewards, *row_pass(rewards, response_mask, gamma, cu_seqlens, positions=positions))

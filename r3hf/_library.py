@@ -104,13 +104,13 @@ OPS: dict[str, Op] = {
         checks=_layout_check("rewards")),
     "group_advantages": Op(
         "Tensor rewards, Tensor response_mask, Tensor index, str estimator, float gamma, float eps, str scale, "
-        "Tensor? cu_seqlens",
+        "Tensor? cu_seqlens, str baseline",
         lambda a: [tuple(a["rewards"].shape)], checks=_layout_check("rewards", then=_group_tokens)),
     "fused_reward_group_advantages": Op(
         "Tensor hidden, Tensor weight, Tensor? bias, Tensor response_mask, Tensor? prompt_len, Tensor index, "
         "str estimator, Tensor? logprobs, Tensor? ref_logprobs, float kl_coef, str kl_estimator, float[]? kl_clamp, "
         "str first, float beta_c, float[]? reward_clip, float gamma, float eps, str scale, bool beta_c_auto, "
-        "Tensor? cu_seqlens",
+        "Tensor? cu_seqlens, str baseline",
         lambda a: [tuple(a["response_mask"].shape)] * 2, ranges=("kl_clamp", "reward_clip"),
         checks=_layout_check("hidden", prompt_len=True, then=_group_tokens),
         outputs=2),  # kl=None: the group statistics make the advantages non-linear in the KL; reference VJP
@@ -120,6 +120,7 @@ OPS: dict[str, Op] = {
 # cu_seqlens (a packed batch, issue 16) is an option too: backends list it in OPTIONS per op.
 _DEFAULTS = {"carry_masked": False, "transform_masked": False, "eps_mode": "add", "beta_c_auto": False,
              "cu_seqlens": None}
+_DEFAULTS["baseline"] = "row"  # group ops (issue 21): "position" is an option backends list
 
 
 def _is_default(k: str, val) -> bool:

@@ -36,6 +36,9 @@ for _op in ("prefix_scores", "redistribute", "kl_penalty", "token_rewards", "gae
             "reward_to_go", "group_advantages", "fused_reward_group_advantages"):
     OP_OPTIONS[_op] = OP_OPTIONS.get(_op, ()) + ("cu_seqlens",)
 BETA_C_AUTO = "auto"
+# baseline="position" (issue 21) reaches a backend only if it lists "baseline" for the op.
+for _op in ("group_advantages", "fused_reward_group_advantages"):
+    OP_OPTIONS[_op] = OP_OPTIONS[_op] + ("baseline",)
 
 
 def _shape(t: torch.Tensor) -> list:
@@ -436,6 +439,26 @@ def _group_options(estimator, eps, scale):
     if eps != DEFAULT_GROUP_EPS and (estimator == "rloo" or scale == "none"):
         raise ValueError(f"eps is unused by estimator={estimator!r} with scale={scale!r}; got eps = {eps}")
     return estimator, eps, scale
+
+
+GROUP_BASELINES = ("row", "position")
+POSITION_ESTIMATORS = ("grpo", "rloo", "reinforce_pp_baseline")  # the estimators with a group baseline
+
+
+def group_baseline(baseline, estimator: str) -> dict:
+    """baseline "row" (the default: not passed on, see r3hf._dispatch) or "position" -> {} or
+    {"baseline": "position"}. "position" needs an estimator with a group baseline (issue 21)."""
+    if not isinstance(baseline, str):
+        raise TypeError(f"baseline must be a str, one of {list(GROUP_BASELINES)}, got {type(baseline).__name__}")
+    check_choice("baseline", baseline, GROUP_BASELINES)
+    if baseline == "row":
+        return {}
+    if estimator not in POSITION_ESTIMATORS:
+        why = ("has no group baseline" if estimator == "reinforce_pp"
+               else "normalises rewards, not returns, so it has no per-position baseline")
+        raise ValueError(f"baseline='position' is defined for estimator in {list(POSITION_ESTIMATORS)}; "
+                         f"estimator={estimator!r} {why}")
+    return {"baseline": baseline}
 
 
 def _check_generated(mask: torch.Tensor, group, estimator: str) -> None:

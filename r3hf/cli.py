@@ -1,4 +1,5 @@
-"""`r3hf` command line: `r3hf demo` (the main job), `r3hf explain`, `r3hf diagnose`, `r3hf bench` and `r3hf backends`."""
+"""`r3hf` command line: `r3hf demo` (the main job), `r3hf explain`, `r3hf diagnose`, `r3hf fit-potential`,
+`r3hf bench` and `r3hf backends`."""
 
 from __future__ import annotations
 
@@ -23,6 +24,11 @@ def _demo(args) -> int:
 
 
 def _explain(args) -> int:
+    from ._extras import require
+
+    require("hf", "r3hf explain")
+    if args.out:  # the PNG beside the HTML
+        require("demo", "r3hf explain --out", packages=("matplotlib", "numpy"))
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from .viz import explain
@@ -65,9 +71,9 @@ def main(argv=None) -> int:
     )
     demo.add_argument("--quick", action="store_true", help="a small run (under a minute) for CI and a first look")
     demo.add_argument("--full", action="store_true",
-                      help="more seeds (8), steps (40), batch and data, and the default-label prefix reward model "
-                           "as a third arm")
-    demo.add_argument("--seeds", type=int, default=None, help="seeds per arm (default 3; 1 with --quick, 8 with --full)")
+                      help="the wider grid: 40 steps of 64, more data, three reward models and all rewards "
+                           "(sparse, r3hf, auto) as arms, 12 seeds")
+    demo.add_argument("--seeds", type=int, default=None, help="seeds per arm (default 12; 1 with --quick)")
     demo.add_argument("--steps", type=int, default=None, help="steps per run (default 24; 5 with --quick, 40 with --full)")
     demo.add_argument("--workers", type=int, default=None, help="processes running arms in parallel (default 2)")
     demo.add_argument("--out", default="r3hf-demo", help="folder for the plot, JSON and heatmap (default r3hf-demo)")
@@ -102,8 +108,17 @@ def main(argv=None) -> int:
     from .diagnose_cli import add_parser as _add_diagnose
 
     _add_diagnose(sub)
+    from .potential_cli import add_parser as _add_fit_potential
+
+    _add_fit_potential(sub)
     args = parser.parse_args(argv)
-    return args.func(args)
+    from ._extras import MissingExtraError
+
+    try:
+        return args.func(args)
+    except MissingExtraError as e:  # raised before any work: the message is the whole story
+        print(f"r3hf {args.command}: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

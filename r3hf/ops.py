@@ -193,6 +193,7 @@ def reward_to_go(rewards, response_mask, gamma=1.0, *, holes="skip", cu_seqlens=
 def group_advantages(
     rewards, response_mask, index, estimator="grpo", *, gamma=1.0, eps=1e-6, scale="group", group=None,
     cu_seqlens=None, backend="auto",
+    baseline="row",
 ) -> torch.Tensor:
     """Critic-free token-level advantages of token rewards [B, L] -> float32 [B, L], 0 where masked.
 
@@ -207,11 +208,15 @@ def group_advantages(
     rloo, reinforce_pp and reinforce_pp_baseline equal veRL's estimators (docs/group.md).
     `group` (torch.distributed) spans groups and batch statistics over ranks; groups may straddle
     ranks, and an int G counts rows over the global batch in rank order.
+    baseline="position" (grpo, rloo, reinforce_pp_baseline; issue 21): the group mean (and grpo's
+    std) is taken per response position over the rows' reward-to-go, an ended row holding its last
+    value; rloo then subtracts the other rows' mean H at the same position (docs/group.md).
     """
     args = (
         v.group_advantages_args(rewards, response_mask, index, estimator, gamma, eps, scale, group) if cu_seqlens is None
         else vp.group_advantages_args(rewards, response_mask, index, estimator, gamma, eps, scale, group, cu_seqlens)
     )
+    args.update(v.group_baseline(baseline, args["estimator"]))
     return _run("group_advantages", backend, rewards.device, args)
 
 
@@ -219,6 +224,7 @@ def fused_reward_group_advantages(
     hidden, weight, bias, response_mask, prompt_len=None, index=None, estimator="grpo", *, logprobs=None, ref_logprobs=None,
     kl_coef=0.0, kl_estimator="k1", kl_clamp=None, first="prompt", beta_c=1.0, reward_clip=None, gamma=1.0,
     eps=1e-6, scale="group", group=None, cu_seqlens=None, backend="auto",
+    baseline="row",
 ):
     """Reward-head projection → R3HF rewards → KL → group advantages in one call.
 
@@ -233,6 +239,7 @@ def fused_reward_group_advantages(
         hidden, weight, bias, response_mask, prompt_len, index, estimator, logprobs, ref_logprobs, kl_coef,
         kl_estimator, kl_clamp, first, beta_c, reward_clip, gamma, eps, scale, group, *_packed(cu_seqlens),
     )
+    args.update(v.group_baseline(baseline, args["estimator"]))
     return _run("fused_reward_group_advantages", backend, hidden.device, args)
 
 

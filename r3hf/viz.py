@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ._extras import require
 from . import ops
 
 
@@ -103,6 +104,7 @@ def heatmap_html(rows, title: str = "R3HF token rewards", note: str = "") -> str
 def heatmap_png(rows, path, title: str = "R3HF token rewards") -> Path:
     """The same heatmap as a PNG: one line per row, each response token a cell coloured by its
     reward (diverging colour map, one scale), its text and value written inside."""
+    require("demo", "heatmap_png", packages=("matplotlib", "numpy"))
     import matplotlib
 
     matplotlib.use("Agg")

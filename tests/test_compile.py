@@ -12,40 +12,11 @@ import torch
 
 import r3hf.ops as ops
 from r3hf._library import OPS
-from batches import make_batch
+from op_cases import CASES, OPTION_CASES, batch as _batch
+
+CASES = {**CASES, **OPTION_CASES}
 
 torch._dynamo.config.cache_size_limit = 64
-
-
-def _batch(prompt_tensor: bool):
-    b = make_batch(B=4, L=23, P=4, D=16, seed=11, per_row_prompt=prompt_tensor)
-    b["mask_f"] = b["response_mask"].float()
-    b["response_mask"][:, 0] = True  # every row generates (group estimators need tokens in each group)
-    b["index"] = torch.tensor([7, 3, 7, 3], device=b["rewards"].device)
-    return b
-
-
-# op name -> function of a batch calling that op with a realistic set of arguments.
-CASES = {
-    "prefix_scores": lambda b: ops.prefix_scores(b["hidden"], b["weight"], b["bias"]),
-    "redistribute": lambda b: ops.redistribute(b["scores"], b["response_mask"], b["prompt_len"], beta_c=0.5),
-    "kl_penalty": lambda b: ops.kl_penalty(b["logprobs"], b["ref_logprobs"], "k3", 10.0),
-    "token_rewards": lambda b: ops.token_rewards(
-        b["scores"], b["response_mask"], b["prompt_len"], logprobs=b["logprobs"], ref_logprobs=b["ref_logprobs"],
-        kl_coef=0.05, kl_estimator="k3", kl_clamp=10.0, reward_clip=5.0),
-    "gae": lambda b: ops.gae(b["rewards"], b["values"], b["mask_f"], 0.99, 0.95),
-    "masked_whiten": lambda b: ops.masked_whiten(b["rewards"], b["response_mask"], transform_masked=True,
-                                                 eps_mode="max", unbiased=False),
-    "fused_reward_gae": lambda b: ops.fused_reward_gae(
-        b["hidden"], b["weight"], b["bias"], b["values"], b["response_mask"], b["prompt_len"],
-        logprobs=b["logprobs"], ref_logprobs=b["ref_logprobs"], kl_coef=0.05, kl_estimator="k1", gamma=1.0,
-        lam=0.95),
-    "reward_to_go": lambda b: ops.reward_to_go(b["rewards"], b["response_mask"], 0.99, holes="discount"),
-    "group_advantages": lambda b: ops.group_advantages(b["rewards"], b["response_mask"], b["index"], "rloo"),
-    "fused_reward_group_advantages": lambda b: ops.fused_reward_group_advantages(
-        b["hidden"], b["weight"], b["bias"], b["response_mask"], b["prompt_len"], 2, "grpo",
-        logprobs=b["logprobs"], ref_logprobs=b["ref_logprobs"], kl_coef=0.05),
-}
 
 
 def test_every_registered_op_has_a_case():

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,7 +30,27 @@ def test_ground_truth_hand_computed():
     ])
     credit = task.token_credit(prompts, responses)
     assert credit.tolist() == [[1, 1, 0, 1, 1, 1, 0, 1], [0] * 8]
-    assert task.ground_truth(prompts, responses).tolist() == [0.75, 0.0]
+    # +1 per credited word, −1/3 per other word (filler), over the frame length 8
+    torch.testing.assert_close(task.ground_truth(prompts, responses), torch.tensor([(6 - 2 / 3) / 8, -1 / 3]))
+    assert task.truncated(responses).all()  # no <eos>: both ran to the maximum
+
+
+def test_variable_length_responses_mask_and_value():
+    E, Z = task.EOS_ID, task.PAD_ID
+    responses = torch.tensor([
+        [W["cherry"], W["leaf"], E, Z, Z, Z, Z, Z],  # 3 tokens: +1 − 1/3 + 0
+        [E, Z, Z, Z, Z, Z, Z, Z],  # ended at once: 0
+        ids("cherry ruby rose wine sea ink jay sky"),  # truncated, all credited: 8
+        [W["cherry"], E, W["sky"], Z, Z, Z, Z, Z],  # tokens after the first <eos> do not count
+    ])
+    mask = task.response_mask(responses)
+    assert mask.sum(1).tolist() == [3, 1, 8, 2] and task.response_lengths(responses).tolist() == [3, 1, 8, 2]
+    assert task.truncated(responses).tolist() == [False, False, True, False]
+    torch.testing.assert_close(task.ground_truth(None, responses), torch.tensor([(1 - 1 / 3) / 8, 0.0, 1.0, 1 / 8]))
+    # length alone earns nothing: appending filler lowers the score, appending <eos> changes nothing
+    short = torch.tensor([[W["cherry"], E, Z, Z, Z, Z, Z, Z]])
+    longer = torch.tensor([[W["cherry"], W["leaf"], W["sun"], E, Z, Z, Z, Z]])
+    assert task.ground_truth(None, longer) < task.ground_truth(None, short)
     assert task.group_of(torch.tensor([W["<pad>"], W["cherry"], W["frog"], W["ink"], W["honey"]])).tolist() == [
         -1, 0, 1, 2, 3]
 
@@ -45,13 +66,21 @@ def test_reference_policy_and_prompts():
     g = torch.Generator().manual_seed(0)
     ref = task.ReferencePolicy.make()
     assert torch.allclose(ref.transition.sum(1), torch.ones(len(task.WORD_IDS)))
-    r = ref.sample(500, g)
-    p = task.sample_prompts(500, g)
-    assert r.shape == (500, task.RESPONSE_LEN) and p.shape == (500, task.PROMPT_LEN)
-    for t in (r, p):
-        assert t.min() >= task.WORD_IDS[0] and t.max() <= task.WORD_IDS[-1]
-    q = task.ground_truth(p, r).mean().item()
-    assert 0.1 < q < 0.45  # the reference is far from the optimum (1.0)
+    r = ref.sample(4000, g)
+    p = task.sample_prompts(4000, g)
+    assert r.shape == (4000, task.RESPONSE_LEN) and p.shape == (4000, task.PROMPT_LEN)
+    assert p.min() >= task.WORD_IDS[0] and p.max() <= task.WORD_IDS[-1]
+    mask = task.response_mask(r)
+    words = r[mask & (r != task.EOS_ID)]
+    assert words.min() >= task.WORD_IDS[0] and words.max() <= task.WORD_IDS[-1]
+    assert bool((r[~mask] == task.PAD_ID).all())  # padding after <eos>, nothing else
+    lengths = task.response_lengths(r)
+    assert int(lengths.min()) >= task.MIN_LEN + 1  # at least MIN_LEN words, then <eos>
+    assert 14 < lengths.float().mean() < 20 and 0.25 < task.truncated(r).float().mean() < 0.45
+    q = task.ground_truth(p, r)
+    assert -0.1 < q.mean().item() < 0.1  # the reference is far from the optimum (1.0)
+    # no length loophole in the data: length and quality are (nearly) uncorrelated
+    assert abs(torch.corrcoef(torch.stack([lengths.float(), q]))[0, 1].item()) < 0.1
     # the same task seed gives the same world
     assert torch.equal(task.ReferencePolicy.make().transition, ref.transition)
 
@@ -61,19 +90,24 @@ def test_preference_pairs_labels_follow_ground_truth():
     sharp = task.preference_pairs(400, g, noise=1e-3)
     assert set(sharp.column_names) >= {"chosen_ids", "rejected_ids", "gt_chosen", "gt_rejected", "agrees"}
     gc, gr = torch.tensor(sharp["gt_chosen"]), torch.tensor(sharp["gt_rejected"])
-    assert bool((gc >= gr).all())  # with (almost) no noise, the better response is always chosen
-    c, r = torch.tensor(sharp["chosen_ids"]), torch.tensor(sharp["rejected_ids"])
+    assert bool((gc >= gr - 1e-6).all())  # with (almost) no noise, the better response is always chosen
     P = task.PROMPT_LEN
+    assert all(x[-1] != task.PAD_ID for x in sharp["chosen_ids"])  # variable length, no padding
+
+    def padded(rows):  # to the full frame, so that the halves are RESPONSE_LEN's
+        return torch.tensor([x + [task.PAD_ID] * (P + task.RESPONSE_LEN - len(x)) for x in rows])
+
+    c, r = padded(sharp["chosen_ids"]), padded(sharp["rejected_ids"])
     assert torch.equal(c[:, :P], r[:, :P])  # one prompt per pair
     assert torch.allclose(task.ground_truth(c[:, :P], c[:, P:]), gc)
     assert sharp[0]["prompt"].split() == task.decode(c[0, :P])
     noisy = task.preference_pairs(2000, g, noise=1e3)
-    agree = torch.tensor(noisy["gt_chosen"]) > torch.tensor(noisy["gt_rejected"])
-    differ = torch.tensor(noisy["gt_chosen"]) != torch.tensor(noisy["gt_rejected"])
+    agree = torch.tensor(noisy["gt_chosen"]) > torch.tensor(noisy["gt_rejected"]) + 1e-6
+    differ = (torch.tensor(noisy["gt_chosen"]) - torch.tensor(noisy["gt_rejected"])).abs() > 1e-6
     assert 0.4 < agree[differ].float().mean().item() < 0.6  # huge noise: coin flips
     mid = task.preference_pairs(2000, g, noise=1.0)
-    a = torch.tensor(mid["gt_chosen"]) > torch.tensor(mid["gt_rejected"])
-    d = torch.tensor(mid["gt_chosen"]) != torch.tensor(mid["gt_rejected"])
+    a = torch.tensor(mid["gt_chosen"]) > torch.tensor(mid["gt_rejected"]) + 1e-6
+    d = (torch.tensor(mid["gt_chosen"]) - torch.tensor(mid["gt_rejected"])).abs() > 1e-6
     assert 0.7 < a[d].float().mean().item() < 0.99
 
 
@@ -187,10 +221,12 @@ def test_explain_rewards_are_prefix_score_differences(tmp_path):
 
 # --- report ----------------------------------------------------------------------------------
 
-def _runs(curves, finals):
-    return [{"seed": i, "history": [{"gt_score": x, "rm_score": x, "time_r3hf_ops_s": 0.001, "time_step_s": 0.1}
-                                    for x in c], "final": {"gt_score": f, "rm_score": f, "kl_to_ref": 1.0}}
-            for i, (c, f) in enumerate(zip(curves, finals))]
+def _runs(curves, finals, lengths=None):
+    lengths = lengths or [17.0] * len(curves)
+    return [{"seed": i, "history": [{"gt_score": x, "rm_score": x, "time_r3hf_ops_s": 0.001, "time_step_s": 0.1,
+                                     "length": n, "truncation_rate": 0.3} for x in c],
+             "final": {"gt_score": f, "rm_score": f, "kl_to_ref": 1.0, "length": n, "truncation_rate": 0.3}}
+            for i, (c, f, n) in enumerate(zip(curves, finals, lengths))]
 
 
 def test_report_metrics_paired_verdicts_and_table():
@@ -199,8 +235,8 @@ def test_report_metrics_paired_verdicts_and_table():
     assert report.steps_to_reach([0.1, 0.2], 0.3) is None
     rising = [0.1 * i for i in range(10)]  # smoothed (3 steps) reaches 0.6 at step 8
     m = report.run_metrics(_runs([rising], [0.7])[0], threshold=0.6)
-    assert m == {"auc": pytest.approx(0.45), "final": 0.7, "steps": 8, "reached": True}
-    assert report.run_metrics(_runs([rising], [0.7])[0])["steps"] == 7  # default threshold 0.45
+    assert m == {"auc": pytest.approx(0.45), "final": 0.7, "steps": 8, "reached": True, "length": 17.0}
+    assert report.run_metrics(_runs([rising], [0.7])[0])["steps"] == 5  # default threshold 0.267
     assert report.run_metrics(_runs([[0.1] * 10], [0.1])[0])["steps"] == 11  # censored: steps + 1
     fast = [min(1.0, 0.2 * i) for i in range(10)]
     runs = {
@@ -222,22 +258,66 @@ def test_report_metrics_paired_verdicts_and_table():
     assert "WORSE" in text and "11.0*" in text and "rloo" in text
     one = {"ppo/prefix/sparse": _runs([rising], [0.4]), "ppo/prefix/r3hf": _runs([fast], [0.8])}
     assert "single seed" in report.summarise(one)["verdicts"][0]
+
+
+def test_length_drift_flag_paired_against_sparse():
+    curve = [0.1] * 5
+    base = _runs([curve] * 4, [0.3] * 4, lengths=[16.0, 17.0, 18.0, 17.5])
+    longer = _runs([curve] * 4, [0.3] * 4, lengths=[20.0, 21.2, 21.9, 21.4])
+    same = _runs([curve] * 4, [0.3] * 4, lengths=[16.5, 16.4, 18.6, 17.4])
+    s = report.summarise({"ppo/full/sparse": base, "ppo/full/r3hf": longer, "ppo/full/auto": same})
+    cmp = {c["arm"]: c["length"] for c in s["comparisons"]}
+    assert cmp["ppo/full/r3hf"]["verdict"] == "LONGER" and cmp["ppo/full/r3hf"]["diff"] == pytest.approx(4.0)
+    assert cmp["ppo/full/auto"]["verdict"] == "no drift"
+    assert report.length_drift([10.0, 11.0], [14.0, 15.1])["verdict"] == "SHORTER"
+    assert "LONGER" in report.table(s) and any("tokens (LONGER)" in v for v in s["verdicts"])
+    arm = s["arms"]["ppo/full/r3hf"]
+    assert arm["length_per_step"] == [pytest.approx(21.125)] * 5 and arm["truncation_rate_per_step"] == [0.3] * 5
     assert report.compare([1.0, 2.0], [1.0, 2.0], "steps")["verdict"] == "no clear difference"
 
 
-def test_restricted_policy_never_samples_pad_or_eos():
+def test_policy_never_samples_pad_and_ends_with_eos():
     from r3hf import ppo
     from r3hf.demo.policy import make_policy, sample
     from r3hf.demo.train import restrict_vocab
 
     policy = restrict_vocab(make_policy(0)).eval()
     with torch.no_grad():
-        policy.get_output_embeddings().weight[task.PAD_ID] += 50.0  # make pad overwhelmingly likely
+        head = policy.get_output_embeddings().weight
+        head[task.PAD_ID] += 50.0  # make pad overwhelmingly likely: still never sampled
+        head[task.EOS_ID] += 0.5  # and <eos> a little more likely than a word
     prompts = task.sample_prompts(64, torch.Generator().manual_seed(0))
     qr, logp = sample(policy, prompts, 6, torch.Generator().manual_seed(1))
-    assert int(qr[:, task.PROMPT_LEN:].min()) >= task.WORD_IDS[0]  # only words
+    resp = qr[:, task.PROMPT_LEN:]
+    mask = task.response_mask(resp)
+    assert not bool((resp[mask] == task.PAD_ID).any())  # words and <eos> only
+    assert bool((resp[~mask] == task.PAD_ID).all()) and bool((logp[~mask] == 0).all())  # padding after <eos>
+    lengths = task.response_lengths(resp)
+    assert int(lengths.min()) < 6 and int(lengths.max()) == 6  # some end early, some run to the maximum
     again, _ = ppo.response_logprobs(policy, qr, task.PROMPT_LEN, 6)
-    torch.testing.assert_close(again, logp, rtol=1e-4, atol=1e-4)  # sampling and PPO see one distribution
+    # sampling and PPO see one distribution on every response token
+    torch.testing.assert_close(again[mask], logp[mask], rtol=1e-4, atol=1e-4)
+
+
+def test_start_weights_do_not_depend_on_the_transformers_release():
+    """transformers 5.10.4 and 5.24.0 initialise GPT-2 differently for the same seed (5.10.4 never
+    applied the scaled c_proj init), which changed the demo's reward models (docs/demo.md,
+    "Reproducibility"). The demo initialises its models itself: these checksums were recorded
+    under both releases (5.10.4 + tokenizers 0.22.2 and 5.24.0 + tokenizers 0.23.3) and agree."""
+    import hashlib
+
+    from r3hf.demo.policy import make_policy
+    from r3hf.demo.reward_model import make_reward_model
+
+    def checksum(m):
+        flat = torch.cat([v.detach().flatten().float() for _, v in m.named_parameters()])  # no buffers
+        return hashlib.sha1(flat.numpy().tobytes()).hexdigest()[:10]
+
+    rm, policy = make_reward_model(0), make_policy(0)
+    assert checksum(rm) == "0f36702b4f" and checksum(policy) == "85ca1039de"
+    assert checksum(make_reward_model(1)) != checksum(rm)
+    c_proj = rm.transformer.h[0].mlp.c_proj.weight
+    assert abs(c_proj.std().item() - 0.02 / 2) < 0.002  # GPT-2's scaled residual init, 0.02/sqrt(2 n_layer)
 
 
 def test_prefix_label_fn_uses_credit_of_kept_tokens():
@@ -250,6 +330,28 @@ def test_prefix_label_fn_uses_credit_of_kept_tokens():
     blue = ids("sky sea jay")
     assert sharp([2, 3], blue, green, {}) in (True, False)
     assert task.token_credit(None, torch.tensor([blue]), task.RESPONSE_LEN).sum() == 0
+    # labels weigh filler: two reds and a green beat one red alone? no: +2 − 1/3 > +1, yes
+    assert sharp([2, 3], ids("cherry ruby leaf"), ids("cherry sun sun"), {}) is True
+
+
+def test_reference_check_flags_changes():
+    from r3hf.demo import reference
+
+    result = {
+        "settings": {"seeds": 1, "steps": 5, "batch_size": 32, "train_pairs": 600},
+        "reward_models": {"full": {"held_out": {"label_accuracy": 0.8, "ground_truth_accuracy": 0.9}}},
+        "runs": {"rloo/full/sparse": [{"seed": 0, "first_step": {"mean_abs_advantage": 0.5, "lengths": [10, 14]}}]},
+    }
+    ref = reference.fingerprint(result)
+    assert ref["arms"]["rloo/full/sparse"]["mean_length"] == 12.0 and reference.compare(result, ref) == []
+    result["reward_models"]["full"]["held_out"]["ground_truth_accuracy"] = 0.91  # within 0.02
+    assert reference.compare(result, ref) == []
+    result["reward_models"]["full"]["held_out"]["ground_truth_accuracy"] = 0.75
+    result["runs"]["rloo/full/sparse"][0]["first_step"]["mean_abs_advantage"] = 0.6
+    bad = reference.compare(result, ref)
+    assert len(bad) == 2 and "ground_truth_accuracy" in bad[0] and "advantage" in bad[1]
+    result["settings"]["steps"] = 6
+    assert "settings differ" in reference.compare(result, ref)[0]
 
 
 # --- the command, end to end -----------------------------------------------------------------
@@ -267,12 +369,11 @@ def test_r3hf_demo_quick_writes_outputs_that_parse(tmp_path):
     settings = result["settings"]
     assert settings["seeds"] == 1 and settings["steps"] == 5
     arms = result["summary"]["arms"]
-    assert set(arms) == {f"{e}/{rm}/{r}" for e in ("rloo", "ppo") for rm in ("full", "prefix")
-                         for r in ("sparse", "r3hf", "auto")}
+    assert set(arms) == {f"{e}/full/{r}" for e in ("rloo", "ppo") for r in ("sparse", "r3hf", "auto")}
     for name, row in arms.items():
-        assert 0.0 <= row["auc"]["mean"] <= 1.0 and 0.0 <= row["final"]["mean"] <= 1.0
+        assert -1 / 3 <= row["auc"]["mean"] <= 1.0 and -1 / 3 <= row["final"]["mean"] <= 1.0
         assert len(result["runs"][name][0]["history"]) == 5
-    for k in ("full", "prefix"):
+    for k in ("full", "prefix-keep"):
         rm = result["reward_models"][k]
         assert 0.0 <= rm["held_out"]["label_accuracy"] <= 1.0 and len(rm["diagnostics"]["buckets"]) == 4
         assert (out / f"diagnostics_{k}.png").exists() and (out / f"diagnostics_{k}.json").exists()
@@ -281,7 +382,23 @@ def test_r3hf_demo_quick_writes_outputs_that_parse(tmp_path):
     for png in ("scores.png", "heatmap.png", "diagnostics.png"):
         assert mpimg.imread(out / png).ndim == 3
     c = _check_html((out / "heatmap.html").read_text())
-    assert c.tok_spans == len(result["samples"]) * task.RESPONSE_LEN
+    assert c.tok_spans == sum(len(x["response_tokens"]) for x in result["samples"])
+    assert mpimg.imread(out / "lengths.png").ndim == 3
+    assert {"torch", "transformers", "tokenizers", "trl", "datasets", "accelerate"} <= set(result["versions"])
+    for name, row in arms.items():
+        assert len(row["length_per_step"]) == 5 and all(1 <= x <= task.RESPONSE_LEN for x in row["length_per_step"])
+        assert all(0.0 <= x <= 1.0 for x in row["truncation_rate_per_step"])
+        assert len(result["runs"][name][0]["first_step"]["advantages_row0"]) == result["runs"][name][0]["first_step"]["lengths"][0]
+    # the fixed-seed run matches the committed reference (r3hf/demo/reference.py's tolerances) where
+    # the stack is the reference's; CI's 50-demo-quick.sh checks it on the main stack unconditionally.
+    from r3hf.demo import reference
+
+    ref_path = Path(__file__).parent / "data" / "demo_quick_reference.json"
+    if ref_path.exists():  # the floors step copies tests/*.py without tests/data
+        ref = json.loads(ref_path.read_text())
+        same_stack = all(result["versions"].get(k) == ref["versions"].get(k) for k in ("torch", "transformers", "trl"))
+        if same_stack:
+            assert reference.compare(result, ref) == []
     # the saved reward model works with `r3hf explain` and `r3hf diagnose`
     html_out = tmp_path / "x.html"
     proc = subprocess.run([sys.executable, "-m", "r3hf", "explain", "--model", str(out / "reward_model"),

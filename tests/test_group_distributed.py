@@ -18,6 +18,7 @@ import r3hf._group_stats as gs
 from r3hf import ops
 
 from backends_here import runnable, supports
+from r3hf._dispatch import _why_not
 
 WORLD = 2
 ROWS = (5, 7)  # rows per rank
@@ -65,6 +66,19 @@ def _worker(rank: int, init_file: str, backends):
                     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=lambda s: f"{backend} {est}: {s}")
             layered = gs.group_advantages(gs.row_pass, gs.finish, r, m, idx, est, gamma, EPS, scale, dist.group.WORLD)
             torch.testing.assert_close(layered, want, rtol=1e-5, atol=1e-5, msg=lambda s: f"layer {est}: {s}")
+        # baseline="position" (issue 21): per-position sums all-reduced over the global group ids
+        for est in gs.POSITION_ESTIMATORS:
+            for scale in (gs.SCALES if est == "grpo" else ("group",)):
+                opts = dict(gamma=0.9, scale=scale, baseline="position")
+                want = ops.group_advantages(rewards, mask, index, est, **opts, backend="torch")[rows, :L]
+                for backend in backends:
+                    if _why_not(backend, "group_advantages", torch.device("cpu"), ("baseline",)) is None:
+                        got = ops.group_advantages(r, m, idx, est, **opts, backend=backend, group=dist.group.WORLD)
+                        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5,
+                                                   msg=lambda s: f"position {backend} {est}: {s}")
+                layered = gs.group_advantages(gs.row_pass, gs.finish, r, m, idx, est, 0.9, EPS, scale,
+                                              dist.group.WORLD, baseline="position")
+                torch.testing.assert_close(layered, want, rtol=1e-5, atol=1e-5, msg=lambda s: f"layer pos {est}: {s}")
         # int G: contiguous groups of 3 over the global batch (rows 3..5 straddle the ranks)
         want = ops.group_advantages(rewards, mask, 3, "grpo")[rows, :L]
         got = ops.group_advantages(r, m, 3, "grpo", group=dist.group.WORLD)

@@ -19,7 +19,7 @@ def _needs(module: str) -> None:
     if module.endswith("verl.reward"):
         pytest.importorskip("verl")
     if "trl.grpo" in module and module.endswith("grpo"):
-        pytest.importorskip("trl")
+        pytest.importorskip("trl", minversion="1.13")  # the [trl] extra's floor
 
 
 @pytest.mark.parametrize("old, new", sorted(OLD_TO_NEW.items()))
@@ -36,7 +36,7 @@ def test_one_subpackage_per_trainer(name):
 
 
 def test_trl_reexports_the_grpo_trainer():
-    pytest.importorskip("trl")
+    pytest.importorskip("trl", minversion="1.13")
     from r3hf.integrations.trl import R3HFGRPOTrainer
     from r3hf.integrations.trl.grpo import R3HFGRPOTrainer as direct
 

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The demo's console script, as a user runs it (`r3hf demo --quick`), and its files parse.
+# The demo's console script, as a user runs it (`r3hf demo --quick`), its files parse, and the
+# fixed-seed run matches the committed reference (RM accuracies, first-step advantages and lengths,
+# tolerances in r3hf/demo/reference.py; reference written by `python -m r3hf.demo.reference ... --write`).
 set -euo pipefail
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
@@ -11,9 +13,11 @@ import matplotlib.image as mpimg
 out = Path(sys.argv[1])
 result = json.loads((out / "results.json").read_text())
 arms = set(result["summary"]["arms"])
-assert {"rloo/full/sparse", "rloo/full/r3hf", "ppo/prefix/auto"} <= arms, arms
-for png in ("scores.png", "heatmap.png", "diagnostics.png"):
+assert {"rloo/full/sparse", "rloo/full/r3hf", "ppo/full/auto"} <= arms, arms
+for png in ("scores.png", "heatmap.png", "diagnostics.png", "lengths.png"):
     assert mpimg.imread(out / png).ndim == 3, png
 assert (out / "heatmap.html").read_text().startswith("<!DOCTYPE html>")
+print("versions:", result["versions"])
 print("demo --quick outputs OK:", *result["summary"]["verdicts"], sep="\n")
 PY
+.venv/bin/python -m r3hf.demo.reference "$out/demo/results.json" tests/data/demo_quick_reference.json

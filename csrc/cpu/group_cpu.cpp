@@ -19,7 +19,9 @@
 #include <c10/util/Optional.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <limits>
+#include <tuple>
 #include <vector>
 
 #include "../group_math.h"
@@ -195,6 +197,121 @@ Tensor group_finish_cpu(const Tensor& rewards_in, const Tensor& mask_in, const T
   return out;
 }
 
+// --- per-position baselines (issue 21; r3hf/_group_stats.py steps 1p and 3p) -------------------
+
+// K rows given by pointers (a group's rows need not be adjacent), scanned backwards together into
+// G [K, L]: each row with rtg_block's operations, so the same bits as a one-row scan.
+template <int K>
+void scan_rows(const float* const* r, const bool* const* m, int64_t L, float gamma, float* G) {
+  float running[K];
+  for (int k = 0; k < K; ++k) running[k] = 0.f;
+  for (int64_t t = L - 1; t >= 0; --t)
+    for (int k = 0; k < K; ++k) G[k * L + t] = rtg_step(r[k][t], m[k][t], gamma, true, running[k]);
+}
+
+void check_ids(const Tensor& ids, int64_t rows, int64_t n_groups, const char* what) {
+  TORCH_CHECK_VALUE(ids.dim() == 1 && ids.numel() == rows, "ids must be [", rows, "] (one per ", what, "), got ",
+                    ids.sizes());
+  const int64_t* p = ids.data_ptr<int64_t>();
+  for (int64_t i = 0; i < rows; ++i)
+    TORCH_CHECK_VALUE(p[i] >= 0 && p[i] < n_groups, "ids must be dense ids in [0, n_groups = ", n_groups, "), got ",
+                      p[i]);
+}
+
+// -> (stats [B, 5] f64 with COUNT and SUM_R (the others NaN), sums [2, n_groups, width] f64, last [B]
+// f64). One group per task, its rows kRows at a time in row order (cpu::GroupRows): each table cell
+// is summed in a fixed order, so the bits do not depend on the thread count.
+std::tuple<Tensor, Tensor, Tensor> group_position_row_pass_cpu(const Tensor& rewards_in, const Tensor& mask_in,
+                                                               const Tensor& ids_in, int64_t n_groups, int64_t width,
+                                                               double gamma, bool squares) {
+  check_cpu(rewards_in, "rewards");
+  check_rows(rewards_in, mask_in, "rewards");
+  const Tensor r = f32(rewards_in), mask = as_bool(mask_in), ids = as_long(ids_in).contiguous();
+  const int64_t B = r.size(0), L = r.size(1);
+  TORCH_CHECK_VALUE(n_groups >= 0 && width >= L, "n_groups must be >= 0 and width >= L = ", L, ", got ", n_groups,
+                    " and ", width);
+  check_ids(ids, B, n_groups, "row");
+  auto f64 = r.options().dtype(at::kDouble);
+  Tensor stats = at::empty({B, kStats}, f64), sums = at::zeros({2, n_groups, width}, f64), last = at::empty({B}, f64);
+  const float* p_r = r.data_ptr<float>();
+  const bool* p_m = mask.data_ptr<bool>();
+  double *p_s = stats.data_ptr<double>(), *p_sums = sums.data_ptr<double>(), *p_last = last.data_ptr<double>();
+  const float g = static_cast<float>(gamma);
+  const cpu::GroupRows groups(ids.data_ptr<int64_t>(), B, n_groups);
+  RowPassColumns cols;
+  cols.returns_stats = false;  // the tables replace SUM_G/M2_G in this mode
+  cols.reward_m2 = false;
+  const int64_t per_group = std::max<int64_t>(1, B / std::max<int64_t>(1, n_groups));
+  at::parallel_for(0, n_groups, grain(L * per_group), [&](int64_t g0, int64_t g1) {
+    thread_local std::vector<float> G;
+    G.resize(static_cast<size_t>(kRows * L));
+    for (int64_t grp = g0; grp < g1; ++grp) {
+      const int64_t* rows = groups.order.data() + groups.offsets[grp];
+      const int64_t c = groups.offsets[grp + 1] - groups.offsets[grp];
+      double* sum = p_sums + grp * width;
+      double* sq = squares ? p_sums + (n_groups + grp) * width : nullptr;
+      for (int64_t j = 0; j < c; j += kRows) {
+        const int64_t n = std::min<int64_t>(kRows, c - j);
+        const float* pr[kRows];
+        const bool* pm[kRows];
+        for (int64_t k = 0; k < n; ++k) pr[k] = p_r + rows[j + k] * L, pm[k] = p_m + rows[j + k] * L;
+        if (n == kRows) {
+          scan_rows<kRows>(pr, pm, L, g, G.data());
+        } else {
+          for (int64_t k = 0; k < n; ++k) scan_rows<1>(pr + k, pm + k, L, g, G.data() + k * L);
+        }
+        for (int64_t k = 0; k < n; ++k) {
+          const int64_t i = rows[j + k];
+          cpu::row_stats(pr[k], pm[k], L, nullptr, cols, p_s + i * kStats);
+          p_last[i] = cpu::add_positions(G.data() + k * L, pm[k], L, sum, sq);
+        }
+      }
+    }
+  });
+  return {stats, sums, last};
+}
+
+// A = m·(G − shift[id, p])·scale[id, p], shift/scale f32 [n_groups, W] (W >= L), p the position.
+Tensor group_position_finish_cpu(const Tensor& rewards_in, const Tensor& mask_in, const Tensor& ids_in,
+                                 const Tensor& shift_in, const Tensor& scale_in, double gamma) {
+  check_cpu(rewards_in, "rewards");
+  check_rows(rewards_in, mask_in, "rewards");
+  const Tensor r = f32(rewards_in), mask = as_bool(mask_in), ids = as_long(ids_in).contiguous();
+  const Tensor shift = f32(shift_in).contiguous(), scale = f32(scale_in).contiguous();
+  const int64_t B = r.size(0), L = r.size(1);
+  TORCH_CHECK_VALUE(shift.dim() == 2 && scale.sizes() == shift.sizes() && shift.size(1) >= L,
+                    "shift and scale must both be [n_groups, W] with W >= L = ", L, ", got ", shift.sizes(), " and ",
+                    scale.sizes());
+  const int64_t W = shift.size(1);
+  check_ids(ids, B, shift.size(0), "row");
+  Tensor out = at::empty({B, L}, r.options());
+  const float* p_r = r.data_ptr<float>();
+  const bool* p_m = mask.data_ptr<bool>();
+  const int64_t* p_ids = ids.data_ptr<int64_t>();
+  const float *p_shift = shift.data_ptr<float>(), *p_scale = scale.data_ptr<float>();
+  float* p_out = out.data_ptr<float>();
+  const float g = static_cast<float>(gamma);
+  for_row_blocks(B, L, [&](auto K_, int64_t b) {
+    constexpr int K = decltype(K_)::value;
+    float running[K];
+    int64_t p[K];
+    const float *sh[K], *sc[K];
+    for (int k = 0; k < K; ++k) {
+      running[k] = 0.f;
+      p[k] = cpu::generated(p_m + (b + k) * L, L) - 1;
+      sh[k] = p_shift + p_ids[b + k] * W;
+      sc[k] = p_scale + p_ids[b + k] * W;
+    }
+    for (int64_t t = L - 1; t >= 0; --t) {
+      for (int k = 0; k < K; ++k) {
+        const int64_t i = (b + k) * L + t;
+        p_out[i] = cpu::position_finish_step(p_r[i], p_m[i], sh[k], sc[k], g, running[k], p[k]);
+      }
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(r3hf, CPU, m) {
@@ -202,6 +319,8 @@ TORCH_LIBRARY_IMPL(r3hf, CPU, m) {
   m.impl("group_row_pass", &group_row_pass_cpu);
   m.impl("fused_reward_group_row_pass", &fused_reward_group_row_pass_cpu);
   m.impl("group_finish", &group_finish_cpu);
+  m.impl("group_position_row_pass", &group_position_row_pass_cpu);
+  m.impl("group_position_finish", &group_position_finish_cpu);
 }
 
 }  // namespace r3hf

@@ -4,8 +4,11 @@
 // same order whatever K is, so a row's bits depend only on its own data.
 #pragma once
 
+#include <c10/util/Exception.h>
+
 #include <cstdint>
 #include <limits>
+#include <vector>
 
 #include "../group_math.h"
 #include "../r3hf_math.h"
@@ -144,6 +147,61 @@ void finish_block(const float* r, const bool* m, int64_t L, const float* shift, 
       out[i] = finish_step<false>(r[i], m[i], sh[k], sc[k], gamma, running[k]);
     }
   }
+}
+
+// --- per-position baselines (issue 21; the contract: r3hf/_group_stats.py, steps 1p-3p) -----------
+
+// Rows grouped by their dense id: order[offsets[g] .. offsets[g+1]) are the rows of group g in row
+// order (a stable counting sort). The tables are then filled one group per task, each group's rows
+// in row order, so every sum is added in one fixed order whatever the threads: no racy scatter and
+// no per-thread copies of the [n_groups, W] tables.
+struct GroupRows {
+  std::vector<int64_t> offsets, order;
+  GroupRows(const int64_t* ids, int64_t B, int64_t n_groups) : offsets(n_groups + 1, 0), order(B) {
+    for (int64_t i = 0; i < B; ++i) {
+      TORCH_CHECK_VALUE(ids[i] >= 0 && ids[i] < n_groups, "position ids must be dense ids in [0, n_groups = ",
+                        n_groups, "), got ", ids[i]);
+      ++offsets[ids[i] + 1];
+    }
+    for (int64_t g = 0; g < n_groups; ++g) offsets[g + 1] += offsets[g];
+    std::vector<int64_t> next(offsets.begin(), offsets.end() - 1);
+    for (int64_t i = 0; i < B; ++i) order[next[ids[i]]++] = i;
+  }
+};
+
+// One row's contribution to its group's tables: G at its p-th generated token added to sum[p] (and
+// G² to sq[p] when sq is given), in increasing p; -> G at its last generated token (0 if none).
+// The row must have at most W generated tokens (the caller's width).
+inline double add_positions(const float* G, const bool* m, int64_t L, double* sum, double* sq) {
+  int64_t p = 0;
+  float last = 0.f;
+  for (int64_t t = 0; t < L; ++t) {
+    if (!m[t]) continue;
+    const double g = static_cast<double>(G[t]);
+    sum[p] += g;
+    if (sq != nullptr) sq[p] += g * g;
+    ++p;
+    last = G[t];
+  }
+  return static_cast<double>(last);
+}
+
+// Σ m of one row (its generated tokens).
+inline int64_t generated(const bool* m, int64_t L) {
+  int64_t n = 0;
+  for (int64_t t = 0; t < L; ++t) n += m[t] ? 1 : 0;
+  return n;
+}
+
+// One finish step with per-position tables: G recomputed as finish_step<false> does (the same
+// bits), A = m·(G − shift[p])·scale[p]; `p` counts down from n − 1 over the generated tokens.
+inline float position_finish_step(float r, bool mk, const float* shift, const float* scale, float gamma,
+                                  float& running, int64_t& p) {
+  const float g = rtg_step(mk ? r : 0.f, mk, gamma, true, running);
+  if (!mk) return 0.f;
+  const float a = (g - shift[p]) * scale[p];
+  --p;
+  return a;
 }
 
 }  // namespace cpu

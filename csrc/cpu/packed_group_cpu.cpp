@@ -19,6 +19,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <tuple>
 #include <vector>
 
 #include "../group_math.h"
@@ -269,6 +270,116 @@ Tensor packed_group_finish_cpu(const Tensor& rewards_in, const Tensor& mask_in, 
   return out;
 }
 
+// --- per-position baselines (issue 21; r3hf/_group_stats.py steps 1p and 3p) -------------------
+
+void check_seq_ids(const Tensor& ids, int64_t N, int64_t n_groups) {
+  TORCH_CHECK_VALUE(ids.dim() == 1 && ids.numel() == N, "ids must be [N] = [", N, "] (one per sequence), got ",
+                    ids.sizes());
+  const int64_t* p = ids.data_ptr<int64_t>();
+  for (int64_t i = 0; i < N; ++i)
+    TORCH_CHECK_VALUE(p[i] >= 0 && p[i] < n_groups, "ids must be dense ids in [0, n_groups = ", n_groups, "), got ",
+                      p[i]);
+}
+
+// -> (stats [N, 5] f64 with COUNT and SUM_R, sums [2, n_groups, width] f64, last [N] f64). One group
+// per task (handed out as threads free up), its sequences in index order: each table cell is summed
+// in a fixed order whatever the threads. Statistics over the response region [s_i, c1), as padded.
+std::tuple<Tensor, Tensor, Tensor> packed_group_position_row_pass_cpu(
+    const Tensor& rewards_in, const Tensor& mask_in, const Tensor& cu_in, const Tensor& ids_in, int64_t n_groups,
+    int64_t width, double gamma, bool squares) {
+  check_cpu(rewards_in, "rewards");
+  const int64_t T = rewards_in.numel();
+  check_stream(rewards_in, T, "rewards");
+  check_stream(mask_in, T, "response_mask");
+  const Tensor cu = packed_offsets(cu_in, T), r = f32(rewards_in), mask = as_bool(mask_in);
+  const Tensor ids = cpu::as_long(ids_in);
+  const int64_t N = cu.numel() - 1;
+  TORCH_CHECK_VALUE(n_groups >= 0 && width >= 0, "n_groups and width must be >= 0, got ", n_groups, " and ", width);
+  check_seq_ids(ids, N, n_groups);
+  const int64_t* p_cu = cu.data_ptr<int64_t>();
+  const float* p_r = r.data_ptr<float>();
+  const bool* p_m = mask.data_ptr<bool>();
+  std::vector<int64_t> beg(N);
+  for (int64_t i = 0; i < N; ++i) {
+    beg[i] = first_generated(p_m, p_cu[i], p_cu[i + 1]);
+    TORCH_CHECK_VALUE(p_cu[i + 1] - beg[i] <= width, "width = ", width, " is shorter than sequence ", i,
+                      "'s response region (", p_cu[i + 1] - beg[i], ")");
+  }
+  auto f64 = r.options().dtype(at::kDouble);
+  Tensor stats = at::empty({N, kStats}, f64), sums = at::zeros({2, n_groups, width}, f64), last = at::empty({N}, f64);
+  double *p_s = stats.data_ptr<double>(), *p_sums = sums.data_ptr<double>(), *p_last = last.data_ptr<double>();
+  const float g = static_cast<float>(gamma);
+  const cpu::GroupRows groups(ids.data_ptr<int64_t>(), N, n_groups);
+  RowPassColumns cols;
+  cols.returns_stats = false;
+  cols.reward_m2 = false;
+  parallel_seqs(n_groups, seq_grain(T, n_groups, 1), [&](int64_t g0, int64_t g1) {
+    thread_local std::vector<float> G;
+    for (int64_t grp = g0; grp < g1; ++grp) {
+      double* sum = p_sums + grp * width;
+      double* sq = squares ? p_sums + (n_groups + grp) * width : nullptr;
+      for (int64_t j = groups.offsets[grp]; j < groups.offsets[grp + 1]; ++j) {
+        const int64_t i = groups.order[j], b = beg[i], len = p_cu[i + 1] - b;
+        G.resize(std::max<int64_t>(len, 1));
+        float running = 0.f;
+        for (int64_t t = len - 1; t >= 0; --t) G[t] = rtg_step(p_r[b + t], p_m[b + t], g, true, running);
+        row_stats(p_r + b, p_m + b, len, nullptr, cols, p_s + i * kStats);
+        p_last[i] = cpu::add_positions(G.data(), p_m + b, len, sum, sq);
+      }
+    }
+  });
+  return {stats, sums, last};
+}
+
+// A = m·(G − shift[id, p])·scale[id, p] over each whole sequence (0 at its prompt), K sequences
+// interleaved as in packed_group_finish.
+Tensor packed_group_position_finish_cpu(const Tensor& rewards_in, const Tensor& mask_in, const Tensor& cu_in,
+                                        const Tensor& ids_in, const Tensor& shift_in, const Tensor& scale_in,
+                                        double gamma) {
+  check_cpu(rewards_in, "rewards");
+  const int64_t T = rewards_in.numel();
+  check_stream(rewards_in, T, "rewards");
+  check_stream(mask_in, T, "response_mask");
+  const Tensor cu = packed_offsets(cu_in, T), r = f32(rewards_in), mask = as_bool(mask_in);
+  const Tensor ids = cpu::as_long(ids_in);
+  const Tensor shift = f32(shift_in).contiguous(), scale = f32(scale_in).contiguous();
+  TORCH_CHECK_VALUE(shift.dim() == 2 && scale.sizes() == shift.sizes(),
+                    "shift and scale must both be [n_groups, W], got ", shift.sizes(), " and ", scale.sizes());
+  const int64_t N = cu.numel() - 1, W = shift.size(1);
+  check_seq_ids(ids, N, shift.size(0));
+  const int64_t* p_cu = cu.data_ptr<int64_t>();
+  const float* p_r = r.data_ptr<float>();
+  const bool* p_m = mask.data_ptr<bool>();
+  const int64_t* p_ids = ids.data_ptr<int64_t>();
+  const float *p_shift = shift.data_ptr<float>(), *p_scale = scale.data_ptr<float>();
+  std::vector<int64_t> n_gen(N);
+  for (int64_t i = 0; i < N; ++i) {
+    n_gen[i] = cpu::generated(p_m + p_cu[i], p_cu[i + 1] - p_cu[i]);
+    TORCH_CHECK_VALUE(n_gen[i] <= W, "shift/scale width W = ", W, " is below sequence ", i, "'s ", n_gen[i],
+                      " generated tokens");
+  }
+  Tensor out = at::empty({T}, r.options());
+  float* p_out = out.data_ptr<float>();
+  const float g = static_cast<float>(gamma);
+  std::vector<int64_t> beg, end;
+  sequence_segments(p_cu, N, beg, end);
+  for_seq_blocks(beg, end, T, [&](auto K_, const int64_t* seqs) {
+    constexpr int K = decltype(K_)::value;
+    int64_t b[K], e[K], p[K];
+    float running[K];
+    const float *sh[K], *sc[K];
+    for (int k = 0; k < K; ++k) {
+      const int64_t i = seqs[k];
+      b[k] = beg[i], e[k] = end[i], running[k] = 0.f, p[k] = n_gen[i] - 1;
+      sh[k] = p_shift + p_ids[i] * W, sc[k] = p_scale + p_ids[i] * W;
+    }
+    scan_segments<K>(b, e, [&](int k, int64_t i) {
+      p_out[i] = cpu::position_finish_step(p_r[i], p_m[i], sh[k], sc[k], g, running[k], p[k]);
+    });
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(r3hf, CPU, m) {
@@ -276,6 +387,8 @@ TORCH_LIBRARY_IMPL(r3hf, CPU, m) {
   m.impl("packed_group_row_pass", &packed_group_row_pass_cpu);
   m.impl("packed_fused_reward_group_row_pass", &packed_fused_reward_group_row_pass_cpu);
   m.impl("packed_group_finish", &packed_group_finish_cpu);
+  m.impl("packed_group_position_row_pass", &packed_group_position_row_pass_cpu);
+  m.impl("packed_group_position_finish", &packed_group_position_finish_cpu);
 }
 
 }  // namespace r3hf

@@ -10,6 +10,8 @@ Setting R3HF_NO_EXT=1 at run time ignores a built extension (and does not warn).
 from __future__ import annotations
 
 import functools
+import importlib.util
+import mmap
 import os
 import warnings
 
@@ -27,6 +29,9 @@ OPTIONS = {"masked_whiten": ("transform_masked", "eps_mode", "cu_seqlens")}
 # Packed sequences (cu_seqlens, issue 16): every op, CPU kernels only (packed CUDA runs on Triton).
 OPTIONS.update({op: OPTIONS.get(op, ()) + ("cu_seqlens",) for op in OPS if op != "masked_whiten"})
 OPTION_DEVICES = {"cu_seqlens": ("cpu",)}
+# baseline="position" (issue 21): CPU kernels, padded and packed (group ops are CPU-only here anyway).
+for _op in ("group_advantages", "fused_reward_group_advantages"):
+    OPTIONS[_op] = OPTIONS[_op] + ("baseline",)
 
 # Ops with CPU kernels only in r3hf._C (Triton runs them on CUDA).
 OP_DEVICES = {op: ("cpu",) for op in ("masked_whiten", "reward_to_go", "group_advantages", "fused_reward_group_advantages")}
@@ -35,15 +40,54 @@ BUILD_HINT = "build it with `pip install --no-build-isolation -e .` (or `pip ins
 
 _C = None
 _LOAD_ERROR: str | None = None
+# csrc/library.cpp embeds this prefix and the build's torch.__version__ in the .so (NUL-terminated).
+_TORCH_MARKER = b"r3hf-built-against-torch="
+
+
+def _release(version: str) -> str:
+    """'2.11.0+cu130' -> '2.11.0': CPU and CUDA wheels of one torch release share its C++ ABI."""
+    return version.split("+", 1)[0]
+
+
+def built_against_torch(path: str) -> str | None:
+    """The torch version the extension file at `path` was compiled against, read from its bytes
+    without loading it; None for a build that predates the marker."""
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        i = data.find(_TORCH_MARKER)
+        if i < 0:
+            return None
+        j = data.find(b"\0", i)
+        return data[i + len(_TORCH_MARKER):j].decode("ascii", "replace")
+
+
+def _foreign_torch() -> str | None:
+    """Why r3hf._C must not be loaded under this torch, or None (also None when it is not built)."""
+    spec = importlib.util.find_spec("r3hf._C")
+    if spec is None or not spec.origin:
+        return None
+    built = built_against_torch(spec.origin)
+    if built is None or built == "unknown" or _release(built) == _release(torch.__version__):
+        return None
+    return (
+        f"r3hf._C was built against torch {built} but torch {torch.__version__} is running; rebuild it in this "
+        f"environment with `pip install --no-build-isolation --force-reinstall --no-deps r3hf` (or, from a "
+        f"source checkout, `pip install --no-build-isolation -e .`)"
+    )
+
 
 if os.environ.get("R3HF_NO_EXT", "0") == "1":
     _LOAD_ERROR = "disabled by R3HF_NO_EXT=1"
 else:
-    try:
-        from r3hf import _C  # noqa: F811  (registers torch.ops.r3hf.* on import)
-    except (ImportError, OSError) as e:  # not built, or built against another torch
-        _LOAD_ERROR = f"r3hf._C could not be loaded ({e}); {BUILD_HINT}"
-        warnings.warn(f"r3hf: C++ extension unavailable, falling back to torch: {_LOAD_ERROR}", RuntimeWarning, stacklevel=2)
+    _LOAD_ERROR = _foreign_torch()
+    if _LOAD_ERROR is None:
+        try:
+            from r3hf import _C  # noqa: F811  (registers torch.ops.r3hf.* on import)
+        except (ImportError, OSError) as e:  # not built, or an older build against another torch
+            _LOAD_ERROR = f"r3hf._C could not be loaded ({e}); {BUILD_HINT}"
+    if _LOAD_ERROR is not None:
+        # This module is imported once per process (r3hf._dispatch caches it): one warning.
+        warnings.warn(f"r3hf: C++ extension unavailable, falling back to the other backends: {_LOAD_ERROR}",
+                      RuntimeWarning, stacklevel=2)
 
 
 def build_info() -> dict:
@@ -172,9 +216,16 @@ def reward_to_go(rewards, response_mask, gamma=1.0, holes="skip", *, cu_seqlens=
 # with the same fp32 operations, so G is never written to or read back from memory. The
 # statistics are r3hf/_group_stats.py's [B, 5] float64 columns; group_advantages computes only
 # the columns its estimator reads (_group_stats.COLUMNS), the others are NaN.
-def _row_pass(rewards, response_mask, gamma, cu_seqlens=None, estimator=None):
+def _row_pass(rewards, response_mask, gamma, cu_seqlens=None, estimator=None, *, positions=None):
     from r3hf import _group_stats as gs
 
+    if positions is not None:  # baseline="position": -> (None, stats, sums, last), step 1p
+        ids, n_groups, width, squares = positions
+        if cu_seqlens is not None:
+            return None, *torch.ops.r3hf.packed_group_position_row_pass(
+                rewards, response_mask, cu_seqlens, ids, n_groups, width, float(gamma), squares)
+        return None, *torch.ops.r3hf.group_position_row_pass(rewards, response_mask, ids, n_groups, width,
+                                                               float(gamma), squares)
     cols = gs.COLUMNS.get(estimator, range(gs.N_STATS))
     returns_stats = gs.STAT_SUM_G in cols or gs.STAT_M2_G in cols
     reward_m2 = gs.STAT_M2_R in cols
@@ -185,7 +236,12 @@ def _row_pass(rewards, response_mask, gamma, cu_seqlens=None, estimator=None):
 
 
 def _fused_row_pass(hidden, weight, bias, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator,
-                    kl_clamp, first, beta_c, reward_clip, gamma, cu_seqlens=None):
+                    kl_clamp, first, beta_c, reward_clip, gamma, cu_seqlens=None, *, positions=None):
+    if positions is not None:
+        # The fused kernel forms the rewards, then the position row pass reads them once more.
+        rewards, _, _ = _fused_row_pass(hidden, weight, bias, response_mask, prompt_len, logprobs, ref_logprobs,
+                                        kl_coef, kl_estimator, kl_clamp, first, beta_c, reward_clip, gamma, cu_seqlens)
+        return (rewards, *_row_pass(rewards, response_mask, gamma, cu_seqlens, positions=positions))
     if cu_seqlens is not None:
         rewards, stats = torch.ops.r3hf.packed_fused_reward_group_row_pass(
             hidden, weight, bias, response_mask, cu_seqlens, logprobs, ref_logprobs, float(kl_coef), kl_estimator,
@@ -199,7 +255,12 @@ def _fused_row_pass(hidden, weight, bias, response_mask, prompt_len, logprobs, r
     return rewards, None, stats
 
 
-def _finish(rewards, returns, response_mask, shift, scale, gamma, on_rewards, cu_seqlens=None):
+def _finish(rewards, returns, response_mask, shift, scale, gamma, on_rewards, cu_seqlens=None, *, ids=None):
+    if ids is not None:  # baseline="position": shift/scale [n_groups, W], step 3p
+        if cu_seqlens is not None:
+            return torch.ops.r3hf.packed_group_position_finish(rewards, response_mask, cu_seqlens, ids, shift, scale,
+                                                               float(gamma))
+        return torch.ops.r3hf.group_position_finish(rewards, response_mask, ids, shift, scale, float(gamma))
     if cu_seqlens is not None:
         return torch.ops.r3hf.packed_group_finish(rewards, response_mask, cu_seqlens, shift, scale, float(gamma),
                                                   bool(on_rewards))
@@ -209,25 +270,25 @@ def _finish(rewards, returns, response_mask, shift, scale, gamma, on_rewards, cu
 # Packed (cu_seqlens): a sequence is a row, index is [N]; r3hf._group_stats hands cu_seqlens to the
 # passes (affine works on the [N] statistics as padded).
 def group_advantages(rewards, response_mask, index, estimator="grpo", gamma=1.0, eps=1e-6, scale="group", group=None,
-                     *, cu_seqlens=None):
+                     *, cu_seqlens=None, baseline="row"):
     from r3hf import _group_stats
 
     row_pass = functools.partial(_row_pass, estimator=estimator)
     return _group_stats.group_advantages(row_pass, _finish, rewards, response_mask, index, estimator, gamma, eps,
-                                         scale, group, cu_seqlens=cu_seqlens)
+                                         scale, group, cu_seqlens=cu_seqlens, baseline=baseline)
 
 
 def fused_reward_group_advantages(
     hidden, weight, bias, response_mask, prompt_len, index, estimator="grpo", logprobs=None, ref_logprobs=None,
     kl_coef=0.0, kl_estimator="k1", kl_clamp=None, first="prompt", beta_c=1.0, reward_clip=None, gamma=1.0,
-    eps=1e-6, scale="group", group=None, *, cu_seqlens=None,
+    eps=1e-6, scale="group", group=None, *, cu_seqlens=None, baseline="row",
 ):
     from r3hf import _group_stats
 
     return _group_stats.fused_reward_group_advantages(
         _fused_row_pass, _finish, hidden, weight, bias, response_mask, prompt_len, index, estimator, logprobs,
         ref_logprobs, kl_coef, kl_estimator, kl_clamp, first, beta_c, reward_clip, gamma, eps, scale, group,
-        cu_seqlens=cu_seqlens,
+        cu_seqlens=cu_seqlens, baseline=baseline,
     )
 
 
@@ -336,4 +397,27 @@ if _C is not None:
 
     @torch.library.register_fake("r3hf::packed_group_finish")
     def _(rewards, response_mask, cu_seqlens, shift, scale, gamma, on_rewards):
+        return _T(rewards, response_mask)
+
+    # Per-position baselines (issue 21): (stats, sums [2, n_groups, width], last), and the finish.
+
+    def _position_outs(like, rows, n_groups, width):
+        f64 = dict(dtype=torch.float64)
+        return (like.new_empty((rows, _N_STATS), **f64), like.new_empty((2, n_groups, width), **f64),
+                like.new_empty((rows,), **f64))
+
+    @torch.library.register_fake("r3hf::group_position_row_pass")
+    def _(rewards, response_mask, ids, n_groups, width, gamma, squares):
+        return _position_outs(rewards, rewards.shape[0], n_groups, width)
+
+    @torch.library.register_fake("r3hf::group_position_finish")
+    def _(rewards, response_mask, ids, shift, scale, gamma):
+        return _f32(rewards, *rewards.shape)
+
+    @torch.library.register_fake("r3hf::packed_group_position_row_pass")
+    def _(rewards, response_mask, cu_seqlens, ids, n_groups, width, gamma, squares):
+        return _position_outs(rewards, cu_seqlens.shape[0] - 1, n_groups, width)
+
+    @torch.library.register_fake("r3hf::packed_group_position_finish")
+    def _(rewards, response_mask, cu_seqlens, ids, shift, scale, gamma):
         return _T(rewards, response_mask)

@@ -11,6 +11,10 @@ Modules: `task` (language, ground truth, preference pairs), `reward_model`, `pol
 figure), `run` (the whole study).
 """
 
-from .run import DemoSettings, run
+from .._extras import require
+
+require("demo", "r3hf demo")  # before any work: a missing package fails here, not after training
+
+from .run import DemoSettings, run  # noqa: E402
 
 __all__ = ["run", "DemoSettings"]

@@ -6,14 +6,14 @@ import torch
 import torch.nn.functional as F
 
 from . import task
-from .reward_model import tiny_gpt2_config
+from .reward_model import init_gpt2_weights, tiny_gpt2_config
 
 
 def make_policy(seed: int = 0):
     from transformers import GPT2LMHeadModel
 
     torch.manual_seed(seed)
-    return GPT2LMHeadModel(tiny_gpt2_config())
+    return init_gpt2_weights(GPT2LMHeadModel(tiny_gpt2_config()), seed)  # same start under every transformers
 
 
 def pretrain(policy, reference: task.ReferencePolicy, *, steps: int, batch_size: int = 64, lr: float = 3e-3,
@@ -26,9 +26,12 @@ def pretrain(policy, reference: task.ReferencePolicy, *, steps: int, batch_size:
     P = task.PROMPT_LEN
     for _ in range(steps):
         prompts = task.sample_prompts(batch_size, generator)
-        ids = torch.cat([prompts, reference.sample(batch_size, generator)], 1).to(device)
+        responses = reference.sample(batch_size, generator)
+        ids = torch.cat([prompts, responses], 1).to(device)
         logits = policy(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, P - 1:-1]
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, P:].reshape(-1))
+        # the response's tokens up to and including <eos>; the padding after it is not language
+        targets = ids[:, P:].masked_fill(~task.response_mask(responses).to(device), -100)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -41,20 +44,26 @@ def pretrain(policy, reference: task.ReferencePolicy, *, steps: int, batch_size:
 
 @torch.no_grad()
 def sample(policy, prompts: torch.Tensor, length: int, generator: torch.Generator, temperature: float = 1.0):
-    """Sample `length` tokens after each prompt (left-aligned, equal lengths, no EOS) with the KV
-    cache -> ([B, P + length] query_responses, [B, length] log-probs of the sampled tokens)."""
+    """Sample up to `length` tokens after each prompt with the KV cache; a row that samples `<eos>`
+    is right-padded with `<pad>` from there on -> ([B, P + length] query_responses, [B, length]
+    log-probs of the sampled tokens, 0 after `<eos>`). `task.response_mask` gives the response's
+    tokens."""
     ids = prompts
     attention = torch.ones_like(ids)
     out = policy(input_ids=ids, attention_mask=attention, use_cache=True)
     cache, logits = _kv_cache(out), out.logits[:, -1]
     cache_arg = _cache_argument(policy)
     tokens, logprobs = [], []
+    ended = torch.zeros(ids.shape[0], 1, dtype=torch.bool, device=ids.device)
     for _ in range(length):
         logp = F.log_softmax(logits.float() / temperature, dim=-1)
         # sample on the CPU generator so runs are reproducible on every device
         tok = torch.multinomial(logp.exp().cpu(), 1, generator=generator).to(ids.device)
+        lp = logp.gather(1, tok)
+        tok = tok.masked_fill(ended, task.PAD_ID)
         tokens.append(tok)
-        logprobs.append(logp.gather(1, tok))
+        logprobs.append(lp.masked_fill(ended, 0.0))
+        ended = ended | (tok == task.EOS_ID)
         attention = torch.cat([attention, torch.ones_like(tok)], 1)
         out = policy(input_ids=tok, attention_mask=attention, use_cache=True, **{cache_arg: cache})
         cache, logits = _kv_cache(out), out.logits[:, -1]

@@ -6,7 +6,10 @@ An arm is (estimator, reward model, reward): e.g. ("rloo", "full", "r3hf"). Metr
   divided by the number of steps);
 - final: ground truth of the final policy on held-out prompts;
 - steps: first step at which the SMOOTH-step trailing mean of the rollout ground truth reaches
-  THRESHOLD (steps + 1 when it never does: a censored value, flagged in the table).
+  THRESHOLD (steps + 1 when it never does: a censored value, flagged in the table);
+- length: mean response length (tokens, with <eos>) of the final policy on held-out prompts.
+  Its verdict is a drift flag, not a score: an arm whose length differs from sparse's by more
+  than 2 SE is flagged "LONGER"/"SHORTER" (the task's ground truth pays for words, not length).
 Verdicts compare an arm with the sparse arm of the same estimator and reward model, seed by seed
 (the runs of a seed share the start and the random stream), against twice the standard error of
 the mean paired difference.
@@ -18,7 +21,10 @@ import math
 import statistics
 
 SMOOTH = 3
-THRESHOLD = 0.45  # reached by most runs within the default 24 steps (0.6 was reached by none)
+# 0.45 of the words wanted at full length on the fixed-length task's scale (reached by most runs
+# within 24 steps there), carried to the filler-cost scale: 0.45 − 0.55/3 ≈ 0.267. Set before any
+# variable-length run; AUC and final score do not depend on it.
+THRESHOLD = round(0.45 - 0.55 / 3, 3)
 METRICS = ("auc", "final", "steps")
 BETTER = {"auc": 1, "final": 1, "steps": -1}  # sign of "better"
 
@@ -48,7 +54,8 @@ def run_metrics(run: dict, threshold: float = THRESHOLD) -> dict:
     gt = [h["gt_score"] for h in run["history"]]
     reach = steps_to_reach(smooth(gt), threshold)
     return {"auc": statistics.fmean(gt), "final": run["final"]["gt_score"],
-            "steps": reach if reach is not None else len(gt) + 1, "reached": reach is not None}
+            "steps": reach if reach is not None else len(gt) + 1, "reached": reach is not None,
+            "length": run["final"].get("length", float("nan"))}
 
 
 def _mean_std(xs):
@@ -84,9 +91,15 @@ def summarise(runs: dict, threshold: float = THRESHOLD) -> dict:
             mean, std = _mean_std(vals)
             row[m] = {"mean": mean, "std": std, "per_seed": vals}
         row["reached_per_seed"] = [p["reached"] for p in per_seed]
-        for key in ("rm_score", "kl_to_ref"):
-            mean, std = _mean_std([r["final"][key] for r in rs])
+        mean, std = _mean_std([p["length"] for p in per_seed])
+        row["length"] = {"mean": mean, "std": std, "per_seed": [p["length"] for p in per_seed]}
+        for key in ("rm_score", "kl_to_ref", "truncation_rate"):
+            mean, std = _mean_std([r["final"].get(key, float("nan")) for r in rs])
             row[f"final_{key}"] = {"mean": mean, "std": std}
+        steps = min(len(r["history"]) for r in rs)
+        for key in ("length", "truncation_rate"):  # per step, mean over seeds
+            row[f"{key}_per_step"] = [statistics.fmean(r["history"][k].get(key, float("nan")) for r in rs)
+                                      for k in range(steps)]
         ops_t = [h["time_r3hf_ops_s"] for r in rs for h in r["history"]]
         step_t = [h["time_step_s"] for r in rs for h in r["history"]]
         row["time_r3hf_ops_ms_per_step"] = 1e3 * statistics.fmean(ops_t)
@@ -101,9 +114,22 @@ def summarise(runs: dict, threshold: float = THRESHOLD) -> dict:
         c = {"arm": name, "baseline": base}
         for m in METRICS:
             c[m] = compare(arms[name][m]["per_seed"], arms[base][m]["per_seed"], m)
+        c["length"] = length_drift(arms[name]["length"]["per_seed"], arms[base]["length"]["per_seed"])
         comparisons.append(c)
     return {"threshold": threshold, "smoothing_window": SMOOTH, "arms": arms, "comparisons": comparisons,
             "verdicts": verdict_lines(comparisons)}
+
+
+def length_drift(a: list[float], b: list[float]) -> dict:
+    """Paired length difference a − b (final-policy mean lengths per seed) and a drift flag:
+    'LONGER' / 'SHORTER' when |d| > 2 SE, 'no drift' otherwise, 'single seed' with one seed."""
+    d = [x - y for x, y in zip(a, b)]
+    mean = statistics.fmean(d)
+    if len(d) < 2:
+        return {"diff": mean, "se": float("nan"), "verdict": "single seed"}
+    se = statistics.stdev(d) / math.sqrt(len(d))
+    verdict = "no drift" if abs(mean) <= 2 * se else ("LONGER" if mean > 0 else "SHORTER")
+    return {"diff": mean, "se": se, "verdict": verdict}
 
 
 def verdict_lines(comparisons: list[dict]) -> list[str]:
@@ -118,11 +144,12 @@ def verdict_lines(comparisons: list[dict]) -> list[str]:
             continue
         head = {"better": f"{what} BEAT sparse", "worse": f"{what} LOST to sparse",
                 "no clear difference": f"{what}: no clear difference from sparse"}[auc["verdict"]]
-        fin, st = c["final"], c["steps"]
+        fin, st, ln = c["final"], c["steps"], c["length"]
         lines.append(
             f"{estimator}, {rm} RM: {head} on AUC ({auc['diff']:+.3f} ± {2 * auc['se']:.3f}); final "
             f"{fin['diff']:+.3f} ± {2 * fin['se']:.3f} ({fin['verdict']}); steps to {THRESHOLD} "
-            f"{st['diff']:+.1f} ± {2 * st['se']:.1f} ({st['verdict']})."
+            f"{st['diff']:+.1f} ± {2 * st['se']:.1f} ({st['verdict']}); length {ln['diff']:+.1f} ± "
+            f"{2 * ln['se']:.1f} tokens ({ln['verdict']})."
         )
     return lines
 
@@ -130,21 +157,23 @@ def verdict_lines(comparisons: list[dict]) -> list[str]:
 def table(summary: dict) -> str:
     """Plain-text table of every arm with its verdicts against sparse."""
     head = ("estimator", "RM", "reward", "AUC of GT", "final GT", f"steps to {summary['threshold']}",
-            "vs sparse (AUC / final / steps)")
+            "final length", "vs sparse (AUC / final / steps / length)")
     rows = [head]
     verdicts = {c["arm"]: c for c in summary["comparisons"]}
-    short = {"better": "better", "worse": "WORSE", "no clear difference": "~", "single seed": "1 seed"}
+    short = {"better": "better", "worse": "WORSE", "no clear difference": "~", "single seed": "1 seed",
+             "no drift": "~", "LONGER": "LONGER", "SHORTER": "SHORTER"}
     for name, row in summary["arms"].items():
         estimator, rm, reward = name.split("/")
         steps = row["steps"]
         censored = "" if all(row["reached_per_seed"]) else "*"
         c = verdicts.get(name)
-        vs = "-" if c is None else " / ".join(short[c[m]["verdict"]] for m in METRICS)
+        vs = "-" if c is None else " / ".join(short[c[m]["verdict"]] for m in (*METRICS, "length"))
         rows.append((
             estimator, rm, reward,
             f"{row['auc']['mean']:.3f} ± {row['auc']['std']:.3f}",
             f"{row['final']['mean']:.3f} ± {row['final']['std']:.3f}",
             f"{steps['mean']:.1f}{censored} ± {steps['std']:.1f}",
+            f"{row['length']['mean']:.1f} ± {row['length']['std']:.1f}",
             vs,
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
@@ -192,4 +221,40 @@ def plot(runs: dict, path, title: str) -> None:
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_lengths(runs: dict, path, title: str) -> None:
+    """Mean response length and truncation rate of the rollouts per step: one row per estimator
+    × reward model, a line per reward (mean over seeds, band = min..max)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = sorted({tuple(n.split("/")[:2]) for n in runs}, key=lambda c: (c[0] != "rloo", c))
+    fig, axes = plt.subplots(len(cells), 2, figsize=(9, 2.6 * len(cells)), squeeze=False)
+    for row, cell in zip(axes, cells):
+        for name, rs in runs.items():
+            e, r, reward = name.split("/")
+            if (e, r) != cell:
+                continue
+            steps = min(len(x["history"]) for x in rs)
+            xs = list(range(1, steps + 1))
+            for ax, key in zip(row, ("length", "truncation_rate")):
+                per = [[x["history"][k][key] for x in rs] for k in range(steps)]
+                ax.plot(xs, [statistics.fmean(v) for v in per], color=COLOURS.get(reward), label=reward)
+                ax.fill_between(xs, [min(v) for v in per], [max(v) for v in per], color=COLOURS.get(reward),
+                                alpha=0.15, linewidth=0)
+        row[0].set_ylabel(f"{cell[0]}, {cell[1]} RM", fontsize=8)
+        row[0].set_title("mean response length (tokens)", fontsize=8)
+        row[1].set_title("truncated fraction", fontsize=8)
+        for ax in row:
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("step")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
     plt.close(fig)

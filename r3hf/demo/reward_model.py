@@ -3,6 +3,7 @@ and its score at every prefix (what R3HF redistributes)."""
 
 from __future__ import annotations
 
+import math
 import tempfile
 import warnings
 
@@ -24,11 +25,37 @@ def tiny_gpt2_config(num_labels: int | None = None, n_embd: int = 64, n_layer: i
     return GPT2Config(**kw)
 
 
+@torch.no_grad()
+def init_gpt2_weights(model, seed: int):
+    """Initialise a GPT-2 model's parameters ourselves, from a generator seeded with `seed`, so
+    the start weights do not depend on the transformers release. Returns the model.
+
+    Why: transformers 5.10.4's `GPT2PreTrainedModel._init_weights` never applied GPT-2's scaled
+    residual init (it compared full parameter names with "c_proj.weight", which never matched), so
+    the c_proj weights got std 0.02; 5.24.0 applies it (std 0.02 / sqrt(2 n_layer)) and draws the
+    random numbers in another order. Same seed, different start weights, different reward models
+    (docs/demo.md, "Reproducibility"). The scheme here is GPT-2's: weights N(0, 0.02), residual
+    projections (c_proj) N(0, 0.02 / sqrt(2 n_layer)), biases 0, LayerNorm 1 and 0; parameters in
+    `named_parameters()` order (tied weights once)."""
+    gen = torch.Generator().manual_seed(seed)
+    std = model.config.initializer_range
+    for name, p in model.named_parameters():
+        if name.endswith("bias"):
+            p.zero_()
+        elif ".ln_" in name or name.startswith(("ln_f", "transformer.ln_f")):
+            p.fill_(1.0)
+        else:
+            s = std / math.sqrt(2 * model.config.n_layer) if name.endswith("c_proj.weight") else std
+            p.copy_(torch.randn(p.shape, generator=gen) * s)
+    return model
+
+
 def make_reward_model(seed: int = 0):
+    """The demo's reward model, its start weights a function of `seed` alone (`init_gpt2_weights`)."""
     from transformers import GPT2ForSequenceClassification
 
     torch.manual_seed(seed)
-    return GPT2ForSequenceClassification(tiny_gpt2_config(num_labels=1))
+    return init_gpt2_weights(GPT2ForSequenceClassification(tiny_gpt2_config(num_labels=1)), seed)
 
 
 def train_reward_model(train_pairs, *, epochs: float = 2.0, batch_size: int = 32, lr: float = 3e-3, seed: int = 0,
@@ -62,24 +89,38 @@ def train_reward_model(train_pairs, *, epochs: float = 2.0, batch_size: int = 32
     return model, history
 
 
+def _right_pad(rows, device):
+    """Lists of ids of any lengths -> ([B, S] right-padded with <pad>, [B] lengths)."""
+    lengths = torch.tensor([len(r) for r in rows], device=device)
+    ids = torch.full((len(rows), int(lengths.max())), task.PAD_ID, dtype=torch.long, device=device)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.as_tensor(r, device=device)
+    return ids, lengths
+
+
 @torch.no_grad()
-def sequence_scores(model, input_ids: torch.Tensor) -> torch.Tensor:
-    """Score of each full (unpadded) sequence -> [B] float32, read exactly as PPO reads it
-    (`r3hf.models.prefix_scores` at the last token), so accuracy and PPO use one code path."""
+def sequence_scores(model, input_ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """Score of each sequence at its last token -> [B] float32: input_ids [B, S] right-padded,
+    lengths [B] (None: S). Read exactly as PPO reads it (`r3hf.models.prefix_scores`, causal, so
+    the padding after a row's last token does not change its score)."""
     from ..models import prefix_scores
 
-    return prefix_scores(model, input_ids)[:, -1]
+    scores = prefix_scores(model, input_ids)
+    if lengths is None:
+        return scores[:, -1]
+    return scores.gather(1, (lengths - 1)[:, None]).squeeze(1)
 
 
 def credit_label_fn(noise: float = 1.0, seed: int = 0):
     """label_fn for `r3hf.models.prefix_pairs` that knows the task: the cut pair is labelled by the
     ground-truth credit earned in the kept tokens, with the same Bradley–Terry noise as the full
-    labels (P(chosen prefix ≻ rejected prefix) = σ((earned_c − earned_r)/noise))."""
+    labels (P(chosen prefix ≻ rejected prefix) = σ((earned_c − earned_r)/noise)); earned = the kept
+    tokens' `task.token_value` (credit − filler cost)."""
     gen = torch.Generator().manual_seed(seed)
 
     def label(prompt, chosen, rejected, example):
-        c = task.token_credit(None, torch.tensor([chosen]), task.RESPONSE_LEN).sum()
-        r = task.token_credit(None, torch.tensor([rejected]), task.RESPONSE_LEN).sum()
+        c = task.token_value(None, torch.tensor([chosen]), task.RESPONSE_LEN).sum()
+        r = task.token_value(None, torch.tensor([rejected]), task.RESPONSE_LEN).sum()
         return bool(torch.rand((), generator=gen) < torch.sigmoid((c - r) / noise))
 
     return label
@@ -89,11 +130,10 @@ def credit_label_fn(noise: float = 1.0, seed: int = 0):
 def pairwise_accuracy(model, pairs, device: str = "cpu") -> dict:
     """Held-out accuracy: the fraction of pairs whose chosen response the RM scores higher, against
     the (noisy) labels and against the noise-free ground truth (pairs with equal quality skipped)."""
-    chosen = torch.tensor(pairs["chosen_ids"], device=device)
-    rejected = torch.tensor(pairs["rejected_ids"], device=device)
-    sc, sr = sequence_scores(model, chosen), sequence_scores(model, rejected)
+    sc = sequence_scores(model, *_right_pad(pairs["chosen_ids"], device))
+    sr = sequence_scores(model, *_right_pad(pairs["rejected_ids"], device))
     gc, gr = torch.tensor(pairs["gt_chosen"], device=device), torch.tensor(pairs["gt_rejected"], device=device)
-    distinct = gc != gr
+    distinct = (gc - gr).abs() > 1e-6  # equal quality (up to float rounding): skipped
     rm_prefers_gt_better = ((sc > sr) == (gc > gr))[distinct]
     return {
         "label_accuracy": (sc > sr).float().mean().item(),
@@ -114,9 +154,9 @@ def credit_diagnostic(model, prompts: torch.Tensor, responses: torch.Tensor) -> 
     device = next(model.parameters()).device
     ids = torch.cat([prompts, responses], 1).to(device)
     scores = prefix_scores(model, ids)
-    mask = torch.ones(responses.shape, dtype=torch.bool, device=device)
-    dense = ops.redistribute(scores, mask, prompts.shape[1]).cpu()
-    credit = task.token_credit(prompts, responses).bool()
+    mask = task.response_mask(responses).to(device)
+    dense = ops.redistribute(scores, mask, prompts.shape[1]).cpu()[mask.cpu()]
+    credit = task.token_credit(prompts, responses).bool()[mask.cpu()]
     return {
         "mean_reward_credited_tokens": dense[credit].mean().item(),
         "mean_reward_other_tokens": dense[~credit].mean().item(),

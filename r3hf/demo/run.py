@@ -30,9 +30,17 @@ RM_KINDS = {
 }
 
 
+# The arms' third reward: the recommended setting. Today it is beta_c="auto", the best setting the
+# demo's loop can run for both estimators. It is a slot for the per-position group baseline
+# (`ops.group_advantages(..., baseline="position")`, not in r3hf yet) with the potential head
+# (`r3hf.models.potential`, not wired into train.run_ppo yet): add their reward to train.REWARDS and
+# name it here, and every default run, table and verdict follows.
+RECOMMENDED = "auto"
+
+
 @dataclass
 class DemoSettings:
-    seeds: int = 3
+    seeds: int = 12  # paired 2-SE verdicts need seeds: arms are dropped before seeds
     steps: int = 24
     batch_size: int = 48
     group_size: int = 4  # rloo: responses per prompt
@@ -50,20 +58,21 @@ class DemoSettings:
     samples_shown: int = 3
     critic_init: str = "policy"  # PPO's critic: the policy's backbone with a zero head ("reward-model": a copy of the RM)
     estimators: tuple = ("rloo", "ppo")
-    rms: tuple = ("full", "prefix")  # reward models the policies are trained on
-    diagnose_rms: tuple = ("full", "prefix", "prefix-keep")  # reward models trained and diagnosed
-    rewards: tuple = ("sparse", "r3hf", "auto")
+    rms: tuple = ("full",)  # reward models the policies are trained on (what users have)
+    diagnose_rms: tuple = ("full", "prefix-keep")  # reward models trained and diagnosed
+    rewards: tuple = ("sparse", "r3hf", RECOMMENDED)
     workers: int = 2  # processes running arms in parallel (one torch thread each)
 
     @classmethod
     def quick(cls) -> "DemoSettings":
         return cls(seeds=1, steps=5, batch_size=32, train_pairs=600, test_pairs=200, rm_epochs=1.0, pretrain_steps=40,
-                   eval_prompts=64, diag_samples=96, samples_shown=2, diagnose_rms=("full", "prefix"))
+                   eval_prompts=64, diag_samples=96, samples_shown=2)
 
     @classmethod
     def full(cls) -> "DemoSettings":
-        return cls(seeds=8, steps=40, batch_size=64, train_pairs=4000, eval_prompts=512, diag_samples=512,
-                   rms=("full", "prefix", "prefix-keep"))
+        return cls(seeds=12, steps=40, batch_size=64, train_pairs=4000, eval_prompts=512, diag_samples=512,
+                   rms=("full", "prefix", "prefix-keep"), diagnose_rms=("full", "prefix", "prefix-keep"),
+                   rewards=("sparse", "r3hf", "auto"))
 
 
 def _bar(total, desc):
@@ -104,20 +113,23 @@ def _sample_rows(policy, rm, prompts, method, seed):
     qr = qr.cpu()
     P = task.PROMPT_LEN
     credit = task.token_credit(qr[:, :P], qr[:, P:])
+    gt = task.ground_truth(qr[:, :P], qr[:, P:])
+    lengths = task.response_lengths(qr[:, P:])
     rows = []
     for b in range(len(qr)):
-        res = token_rewards_for(rm, qr[b, :P], qr[b, P:])
+        n = int(lengths[b])  # the response's tokens, <eos> included; no padding
+        res = token_rewards_for(rm, qr[b, :P], qr[b, P:P + n])
         rows.append({
             "method": method,
             "seed": seed,
             "prompt_tokens": task.decode(qr[b, :P]),
-            "response_tokens": task.decode(qr[b, P:]),
+            "response_tokens": task.decode(qr[b, P:P + n]),
             "rewards": res["rewards"].tolist(),
-            "credit": credit[b].tolist(),
-            "marks": credit[b].bool().tolist(),
+            "credit": credit[b, :n].tolist(),
+            "marks": credit[b, :n].bool().tolist(),
             "name": f"{method}: {' '.join(task.decode(qr[b, :P]))}",
             "label": f"{method} policy (seed {seed}): RM score {res['prompt_score']:+.2f} (prompt) -> "
-                     f"{res['final_score']:+.2f}; ground truth {credit[b].mean():.3f}",
+                     f"{res['final_score']:+.2f}; ground truth {gt[b]:.3f}, {n} tokens",
         })
     return rows
 
@@ -293,8 +305,9 @@ def run(*, seeds: int | None = None, steps: int | None = None, out="r3hf-demo", 
 
     qr, _ = sample(policy0, task.sample_prompts(settings.diag_samples, torch.Generator().manual_seed(11)).to(device),
                    task.RESPONSE_LEN, torch.Generator().manual_seed(12))
-    diagnostics = {k: prefix_diagnostics(m, qr, None, task.PROMPT_LEN, buckets=4, bootstrap=100)
-                   for k, m in rms.items()}
+    diag_mask = task.response_mask(qr[:, task.PROMPT_LEN:])
+    diagnostics = {k: prefix_diagnostics(m, qr, None, task.PROMPT_LEN, response_mask=diag_mask, buckets=4,
+                                         bootstrap=100) for k, m in rms.items()}
     for k, d in diagnostics.items():
         save_diagnostics(d, out / f"diagnostics_{k}", title=f"prefix diagnostics: {k} reward model")
     plot_all_diagnostics(diagnostics, out / "diagnostics.png")
@@ -319,9 +332,10 @@ def run(*, seeds: int | None = None, steps: int | None = None, out="r3hf-demo", 
 
     # 6. Report.
     summary = report.summarise(runs)
-    title = (f"{task.RESPONSE_LEN}-token responses: {settings.seeds} seed(s), {settings.steps} steps, "
+    title = (f"responses of up to {task.RESPONSE_LEN} tokens: {settings.seeds} seed(s), {settings.steps} steps, "
              f"batch {settings.batch_size}")
     report.plot(runs, out / "scores.png", title)
+    report.plot_lengths(runs, out / "lengths.png", title)
     from ..viz import heatmap_html, heatmap_png
 
     note = ("Responses of final R3HF policies (seed 0) on held-out prompts, each token coloured by its reward "
@@ -335,10 +349,15 @@ def run(*, seeds: int | None = None, steps: int | None = None, out="r3hf-demo", 
         "machine": _machine(device),
         "settings": asdict(settings),
         "ppo_config": asdict(PPOConfig(ppo_epochs=settings.ppo_epochs, num_minibatches=settings.num_minibatches)),
+        "versions": package_versions(),
         "task": {
-            "vocab": list(task.VOCAB), "prompt_len": task.PROMPT_LEN, "response_len": task.RESPONSE_LEN,
-            "rule": "red word in the first half or blue word in the second half earns 1; quality = mean",
+            "vocab": list(task.VOCAB), "prompt_len": task.PROMPT_LEN, "max_response_len": task.RESPONSE_LEN,
+            "filler_cost": task.FILLER_COST, "truncation_cost": task.TRUNCATION_COST,
+            "reference_min_len": task.MIN_LEN, "reference_eos_prob": task.EOS_PROB,
+            "rule": "a red word in the first half or a blue word in the second half of the max-length frame earns 1, "
+                    "any other word costs filler_cost, <eos> 0; quality = sum / max_response_len",
         },
+        "preference_data": _data_summary(train_pairs),
         "reward_models": {k: {"kind": RM_KINDS[k], "held_out": rm_metrics[k], "credit_on_reference_samples": rm_credit[k],
                               "diagnostics": _diag_summary(diagnostics[k]), "train_log": rm_logs[k]} for k in rms},
         "pretrain": {"loss_first": pre_losses[0], "loss_last": pre_losses[-1]},
@@ -347,7 +366,7 @@ def run(*, seeds: int | None = None, steps: int | None = None, out="r3hf-demo", 
         "runs": runs,
         "samples": shown,
         "timings_s": timings,
-        "files": {"learning_curves": "scores.png", "diagnostics": "diagnostics.png", "heatmap_html": "heatmap.html",
+        "files": {"learning_curves": "scores.png", "lengths": "lengths.png", "diagnostics": "diagnostics.png", "heatmap_html": "heatmap.html",
                   "heatmap_png": "heatmap.png", "reward_model": "reward_model/ (the full-response RM)"},
     }
     (out / "results.json").write_text(json.dumps(result, indent=1, default=float), encoding="utf-8")
@@ -372,6 +391,41 @@ def run(*, seeds: int | None = None, steps: int | None = None, out="r3hf-demo", 
     echo(f"wrote {out}/scores.png, diagnostics.png, results.json, heatmap.html, heatmap.png, reward_model/ "
          f"in {timings['total_s']:.0f} s on {result['machine']['device']}")
     return result
+
+
+VERSIONED = ("torch", "transformers", "tokenizers", "trl", "datasets", "accelerate", "numpy", "triton", "matplotlib")
+
+
+def package_versions() -> dict:
+    """The version of every package that changes the numbers (None: not installed), and r3hf's commit."""
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in ("r3hf", *VERSIONED):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    try:
+        import subprocess
+
+        root = Path(__file__).resolve().parents[2]
+        out["r3hf_commit"] = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                                            text=True, timeout=10).stdout.strip() or None
+    except Exception:  # not a git checkout (an installed wheel)
+        out["r3hf_commit"] = None
+    return out
+
+
+def _data_summary(pairs) -> dict:
+    """Lengths in the preference data and how they relate to quality (the length-loophole check)."""
+    L = torch.tensor([len(r) - task.PROMPT_LEN for r in [*pairs["chosen_ids"], *pairs["rejected_ids"]]]).float()
+    q = torch.tensor([*pairs["gt_chosen"], *pairs["gt_rejected"]])
+    truncated = [r[-1] != task.EOS_ID for r in [*pairs["chosen_ids"], *pairs["rejected_ids"]]]
+    return {"mean_response_length": L.mean().item(), "truncated_fraction": sum(truncated) / len(truncated),
+            "corr_length_quality": torch.corrcoef(torch.stack([L, q]))[0, 1].item(),
+            "chosen_longer_fraction": sum(len(c) > len(r) for c, r in zip(pairs["chosen_ids"], pairs["rejected_ids"]))
+            / len(pairs)}
 
 
 def _diag_summary(d: dict) -> dict:

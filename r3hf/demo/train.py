@@ -26,24 +26,36 @@ def rm_hidden_and_head(rm, query_responses):
 @torch.no_grad()
 def evaluate(policy, ref_policy, rm, prompts: torch.Tensor, generator: torch.Generator, batch_size: int = 256) -> dict:
     """Sample one response per prompt; mean ground truth, mean RM score (the head at the last
-    token) and mean KL to the reference (Σ_t logπ − logπ_ref over the response, a k1 estimate)."""
+    response token), mean KL to the reference (Σ_t logπ − logπ_ref over the response, a k1
+    estimate), mean response length (tokens, with `<eos>`) and the truncated fraction."""
     P, L = task.PROMPT_LEN, task.RESPONSE_LEN
-    gts, rms, kls = [], [], []
+    gts, rms, kls, lens, truncs = [], [], [], [], []
     for start in range(0, len(prompts), batch_size):
         p = prompts[start:start + batch_size]
         qr, _ = sample(policy, p, L, generator)
+        mask = task.response_mask(qr[:, P:])
         logprobs, _ = ppo.response_logprobs(policy, qr, P, L)
         ref_logprobs, _ = ppo.response_logprobs(ref_policy, qr, P, L)
         hidden, w, b = rm_hidden_and_head(rm, qr)
-        score = hidden[:, -1].float() @ w.float().reshape(-1) + (b.float() if b is not None else 0.0)
         gts.append(task.ground_truth(qr[:, :P].cpu(), qr[:, P:].cpu()))
-        rms.append(score.cpu())
-        kls.append((logprobs - ref_logprobs).sum(1).cpu())
+        rms.append(final_scores(hidden, w, b, mask, P).cpu())
+        kls.append(torch.where(mask, logprobs - ref_logprobs, 0.0).sum(1).cpu())
+        lens.append(mask.sum(1).float().cpu())
+        truncs.append(task.truncated(qr[:, P:].cpu()).float())
     return {
         "gt_score": torch.cat(gts).mean().item(),
         "rm_score": torch.cat(rms).mean().item(),
         "kl_to_ref": torch.cat(kls).mean().item(),
+        "length": torch.cat(lens).mean().item(),
+        "truncation_rate": torch.cat(truncs).mean().item(),
     }
+
+
+def final_scores(hidden, w, b, mask, prompt_len: int) -> torch.Tensor:
+    """The RM's score R at each row's last response token: hidden [B, S, D], mask [B, L] -> float [B]."""
+    last = prompt_len + mask.sum(1) - 1  # [B]
+    h = hidden[torch.arange(hidden.shape[0], device=hidden.device), last].float()
+    return h @ w.float().reshape(-1) + (b.float() if b is not None else 0.0)
 
 
 CRITIC_INITS = ("reward-model", "policy")
@@ -67,14 +79,14 @@ def make_critic(rm, init_policy, critic_init: str):
 
 ESTIMATORS = ("rloo", "ppo")  # critic-free RLOO (group advantages), PPO-GAE with a critic
 REWARDS = ("sparse", "r3hf", "auto")  # β_c = 0, β_c = 1, beta_c="auto"
-SUPPRESSED_IDS = (task.PAD_ID, task.EOS_ID)
+SUPPRESSED_IDS = (task.PAD_ID,)
 
 
 def restrict_vocab(policy):
-    """Responses are fixed-length word sequences, so the policy must never sample <pad> or <eos>:
-    a fixed (untrained) −1e4 bias on those logits of the LM head. Every path that reads the
-    policy's logits (sampling, log-probs, pre-training) then sees the same restricted
-    distribution, so PPO's ratios stay exact. Returns the policy."""
+    """The policy must never sample <pad> (a response is words, ended by <eos> or truncated at
+    task.RESPONSE_LEN): a fixed (untrained) −1e4 bias on that logit of the LM head. Every path
+    that reads the policy's logits (sampling, log-probs, pre-training) then sees the same
+    restricted distribution, so PPO's ratios stay exact. Returns the policy."""
     head = policy.get_output_embeddings()
     bias = torch.zeros(head.out_features, device=head.weight.device)
     bias[list(SUPPRESSED_IDS)] = -1e4
@@ -129,7 +141,7 @@ def run_ppo(method: str, seed: int, *, init_policy, rm, steps: int, batch_size: 
             ref_logprobs, _ = ppo.response_logprobs(ref_policy, qr, P, L, temperature=config.temperature)
             values = ppo.response_values(critic, qr, P, L) if critic is not None else torch.zeros_like(logprobs)
             hidden, w, b = rm_hidden_and_head(rm, qr)
-        mask = torch.ones(batch_size, L, dtype=torch.bool, device=device)
+        mask = task.response_mask(qr[:, P:])  # up to and including <eos>: variable length
         rollout = ppo.Rollout(qr, P, mask, logprobs, ref_logprobs, values, rm_hidden=hidden, rm_weight=w, rm_bias=b)
         _sync(device)
         t_ops = time.perf_counter()
@@ -144,15 +156,21 @@ def run_ppo(method: str, seed: int, *, init_policy, rm, steps: int, batch_size: 
             adv = ppo.Advantages(rewards, advantages, advantages)
         _sync(device)
         t_ops = time.perf_counter() - t_ops
+        if step == 0:  # a fingerprint of the estimator's output, for CI's reference check
+            first_step = {"mean_abs_advantage": ppo.masked_mean(adv.advantages.abs().float(), mask).item(),
+                          "advantages_row0": adv.advantages[0][mask[0]].float().tolist(),
+                          "lengths": mask.sum(1).tolist()}
         metrics = ppo.ppo_update(policy, critic, optimizer, rollout, adv, config, generator=gen)
         _sync(device)
         t_step = time.perf_counter() - t_step
         with torch.no_grad():
-            rm_final = hidden[:, -1].float() @ w.float().reshape(-1) + (b.float() if b is not None else 0.0)
+            rm_final = final_scores(hidden, w, b, mask, P)
         history.append({
             "step": step + 1,
             "gt_score": task.ground_truth(qr[:, :P].cpu(), qr[:, P:].cpu()).mean().item(),
             "rm_score": rm_final.mean().item(),
+            "length": mask.sum(1).float().mean().item(),
+            "truncation_rate": task.truncated(qr[:, P:].cpu()).float().mean().item(),
             "time_r3hf_ops_s": t_ops,
             "time_step_s": t_step,
             **metrics,
@@ -164,4 +182,4 @@ def run_ppo(method: str, seed: int, *, init_policy, rm, steps: int, batch_size: 
     final = evaluate(policy, ref_policy, rm, eval_prompts.to(device), torch.Generator().manual_seed(10_000 + seed)) \
         if eval_prompts is not None else {}
     return {"method": method, "estimator": estimator, "seed": seed, "history": history, "final": final,
-            "policy": policy}
+            "first_step": first_step, "policy": policy}

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._extras import require
 from .. import _validate as v
 from .. import ops
 from .scoring import MODEL_PAD, check_ids, prefix_scores
@@ -320,6 +321,7 @@ def save_diagnostics(result: dict, out, title: str = "prefix-score diagnostics")
 def plot_diagnostics(result: dict, path, title: str = "prefix-score diagnostics", axes=None) -> None:
     """Var(R − Φ_t)/Var(R) with its bootstrap interval and corr(Φ_t, R) per response position,
     and the histogram of each row's largest-token share."""
+    require("demo", "plot_diagnostics", packages=("matplotlib",))
     import matplotlib
 
     if axes is None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import random
 from numbers import Real
 
+from .._extras import require
+
 COLUMNS = ("chosen_ids", "rejected_ids")
 CUT_COLUMN = "cut"  # response tokens kept in a cut pair; -1 for an original (full) pair
 
@@ -21,6 +23,17 @@ def _common_prefix(a, b) -> int:
             break
         n += 1
     return n
+
+
+def pair_prompt_len(ex, prompt_len=None) -> int:
+    """Where the responses of a pair row start: `prompt_len` an int, a column name, or None (the
+    row's `prompt_ids` length if it has one, else the longest common prefix of chosen_ids and
+    rejected_ids, TRL's implicit prompt)."""
+    if prompt_len is None:
+        return len(ex["prompt_ids"]) if "prompt_ids" in ex else _common_prefix(ex["chosen_ids"], ex["rejected_ids"])
+    if isinstance(prompt_len, str):
+        return int(ex[prompt_len])
+    return int(prompt_len)
 
 
 def prefix_pairs(dataset, fraction: float = 0.5, *, prompt_len=None, label_fn=None, keep_full: bool = True,
@@ -53,6 +66,7 @@ def prefix_pairs(dataset, fraction: float = 0.5, *, prompt_len=None, label_fn=No
     Adds a `cut` column (response tokens kept, −1 for a full pair); a `margin` column is set to
     0.0 on cut pairs. Returns a new `datasets.Dataset`, usable by `trl.RewardTrainer` unchanged.
     """
+    require("hf", "prefix_pairs", packages=("datasets",))
     from datasets import Dataset, concatenate_datasets
 
     if not isinstance(dataset, Dataset):
@@ -86,12 +100,7 @@ def prefix_pairs(dataset, fraction: float = 0.5, *, prompt_len=None, label_fn=No
     for i in chosen_rows:
         ex = dataset[i]
         c, r = list(ex["chosen_ids"]), list(ex["rejected_ids"])
-        if prompt_len is None:
-            p = len(ex["prompt_ids"]) if "prompt_ids" in ex else _common_prefix(c, r)
-        elif isinstance(prompt_len, str):
-            p = int(ex[prompt_len])
-        else:
-            p = prompt_len
+        p = pair_prompt_len(ex, prompt_len)
         if c[:p] != r[:p]:
             raise ValueError(f"row {i}: chosen_ids and rejected_ids differ inside the prompt (prompt_len {p})")
         shorter = min(len(c), len(r)) - p

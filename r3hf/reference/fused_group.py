@@ -27,6 +27,7 @@ def fused_reward_group_advantages(
     group=None,
     beta_c_auto: bool = False,
     cu_seqlens: torch.Tensor | None = None,
+    baseline: str = "row",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """group_advantages(token_rewards(prefix_scores(hidden, weight, bias), …), …).
 
@@ -38,4 +39,5 @@ def fused_reward_group_advantages(
         scores, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp,
         first, beta_c, reward_clip, beta_c_auto, cu_seqlens,
     )
-    return rewards, group_advantages(rewards, response_mask, index, estimator, gamma, eps, scale, group, cu_seqlens)
+    return rewards, group_advantages(rewards, response_mask, index, estimator, gamma, eps, scale, group, cu_seqlens,
+                                     baseline)

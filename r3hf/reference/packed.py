@@ -116,8 +116,9 @@ def reward_to_go(rewards, response_mask, gamma, holes, cu_seqlens):
     return p.unpack(padded(p.rows(rewards), p.rows(response_mask), gamma, holes))
 
 
-def group_advantages(rewards, response_mask, index, estimator, gamma, eps, scale, group, cu_seqlens):
+def group_advantages(rewards, response_mask, index, estimator, gamma, eps, scale, group, cu_seqlens, baseline="row"):
     from .group import group_advantages as padded
 
     p = Packing(cu_seqlens, response_mask)
-    return p.unpack(padded(p.rows(rewards), p.rows(response_mask), index, estimator, gamma, eps, scale, group))
+    return p.unpack(padded(p.rows(rewards), p.rows(response_mask), index, estimator, gamma, eps, scale, group,
+                           baseline=baseline))

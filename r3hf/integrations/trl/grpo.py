@@ -27,10 +27,15 @@ import warnings
 
 import torch
 from torch import nn
-from trl import GRPOTrainer
-from trl.data_utils import apply_chat_template, is_conversational
 
-from ... import _validate as v
+from ..._extras import require
+
+require("trl", "R3HFGRPOTrainer")  # TRL >= 1.13 (the release without PPOTrainer)
+
+from trl import GRPOTrainer  # noqa: E402
+from trl.data_utils import apply_chat_template, is_conversational  # noqa: E402
+
+from ... import _validate as v  # noqa: E402
 from ...models import Scorer, UnsupportedModelError
 from .grpo_advantages import (
     OUTCOME_ESTIMATORS,
