@@ -51,7 +51,10 @@ def verl_config(*overrides):
     with initialize_config_dir(config_dir=main_ppo.CONFIG_DIR, version_base=None):
         return compose("ppo_trainer", overrides=[
             "algorithm.adv_estimator=r3hf_rloo", "actor_rollout_ref.model.path=/nonexistent/r3hf-test-model",
-            "trainer.device=cpu", "+r3hf.replace_gae=true", *overrides,
+            "trainer.device=cpu", "+r3hf.replace_gae=true", "data.train_batch_size=2", "actor_rollout_ref.rollout.n=2",
+            "actor_rollout_ref.actor.ppo_mini_batch_size=2", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=1",
+            "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=1",
+            "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=1", "trainer.n_gpus_per_node=1", *overrides,
         ])
 
 
