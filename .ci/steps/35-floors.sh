@@ -75,11 +75,13 @@ assert 'site-packages' in r3hf.__file__, r3hf.__file__
 info = ops.backends()['cpp']
 assert info['available'], info
 print('extension:', info['detail'])"
+# A slice of the suite, for CI's time (the main run covers the rest on the newest stack): the C++
+# backend built here, gradients, compile, the veRL adapter against veRL itself, Triton 3.6's interpreter.
 R3HF_REQUIRE_VERL=1 "$A/python" -m pytest -q -p no:cacheprovider -m "not slow" \
-  test_cpp_backend.py test_cpp_group.py test_cpp_packed.py test_cpp_foreign_torch.py test_autograd.py test_compile.py \
-  test_integrations_verl.py test_verl_group.py test_verl_packed.py
+  test_cpp_backend.py test_cpp_foreign_torch.py test_autograd.py test_compile.py \
+  test_integrations_verl.py test_verl_group.py
 tick "ops and veRL adapter tests"
-"$A/python" -m pytest -q -p no:cacheprovider -m "not slow" test_triton_backend.py test_triton_group.py
+"$A/python" -m pytest -q -p no:cacheprovider -m "not slow" test_triton_backend.py -k "kl or gae"
 tick "Triton 3.6 interpreter tests"
 # A real foreign torch: the wheel built against CI's torch, imported under torch 2.11.
 "$A/pip" install -q --no-deps --target "$work/foreign" "$wheel213"
