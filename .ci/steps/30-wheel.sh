@@ -45,8 +45,8 @@ printf "[pytest]\nmarkers =\n    gpu: needs a CUDA device\n" > "$work/t/pytest.i
 cd "$work/t"
 "$work/venv/bin/python" - <<'PY'
 import warnings
+import torch  # first: torch's own warning that numpy is absent (a torch-only venv) is not r3hf's
 warnings.simplefilter("error")  # a failing extension load must fail the check, not just warn
-import torch
 import r3hf, r3hf.ops as ops, r3hf.kernels, r3hf._C
 assert "site-packages" in r3hf.__file__, r3hf.__file__
 info = ops.backends()
