@@ -25,7 +25,7 @@ VERL_EXTRA=${VERL_EXTRA:-fsdp}
 SKIP=(flash-attn)
 tick() { echo "-- $1 ($(( $(date +%s) - start ))s)"; }
 
-wheel213=$(ls .ci-work/r3hf-*.whl 2>/dev/null | head -1 || true)
+wheel213=$(ls "$root"/.ci-work/r3hf-*.whl 2>/dev/null | head -1 || true)
 [ -n "$wheel213" ] || { echo "no wheel from 30-wheel.sh in .ci-work/"; exit 1; }
 mkdir "$work/src"
 git ls-files -z | tar --null -cf - -T - | tar -xf - -C "$work/src"  # build from a clean copy of the tree
