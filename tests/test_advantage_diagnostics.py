@@ -267,7 +267,8 @@ def test_demo_reward_model_shows_the_harm_of_the_row_baseline():
     row, pos = res["advantage"]["quarters"], res["advantage"]["other"]["quarters"]
     print("row", [round(q["second_moment_ratio"], 2) for q in row], "position",
           [round(q["second_moment_ratio"], 2) for q in pos])
-    assert row[-1]["second_moment_effect"] == "raises" and row[-1]["second_moment_ratio_ci"][0] > 1.3
+    # Variable-length demo task (2026-12-02): row's Q4 interval starts at 1.03 (2.0 on the fixed-length task).
+    assert row[-1]["second_moment_effect"] == "raises" and row[-1]["second_moment_ratio_ci"][0] > 1.0
     assert all(q["second_moment_effect"] != "raises" for q in pos)
     assert pos[-1]["second_moment_effect"] == "reduces" and pos[-1]["second_moment_ratio"] < 0.7
     assert all(p["second_moment_ratio"] <= r["second_moment_ratio"] * 1.1 for p, r in zip(pos, row))
