@@ -69,7 +69,8 @@ class PPOConfig:
 class Rollout:
     """What a rollout produced (all without grad). Reward-model input: either the RM's last hidden
     states `rm_hidden` [B, S, D] with its head `rm_weight` [D] or [1, D] (+ `rm_bias`), which
-    takes r3hf's fused path, or its prefix scores `scores` [B, S]."""
+    takes r3hf's fused path, or its prefix scores `scores` [B, S]. `potential_weight` /
+    `potential_bias` (fused path): a potential head read on `rm_hidden` (`ops.fused_reward_gae`)."""
 
     query_responses: torch.Tensor  # [B, S] token ids
     prompt_len: int | torch.Tensor  # context length (int) or [B]
@@ -82,6 +83,10 @@ class Rollout:
     rm_bias: torch.Tensor | float | None = None
     scores: torch.Tensor | None = None
     attention_mask: torch.Tensor | None = None  # [B, S]; default: all ones
+    # a potential head on the same hidden states (r3hf.models.PotentialHead's weight [D], bias):
+    # R3HF shaping with Φ' instead of the RM's own prefix scores (fused path only)
+    potential_weight: torch.Tensor | None = None
+    potential_bias: torch.Tensor | float | None = None
 
     @property
     def attention(self) -> torch.Tensor:
@@ -115,11 +120,16 @@ def compute_advantages(rollout: Rollout, config: PPOConfig) -> Advantages:
     if rollout.rm_hidden is not None:
         if rollout.rm_weight is None:
             raise ValueError("rm_weight is required with rm_hidden")
+        potential = {}
+        if rollout.potential_weight is not None:
+            potential = dict(potential_weight=rollout.potential_weight, potential_bias=rollout.potential_bias)
         rewards, advantages, returns = ops.fused_reward_gae(
             rollout.rm_hidden, rollout.rm_weight, rollout.rm_bias, rollout.values, rollout.response_mask,
-            rollout.prompt_len, gamma=config.gamma, lam=config.lam, **common,
+            rollout.prompt_len, gamma=config.gamma, lam=config.lam, **common, **potential,
         )
     elif rollout.scores is not None:
+        if rollout.potential_weight is not None:
+            raise ValueError("potential_weight needs the fused path (rm_hidden with rm_weight), not scores")
         rewards = ops.token_rewards(rollout.scores, rollout.response_mask, rollout.prompt_len, **common)
         advantages, returns = ops.gae(
             rewards, rollout.values, rollout.response_mask, config.gamma, config.lam, backend=config.backend

@@ -364,12 +364,12 @@ def test_r3hf_demo_quick_writes_outputs_that_parse(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "r3hf", "demo", "--quick", "--out", str(out)],
                           capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "AUC of GT" in proc.stdout and "sparse" in proc.stdout and "auto" in proc.stdout
+    assert "AUC of GT" in proc.stdout and "sparse" in proc.stdout and "recommended" in proc.stdout
     result = json.loads((out / "results.json").read_text())
     settings = result["settings"]
     assert settings["seeds"] == 1 and settings["steps"] == 5
     arms = result["summary"]["arms"]
-    assert set(arms) == {f"{e}/full/{r}" for e in ("rloo", "ppo") for r in ("sparse", "r3hf", "auto")}
+    assert set(arms) == {f"{e}/full/{r}" for e in ("rloo", "ppo") for r in ("sparse", "r3hf", "recommended")}
     for name, row in arms.items():
         assert -1 / 3 <= row["auc"]["mean"] <= 1.0 and -1 / 3 <= row["final"]["mean"] <= 1.0
         assert len(result["runs"][name][0]["history"]) == 5
