@@ -134,6 +134,26 @@ def fit_demo_potential(rm, policy, *, samples: int = 512, seed: int = 13, device
     return fit_potential(rm, data, mode="regression", progress=False, seed=seed)
 
 
+def critic_free_advantages(hidden, w, b, mask, logprobs, ref_logprobs, config: ppo.PPOConfig, group_size: int,
+                           method: str, potential=None):
+    """The demo loop's critic-free step: RM hidden states [B, S, D] with its head (w, b), response
+    mask [B, L], log-probs [B, L] of the sampling and reference policies -> (token rewards,
+    advantages) float32 [B, L] from `ops.fused_reward_group_advantages(..., "rloo")` with the
+    reward's β_c, potential and baseline (REWARD_SETTINGS); groups are `group_size` consecutive rows."""
+    rs = reward_settings(method)
+    head = {}
+    if rs["potential"] == "head":
+        if potential is None:
+            raise ValueError(f"reward {method!r} shapes with a potential head: pass potential= (fit_demo_potential)")
+        head = dict(potential_weight=potential.weight.to(hidden.device), potential_bias=potential.bias.to(hidden.device))
+    beta_c = 0.0 if method == "sparse" else (rs["beta_c"] if isinstance(rs["beta_c"], str) else float(rs["beta_c"]))
+    return ops.fused_reward_group_advantages(
+        hidden, w, b, mask, task.PROMPT_LEN, group_size, "rloo", logprobs=logprobs, ref_logprobs=ref_logprobs,
+        kl_coef=config.kl_coef, kl_estimator=config.kl_estimator, first=config.first, beta_c=beta_c,
+        backend=config.backend, baseline=rs["baseline"], **head,
+    )
+
+
 def run_ppo(method: str, seed: int, *, init_policy, rm, steps: int, batch_size: int = 64, lr: float = 1e-3,
             config: ppo.PPOConfig | None = None, device: str = "cpu", eval_prompts=None, progress=None,
             critic_init: str = "policy", estimator: str = "ppo", group_size: int = 4, potential=None) -> dict:
@@ -190,11 +210,8 @@ def run_ppo(method: str, seed: int, *, init_policy, rm, steps: int, batch_size: 
         if estimator == "ppo":
             adv = ppo.compute_advantages(rollout, config)  # r3hf.ops: fused_reward_gae + masked_whiten
         else:
-            rewards, advantages = ops.fused_reward_group_advantages(
-                hidden, w, b, mask, P, group_size, "rloo", logprobs=logprobs, ref_logprobs=ref_logprobs,
-                kl_coef=config.kl_coef, kl_estimator=config.kl_estimator, first=config.first,
-                beta_c=config.effective_beta_c, backend=config.backend, baseline=rs["baseline"], **head,
-            )
+            rewards, advantages = critic_free_advantages(hidden, w, b, mask, logprobs, ref_logprobs, config, group_size,
+                                                         method, potential)
             adv = ppo.Advantages(rewards, advantages, advantages)
         _sync(device)
         t_ops = time.perf_counter() - t_ops

@@ -1,0 +1,121 @@
+"""The demo's critic-free arm through TRL 1.16's real `GRPOTrainer` loop (`R3HFGRPOTrainer`).
+
+What has to be bridged, and why (conventions, not math: the advantages come from the same op):
+- TRL decodes completions with `skip_special_tokens=True`, which drops `<eos>` from the text the
+  reward model re-reads. The demo's RM was trained on responses that end in `<eos>` and scores a
+  response there, so `trl_tokenizer` keeps `<eos>` (only `<pad>` is skipped) and the RM re-reads
+  exactly the demo's ids.
+- Prompts are text: the prompt's words with a trailing space, so prompt + completion joins into
+  the same words.
+- TRL builds its reference model by reloading the policy's path, which would lose the demo's
+  fixed `<pad>` bias (`train.restrict_vocab`, not a saved parameter); `make_trainer` hands it the
+  in-memory start policy instead.
+- The KL penalty goes into the rewards (`kl_in_reward`, k1, the demo's `kl_coef`) and TRL's loss
+  KL is off (`beta=0`), as in the demo's loop.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+import warnings
+
+import torch
+
+from . import task
+
+
+def trl_tokenizer():
+    """The demo's word-level tokenizer, except that decoding with skip_special_tokens=True keeps
+    `<eos>` (and drops `<pad>`): see the module docstring."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import WhitespaceSplit
+    from transformers import PreTrainedTokenizerFast
+
+    class _KeepEos(PreTrainedTokenizerFast):
+        def _decode(self, token_ids, skip_special_tokens=False, clean_up_tokenization_spaces=None, **kwargs):
+            if skip_special_tokens:
+                ids = [token_ids] if isinstance(token_ids, int) else list(token_ids)
+                token_ids = [int(t) for t in ids if int(t) != task.PAD_ID]
+            return super()._decode(token_ids, skip_special_tokens=False,
+                                   clean_up_tokenization_spaces=clean_up_tokenization_spaces, **kwargs)
+
+    tok = Tokenizer(WordLevel({w: i for i, w in enumerate(task.VOCAB)}, unk_token=task.PAD))
+    tok.pre_tokenizer = WhitespaceSplit()
+    return _KeepEos(tokenizer_object=tok, pad_token=task.PAD, eos_token=task.EOS, unk_token=task.PAD)
+
+
+def prompt_text(prompt_ids) -> str:
+    """[P] word ids -> "w1 w2 w3 w4 " (trailing space: the completion's words follow)."""
+    return " ".join(task.decode(torch.as_tensor(prompt_ids))) + " "
+
+
+def prompt_dataset(prompts: torch.Tensor):
+    """[N, P] prompt ids -> a `datasets.Dataset` with a "prompt" text column."""
+    from datasets import Dataset
+
+    return Dataset.from_dict({"prompt": [prompt_text(p) for p in prompts]})
+
+
+def grpo_config(out: str, *, batch_size: int, group_size: int, steps: int, lr: float, seed: int, **kw):
+    """A CPU GRPOConfig matching the demo's loop where TRL allows: `batch_size` completions per
+    step in groups of `group_size`, up to task.RESPONSE_LEN tokens, temperature 1, no loss KL."""
+    from trl import GRPOConfig
+
+    base = dict(
+        output_dir=out, per_device_train_batch_size=batch_size, num_generations=group_size,
+        max_completion_length=task.RESPONSE_LEN, max_steps=steps, learning_rate=lr, use_cpu=True, bf16=False,
+        report_to="none", logging_steps=1, save_strategy="no", disable_tqdm=True, seed=seed, beta=0.0,
+        dataloader_num_workers=0, log_completions=False, temperature=1.0, top_k=0, top_p=1.0,
+        shuffle_dataset=False,
+    )
+    base.update(kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return GRPOConfig(**base)
+
+
+def make_trainer(policy, rm, prompts: torch.Tensor, *, estimator: str = "rloo", baseline: str = "row",
+                 beta_c: float = 1.0, kl_coef: float = 0.05, batch_size: int = 48, group_size: int = 4,
+                 steps: int = 1, lr: float = 1e-3, seed: int = 0, rollout_func=None, trainer_cls=None,
+                 out: str | None = None, **config_kw):
+    """An `R3HFGRPOTrainer` on a copy of the demo's policy and its RM (every row of `prompts` once,
+    in order; TRL repeats each `group_size` times). `kl_coef` > 0 puts the k1 KL to the start
+    policy into the rewards, as the demo's loop does."""
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    from ..integrations.trl import R3HFGRPOTrainer
+
+    out = out or tempfile.mkdtemp(prefix="r3hf-demo-trl-")
+    model = copy.deepcopy(policy).train()
+    # TRL reloads the reference from the model's path: give it one (its reference is replaced below).
+    path = os.path.join(out, "start_policy")
+    if not os.path.exists(os.path.join(path, "config.json")):
+        model.save_pretrained(path)
+        trl_tokenizer().save_pretrained(path)
+    model.config._name_or_path = path
+    model.generation_config.pad_token_id = task.PAD_ID
+    model.generation_config.eos_token_id = task.EOS_ID
+    rm = copy.deepcopy(rm).eval()
+    rm.config._name_or_path = "demo-rm"
+    rm.config.pad_token_id = task.PAD_ID
+    cls = trainer_cls or R3HFGRPOTrainer
+    config = grpo_config(out, batch_size=batch_size, group_size=group_size, steps=steps, lr=lr, seed=seed,
+                         **config_kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = cls(model=model, reward_funcs=[rm], args=config, train_dataset=prompt_dataset(prompts),
+                      processing_class=trl_tokenizer(), reward_processing_classes=[trl_tokenizer()],
+                      rollout_func=rollout_func, estimator=estimator, baseline=baseline, beta_c=beta_c,
+                      kl_in_reward=kl_coef)
+    if kl_coef > 0:
+        ref = copy.deepcopy(policy).eval()
+        for p in ref.parameters():
+            p.requires_grad_(False)
+        from trl.trainer.utils import add_fused_lm_head
+
+        # as TRL prepares its own reference (log-probs read through its fused LM head, which keeps the bias)
+        add_fused_lm_head(ref, temperature=trainer.temperature, cast_lm_head_to_fp32=trainer.args.cast_lm_head_to_fp32)
+        trainer.ref_model = ref
+    return trainer
