@@ -61,6 +61,9 @@ class DemoSettings:
     rms: tuple = ("full",)  # reward models the policies are trained on (what users have)
     diagnose_rms: tuple = ("full", "prefix-keep")  # reward models trained and diagnosed
     rewards: tuple = ("sparse", "r3hf", RECOMMENDED)
+    # the critic-free arm again in TRL's real GRPOTrainer loop (R3HFGRPOTrainer, r3hf.demo.trl_arm):
+    # these rewards, arm "trl-rloo/<rm>/<reward>"; not in the default run (its time budget)
+    trl_rewards: tuple = ()
     workers: int = 2  # processes running arms in parallel (one torch thread each)
 
     @classmethod
@@ -72,7 +75,8 @@ class DemoSettings:
     def full(cls) -> "DemoSettings":
         return cls(seeds=12, steps=40, batch_size=64, train_pairs=4000, eval_prompts=512, diag_samples=512,
                    rms=("full", "prefix", "prefix-keep"), diagnose_rms=("full", "prefix", "prefix-keep"),
-                   rewards=("sparse", "r3hf", "auto", "position", "head", RECOMMENDED))
+                   rewards=("sparse", "r3hf", "auto", "position", "head", RECOMMENDED),
+                   trl_rewards=("sparse", "position"))
 
 
 def _bar(total, desc):
@@ -144,6 +148,14 @@ def _run_arm(job):
     settings = s["settings"]
     torch.set_num_threads(1)
     config = PPOConfig(ppo_epochs=settings.ppo_epochs, num_minibatches=settings.num_minibatches)
+    if estimator == "trl-rloo":
+        from .trl_arm import run_trl
+
+        res = run_trl(reward, seed, init_policy=s["policy0"], rm=s["rms"][rm_name], steps=settings.steps,
+                      batch_size=settings.batch_size, group_size=settings.group_size, lr=settings.lr,
+                      kl_coef=config.kl_coef, eval_prompts=s["eval_prompts"], device=s["device"])
+        res.pop("policy")
+        return report.arm_name(estimator, rm_name, reward), seed, res
     res = run_ppo(reward, seed, init_policy=s["policy0"], rm=s["rms"][rm_name], steps=settings.steps,
                   batch_size=settings.batch_size, lr=settings.lr, config=config, device=s["device"],
                   eval_prompts=s["eval_prompts"], critic_init=settings.critic_init, estimator=estimator,
@@ -167,7 +179,8 @@ PPO_DUPLICATES = {"position": "r3hf", "head": "recommended"}
 
 def _jobs(settings):
     return [(e, rm, r, seed) for e in settings.estimators for rm in settings.rms for r in settings.rewards
-            if not (e == "ppo" and PPO_DUPLICATES.get(r) in settings.rewards) for seed in range(settings.seeds)]
+            if not (e == "ppo" and PPO_DUPLICATES.get(r) in settings.rewards) for seed in range(settings.seeds)] + [
+        ("trl-rloo", rm, r, seed) for rm in settings.rms for r in settings.trl_rewards for seed in range(settings.seeds)]
 
 
 def _run_all(jobs, workers: int, echo):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import os
 import tempfile
+import time
 import warnings
 
 import torch
@@ -68,8 +69,9 @@ def grpo_config(out: str, *, batch_size: int, group_size: int, steps: int, lr: f
         output_dir=out, per_device_train_batch_size=batch_size, num_generations=group_size,
         max_completion_length=task.RESPONSE_LEN, max_steps=steps, learning_rate=lr, use_cpu=True, bf16=False,
         report_to="none", logging_steps=1, save_strategy="no", disable_tqdm=True, seed=seed, beta=0.0,
-        dataloader_num_workers=0, log_completions=False, temperature=1.0, top_k=0, top_p=1.0,
-        shuffle_dataset=False,
+        dataloader_num_workers=0, log_completions=False, temperature=1.0, shuffle_dataset=False,
+        # the demo's optimiser: Adam at a constant rate, eps 1e-5, no weight decay
+        lr_scheduler_type="constant", warmup_steps=0, adam_epsilon=1e-5, weight_decay=0.0, max_grad_norm=1.0,
     )
     base.update(kw)
     with warnings.catch_warnings():
@@ -119,3 +121,72 @@ def make_trainer(policy, rm, prompts: torch.Tensor, *, estimator: str = "rloo", 
         add_fused_lm_head(ref, temperature=trainer.temperature, cast_lm_head_to_fp32=trainer.args.cast_lm_head_to_fp32)
         trainer.ref_model = ref
     return trainer
+
+
+def _recording_trainer():
+    from ..integrations.trl import R3HFGRPOTrainer
+
+    class _Recording(R3HFGRPOTrainer):
+        """Keeps, per generation batch, what the demo reports per step."""
+
+        def _generate_and_score_completions(self, inputs):
+            t = time.perf_counter()
+            out = super()._generate_and_score_completions(inputs)
+            P, L = task.PROMPT_LEN, task.RESPONSE_LEN
+            ids = out["completion_ids"].detach().cpu()
+            keep = out["completion_mask"].detach().cpu().bool()
+            responses = torch.full((ids.shape[0], L), task.PAD_ID, dtype=torch.long)
+            n = min(L, ids.shape[1])
+            responses[:, :n] = ids[:, :n].masked_fill(~keep[:, :n], task.PAD_ID)
+            prompts = out["prompt_ids"].detach().cpu()[:, -P:]
+            last = self._r3hf_last
+            mask = last["response_mask"].cpu()
+            rows = torch.arange(mask.shape[0])
+            final = last["scores"].cpu()[rows, mask.sum(1)]  # score column k = after k completion tokens
+            self.r3hf_demo_history.append({
+                "step": len(self.r3hf_demo_history) + 1,
+                "gt_score": task.ground_truth(prompts, responses).mean().item(),
+                "rm_score": final.mean().item(),
+                "length": task.response_mask(responses).sum(1).float().mean().item(),
+                "truncation_rate": task.truncated(responses).float().mean().item(),
+                "time_r3hf_ops_s": float("nan"),
+                "time_step_s": time.perf_counter() - t,  # generation and scoring (TRL's loss step not included)
+            })
+            return out
+
+    return _Recording
+
+
+def run_trl(method: str, seed: int, *, init_policy, rm, steps: int, batch_size: int = 48, group_size: int = 4,
+            lr: float = 1e-3, kl_coef: float = 0.05, eval_prompts=None, device: str = "cpu", potential=None) -> dict:
+    """One critic-free run in TRL's GRPOTrainer loop (`R3HFGRPOTrainer`, estimator "rloo", the
+    reward's β_c and baseline from train.REWARD_SETTINGS): TRL generates, scores and takes its own
+    loss step (one pass per batch, TRL's default loss). Same result layout as `train.run_ppo`
+    (history per step, final evaluation). Rewards with a potential head are refused: the
+    trainer on this branch has no potential= yet."""
+    from .train import evaluate, reward_settings
+
+    if torch.device(device).type != "cpu":
+        raise ValueError("the TRL arm runs on the CPU (use_cpu=True)")
+    rs = reward_settings(method)
+    if rs["potential"] == "head":
+        raise ValueError(f"reward {method!r} needs a potential head, which R3HFGRPOTrainer does not take here; "
+                         "use 'sparse', 'r3hf' or 'position' for the TRL arm")
+    if rs["beta_c"] == "auto":
+        raise ValueError("R3HFGRPOTrainer takes a number for beta_c, not 'auto'")
+    gen = torch.Generator().manual_seed(seed)
+    prompts = task.sample_prompts(steps * batch_size // group_size, gen)
+    trainer = make_trainer(init_policy, rm, prompts, estimator="rloo", baseline=rs["baseline"],
+                           beta_c=float(rs["beta_c"]), kl_coef=kl_coef, batch_size=batch_size, group_size=group_size,
+                           steps=steps, lr=lr, seed=seed, trainer_cls=_recording_trainer())
+    trainer.r3hf_demo_history = []
+    torch.manual_seed(seed)
+    trainer.train()
+    policy = trainer.model.eval()
+    ref = copy.deepcopy(init_policy).eval()
+    final = evaluate(policy, ref, rm, eval_prompts, torch.Generator().manual_seed(10_000 + seed)) \
+        if eval_prompts is not None else {}
+    for h, log in zip(trainer.r3hf_demo_history, [x for x in trainer.state.log_history if "loss" in x]):
+        h["loss"] = log.get("loss")
+    return {"method": method, "estimator": "trl-rloo", "seed": seed, "history": trainer.r3hf_demo_history,
+            "final": final, "first_step": {}, "policy": policy}
