@@ -1,6 +1,8 @@
 """`r3hf demo`: when does R3HF help? Preference data → reward models (TRL; full-response and
-prefix-aware) → critic-free RLOO and PPO-GAE with sparse, R3HF and beta_c="auto" rewards, on a
-synthetic task whose ground truth is known (see `r3hf.demo.task`). Offline, CPU-sized."""
+prefix-aware) → critic-free RLOO and PPO-GAE with sparse rewards, R3HF on the RM's own prefix
+scores and the recommended setting (a label-free potential head; the per-position baseline under
+RLOO), on a synthetic task whose ground truth is known (see `r3hf.demo.task`). Offline, CPU-sized.
+`--full` adds beta_c="auto", the two ingredients alone, more RMs and TRL's GRPOTrainer loop."""
 
 from __future__ import annotations
 
