@@ -85,3 +85,30 @@ def test_one_trl_step_gives_the_demo_loops_advantages(reward, baseline):
     assert T == int(lengths.max()) and bool((want[:, T:] == 0).all())
     torch.testing.assert_close(got.float(), want[:, :T], rtol=1e-4, atol=1e-5)
     assert want.abs().sum() > 0
+
+
+def test_trl_arm_runs_through_the_demo_and_refuses_what_it_cannot_run():
+    """The --full arm "trl-rloo": two TRL steps through run._run_arm give the demo's result layout; the
+    rewards R3HFGRPOTrainer cannot take here (a potential head, beta_c="auto") are errors."""
+    import importlib
+
+    from r3hf.demo.trl_arm import run_trl
+
+    run = importlib.import_module("r3hf.demo.run")  # the module (r3hf.demo.run is also the function's name)
+
+    policy = restrict_vocab(make_policy(0)).eval()
+    rm = make_reward_model(0).eval()
+    s = run.DemoSettings(seeds=1, steps=2, batch_size=8, group_size=4)
+    run._SHARED.update(settings=s, policy0=policy, rms={"full": rm}, device="cpu", potentials={},
+                       eval_prompts=task.sample_prompts(8, torch.Generator().manual_seed(1)))
+    try:
+        arm, seed, res = run._run_arm(("trl-rloo", "full", "position", 0))
+    finally:
+        run._SHARED.clear()
+    assert arm == "trl-rloo/full/position" and seed == 0 and len(res["history"]) == 2
+    for h in res["history"]:
+        assert -1 / 3 <= h["gt_score"] <= 1 and 1 <= h["length"] <= task.RESPONSE_LEN and 0 <= h["truncation_rate"] <= 1
+    assert set(res["final"]) >= {"gt_score", "length", "kl_to_ref"}
+    for reward in ("recommended", "auto"):
+        with pytest.raises(ValueError, match="potential head|beta_c"):
+            run_trl(reward, 0, init_policy=policy, rm=rm, steps=1, batch_size=8)
