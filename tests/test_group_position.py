@@ -6,8 +6,8 @@ row; a row that has ended holds its last token's return H = G_{j, n_j} (0 if all
 (group, position) mean / unbiased std over every row of the group (singleton: 0, 1); rloo's
 baseline is the other rows' mean H at the same position.
 
-Backends: torch and cpp here; any other runnable backend that lists the "baseline" option joins
-automatically (the Triton backend under TRITON_INTERPRET=1, once it implements the mode).
+Backends: torch, cpp and (under TRITON_INTERPRET=1 here, on CUDA with a GPU) Triton; any runnable
+backend that lists the "baseline" option joins automatically.
 """
 
 import math
