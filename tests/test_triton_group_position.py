@@ -164,6 +164,17 @@ def test_group_advantages(L, estimator, scale, chunk):
     close(got, want)
 
 
+@pytest.mark.parametrize("scan", ["flip", "reverse"])
+def test_scan_paths(scan, chunk, monkeypatch):
+    """Positions count in position order whichever way the chunk's lanes run (FLIP: backwards)."""
+    monkeypatch.setenv("R3HF_TRITON_SCAN", scan)
+    r, m, ids = batch(8, 45, seed=41)
+    for estimator, scale in [("rloo", "group"), ("grpo", "group")]:
+        close(*both("group_advantages", r, m, ids, estimator, scale=scale, gamma=0.9))
+    pr, pm, cu, rows = pack(r, m)
+    close(*both("group_advantages", pr, pm, packed_index(ids, rows, cu.numel() - 1), "rloo", cu_seqlens=cu))
+
+
 @pytest.mark.parametrize("estimator,scale", CONFIGS)
 def test_singletons_all_masked_equal_lengths(estimator, scale, monkeypatch):
     monkeypatch.setenv("R3HF_TRITON_CHUNK", "16")
