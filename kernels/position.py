@@ -10,10 +10,12 @@ Row pass (`accumulate_positions`, called by the kernels of kernels/returns.py an
 kernels/group.py under their POS switch, where G of a chunk is in registers): for each generated
 token, sums[0, ids_i, p] += G and (SQUARES) sums[1, ids_i, p] += G², float64 atomics; the lane
 holding the row's last generated token stores G into last[i]. The atomics make the GPU sums
-order-dependent in the last bits of float64 (rows of a group add in scheduling order); the
-tables are float64 and read after a float32 cast of the affine map, so this is far below the
-float32 output's resolution, but two runs are not bit-identical. The interpreter runs programs
-in order, so it is deterministic.
+order-dependent in the last bits of float64 (rows of a group add in scheduling order). Sums of
+fp32 G in float64 are exact, so order-free, while a group's values at a position lie within ~2^29
+of each other in magnitude; the squares (48-bit products) are not, so with grpo's group std and
+reinforce_pp_baseline two runs can differ in the tables' last bits, which the float32 cast of
+the affine map almost always absorbs: do not expect bit-identical GPU runs. The interpreter runs
+programs in order, so it is deterministic.
 
 Finish: `_chunk_counts_kernel` writes each chunk's generated count (int32, one byte read per
 token), then kernels/returns.py's `_affine_kernel` under POS reads the earlier chunks' counts,
