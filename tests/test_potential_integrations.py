@@ -194,3 +194,67 @@ def test_ppo_rollout_potential(tmp_path):
         compute_advantages(Rollout(**common, rm_hidden=hidden, rm_weight=weight, potential=phi), config)
     with pytest.raises(ValueError, match="potential must have the shape"):
         compute_advantages(Rollout(**common, scores=scores, potential=phi[:, 1:]), config)
+
+
+# --- TRL <= 1.12 PPO adapter (r3hf.integrations.trl) ----------------------------------------------
+
+
+def _trl112_get_reward(model, query_responses, pad_token_id, context_length):
+    """TRL 1.12's `get_reward` (trl/trainer/utils.py), restated for this test: TRL 1.13+ (the venv's)
+    no longer ships it and the PPO trainer around it cannot be installed next to TRL 1.16."""
+    attention_mask = query_responses != pad_token_id
+    position_ids = attention_mask.cumsum(1) - attention_mask.long()
+    backbone = getattr(model, model.base_model_prefix)
+    input_ids = torch.masked_fill(query_responses, ~attention_mask, 0)
+    output = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, return_dict=True,
+                      output_hidden_states=True, use_cache=False)
+    reward_logits = model.score(output.hidden_states[-1])
+    is_pad = query_responses[:, context_length:] == pad_token_id
+    first_pad = torch.where(is_pad.any(1), is_pad.int().argmax(1), torch.full_like(is_pad[:, 0], is_pad.shape[1],
+                                                                                    dtype=torch.long))
+    seq = first_pad - 1 + context_length
+    return reward_logits, reward_logits[torch.arange(len(seq)), seq].squeeze(-1), seq
+
+
+def test_trl_ppo_adapter_potential_logits(tmp_path):
+    from r3hf.integrations import trl as adapter
+    from r3hf.models.potential import with_final_score
+
+    model = gpt2(seed=6)
+    gen = torch.Generator().manual_seed(3)
+    B, C, L = 4, 5, 7
+    qr = torch.randint(2, 64, (B, C + L), generator=gen)
+    for b, n in enumerate([7, 3, 5, 1]):
+        qr[b, C + n:] = PAD  # TRL's rows: a response, then padding
+    head = PotentialHead(random_head(model, seed=2).weight, 0.15)
+    head.save_pretrained(tmp_path / "pot")
+    calls = count_forwards(model)
+    with torch.no_grad(), adapter.score_head_potential(model, tmp_path / "pot") as pot:
+        reward_logits, scores, seq_abs = _trl112_get_reward(model, qr, PAD, C)
+    assert len(calls) == 1 and pot.logits.shape == reward_logits.shape
+    twin = gpt2(seed=6)
+    with torch.no_grad():
+        twin.score.weight.copy_(head.weight[None])
+        twin_logits = _trl112_get_reward(twin, qr, PAD, C)[0]
+    torch.testing.assert_close(pot.logits, twin_logits + 0.15, rtol=1e-5, atol=1e-6)  # Φ' read separately
+    seq = seq_abs - C
+    values, lp, ref = torch.randn(B, L, generator=gen), -torch.rand(B, L, generator=gen), -torch.rand(B, L, generator=gen)
+    kw = dict(kl_coef=0.05, mode="r3hf")
+    got = adapter.compute_rewards_and_advantages(scores, values, lp, ref, seq, C, reward_logits=reward_logits,
+                                                 potential_logits=pot.logits, **kw)
+    # = today's path on the shaped tensor: Φ' everywhere, R (the RM's logit) at the last generated token
+    shaped = with_final_score(pot.logits[..., 0], reward_logits[..., 0], seq_abs.clamp_min(0))
+    want = adapter.compute_rewards_and_advantages(scores, values, lp, ref, seq, C, reward_logits=shaped, **kw)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    today = adapter.compute_rewards_and_advantages(scores, values, lp, ref, seq, C, reward_logits=reward_logits, **kw)
+    assert not torch.allclose(got.rewards, today.rewards)
+    same = adapter.compute_rewards_and_advantages(scores, values, lp, ref, seq, C, reward_logits=reward_logits,
+                                                  potential_logits=reward_logits, **kw)
+    torch.testing.assert_close(same, today, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="potential: potential head has D = 8"):
+        adapter.score_head_potential(model, PotentialHead(torch.ones(8)))
+    with pytest.raises(ValueError, match="potential_logits must be laid out as reward_logits"):
+        adapter.compute_rewards_and_advantages(scores, values, lp, ref, seq, C, reward_logits=reward_logits,
+                                               potential_logits=pot.logits[:, 1:], **kw)
+    with pytest.raises(ValueError, match="use mode='r3hf'"):
+        adapter.compute_rewards_and_advantages(scores, values, lp, ref, seq, C, potential_logits=pot.logits)
