@@ -8,7 +8,10 @@ median of TRL's own per-step `step_time` after the first (warm-up) step. Runs al
 (plain, r3hf, plain, r3hf, ...) so machine drift hits both; the ratio is median(r3hf runs) /
 median(plain runs) over `--repeats` runs each (default 3).
 
-    python benchmarks/grpo_potential_ratio.py [--steps 4] [--repeats 3] [--json out.json]
+    python benchmarks/grpo_potential_ratio.py [--steps 4] [--repeats 3] [--with-r3hf] [--json out.json]
+
+--with-r3hf adds a third arm, `R3HFGRPOTrainer` without a potential, so the potential's own cost
+(r3hf+potential / r3hf) is told apart from R3HF's.
 """
 
 from __future__ import annotations
@@ -87,6 +90,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", default=None)
+    p.add_argument("--with-r3hf", action="store_true")
     a = p.parse_args(argv)
     from trl import GRPOTrainer
 
@@ -99,11 +103,13 @@ def main(argv=None):
     head = PotentialHead(torch.randn(256, generator=g) * 0.05, 0.1)
     head_dir = os.path.join(root, "potential")
     head.save_pretrained(head_dir)  # passed as a folder, as a user would
-    runs = {"plain": [], "r3hf+potential": []}
+    runs = {"plain": [], "r3hf+potential": []} | ({"r3hf": []} if a.with_r3hf else {})
     for r in range(a.repeats):
         for name in runs:
             if name == "plain":
                 times = run_once(GRPOTrainer, policy, reward_model, root, a.steps)
+            elif name == "r3hf":
+                times = run_once(R3HFGRPOTrainer, policy, reward_model, root, a.steps)
             else:
                 times = run_once(R3HFGRPOTrainer, policy, reward_model, root, a.steps, potential=head_dir)
             runs[name].append(statistics.median(times[1:]))
@@ -113,6 +119,10 @@ def main(argv=None):
               "repeats": a.repeats, "torch_threads": torch.get_num_threads(), "target": 1.02}
     print(f"median step time: plain {plain:.4f} s, R3HF + potential {ours:.4f} s, ratio {ours / plain:.3f} "
           f"(target <= 1.02)")
+    if a.with_r3hf:
+        r3hf = statistics.median(runs["r3hf"])
+        result |= {"r3hf_s": r3hf, "ratio_r3hf": r3hf / plain, "ratio_potential_vs_r3hf": ours / r3hf}
+        print(f"R3HF without potential {r3hf:.4f} s: ratio {r3hf / plain:.3f}; potential / no potential {ours / r3hf:.3f}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(result, f, indent=1)

@@ -73,7 +73,7 @@ def test_redistributor_potential_equals_ops_on_separate_heads(arch, tmp_path):
     # The shaping differs from the RM's own prefix scores, and a row still sums to R − Φ'_0 (no KL).
     rr = RewardRedistributor(model, potential=head)
     got = rr(qr, P, d["response_mask"])
-    assert not torch.allclose(got, rr_plain.__class__(model)(qr, P, d["response_mask"]))
+    assert not torch.allclose(got, RewardRedistributor(model)(qr, P, d["response_mask"]))
     last = P + torch.tensor([3, 5, 5])
     R = scores.gather(1, last[:, None])[:, 0]
     torch.testing.assert_close(got.sum(1), R - phi[:, P - 1], rtol=1e-5, atol=1e-5)
