@@ -174,27 +174,3 @@ def test_ppo_update_moves_policy_towards_positive_advantage():
         new, _ = response_logprobs(policy, ids, P, L)
     delta = (new - old).sum(1)
     assert delta[: B // 2].mean() > delta[B // 2:].mean()
-
-
-def test_rollout_potential_head_goes_to_fused_reward_gae():
-    """Rollout(potential_weight=, potential_bias=): R3HF shaped by the head, R from the RM head."""
-    torch.manual_seed(0)
-    B, P, L, D = 3, 2, 5, 8
-    hidden = torch.randn(B, P + L, D)
-    w, pw = torch.randn(D), torch.randn(D)
-    pb = torch.tensor([0.3])
-    mask = torch.ones(B, L, dtype=torch.bool)
-    mask[1, 3:] = False
-    lp, ref, values = torch.randn(B, L), torch.randn(B, L), torch.randn(B, L)
-    ids = torch.zeros(B, P + L, dtype=torch.long)
-    cfg = PPOConfig(whiten_advantages=False)
-    roll = Rollout(ids, P, mask, lp, ref, values, rm_hidden=hidden, rm_weight=w, potential_weight=pw, potential_bias=pb)
-    adv = compute_advantages(roll, cfg)
-    want = ops.fused_reward_gae(hidden, w, None, values, mask, P, gamma=cfg.gamma, lam=cfg.lam, logprobs=lp,
-                                ref_logprobs=ref, kl_coef=cfg.kl_coef, potential_weight=pw, potential_bias=pb)
-    for got, exp in zip((adv.rewards, adv.advantages, adv.returns), want):
-        torch.testing.assert_close(got, exp)
-    plain = compute_advantages(Rollout(ids, P, mask, lp, ref, values, rm_hidden=hidden, rm_weight=w), cfg)
-    assert not torch.allclose(plain.rewards, adv.rewards)  # the head changed the shaping
-    with pytest.raises(ValueError, match="potential_weight needs the fused path"):
-        compute_advantages(Rollout(ids, P, mask, lp, ref, values, scores=torch.randn(B, P + L), potential_weight=pw), cfg)

@@ -170,9 +170,7 @@ def run_ppo(method: str, seed: int, *, init_policy, rm, steps: int, batch_size: 
     config.beta_c = 1.0 if method == "sparse" else rs["beta_c"]
     if rs["potential"] == "head" and potential is None:
         raise ValueError(f"reward {method!r} shapes with a potential head: pass potential= (fit_demo_potential)")
-    head = {}
-    if rs["potential"] == "head":
-        head = dict(potential_weight=potential.weight.to(device), potential_bias=potential.bias.to(device))
+    head = potential.to(device) if rs["potential"] == "head" else None
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {list(ESTIMATORS)}, got {estimator!r}")
     if critic_init not in CRITIC_INITS:
@@ -204,7 +202,7 @@ def run_ppo(method: str, seed: int, *, init_policy, rm, steps: int, batch_size: 
             hidden, w, b = rm_hidden_and_head(rm, qr)
         mask = task.response_mask(qr[:, P:])  # up to and including <eos>: variable length
         rollout = ppo.Rollout(qr, P, mask, logprobs, ref_logprobs, values, rm_hidden=hidden, rm_weight=w, rm_bias=b,
-                              **head)
+                              potential=head)
         _sync(device)
         t_ops = time.perf_counter()
         if estimator == "ppo":
