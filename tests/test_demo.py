@@ -420,7 +420,7 @@ def test_default_run_arms_and_full_grid():
     # PPO has no group baseline: "position" and "head" would rerun "r3hf" and "recommended" there
     assert ("ppo", "full", "position") not in full and ("ppo", "full", "head") not in full
     assert ("rloo", "full", "position") in full and ("trl-rloo", "full", "position") in full
-    assert ("trl-rloo", "full", "sparse") in full
+    assert ("trl-rloo", "full", "sparse") in full and ("trl-rloo", "full", RECOMMENDED) in full
 
 
 def test_reward_settings_and_a_missing_potential_is_an_error():

@@ -16,7 +16,7 @@ pytest.importorskip("trl")
 from r3hf.demo import task  # noqa: E402
 from r3hf.demo.policy import make_policy, sample  # noqa: E402
 from r3hf.demo.reward_model import make_reward_model  # noqa: E402
-from r3hf.demo.train import critic_free_advantages, restrict_vocab, rm_hidden_and_head  # noqa: E402
+from r3hf.demo.train import critic_free_advantages, fit_demo_potential, restrict_vocab, rm_hidden_and_head  # noqa: E402
 from r3hf import ppo  # noqa: E402
 from trl_grpo_harness import recording  # noqa: E402  (the recorder of the GRPO parity tests)
 
@@ -49,7 +49,8 @@ def _rollout_func(qr):
     return rollout
 
 
-@pytest.mark.parametrize("reward,baseline", [("sparse", "row"), ("r3hf", "row"), ("position", "position")])
+@pytest.mark.parametrize("reward,baseline", [("sparse", "row"), ("r3hf", "row"), ("position", "position"),
+                                             ("recommended", "position")])
 def test_one_trl_step_gives_the_demo_loops_advantages(reward, baseline):
     from r3hf.demo.trl_arm import make_trainer
     from r3hf.integrations.trl import R3HFGRPOTrainer
@@ -69,13 +70,14 @@ def test_one_trl_step_gives_the_demo_loops_advantages(reward, baseline):
         ref_logprobs, _ = ppo.response_logprobs(policy, qr, P, L)
         hidden, w, b = rm_hidden_and_head(rm, qr)
     mask = task.response_mask(qr[:, P:])
-    _, want = critic_free_advantages(hidden, w, b, mask, logprobs, ref_logprobs, config, G, reward)
+    head = fit_demo_potential(rm, policy, samples=64) if reward == "recommended" else None
+    _, want = critic_free_advantages(hidden, w, b, mask, logprobs, ref_logprobs, config, G, reward, head)
 
     # TRL's GRPOTrainer loop on the same batch
     trainer = make_trainer(policy, rm, prompts, estimator="rloo", baseline=baseline,
                            beta_c=0.0 if reward == "sparse" else 1.0, kl_coef=config.kl_coef, batch_size=B,
                            group_size=G, steps=1, lr=0.0, rollout_func=_rollout_func(qr),
-                           trainer_cls=recording(R3HFGRPOTrainer))
+                           trainer_cls=recording(R3HFGRPOTrainer), potential=head)
     trainer.train()
     rec = trainer.recorded[0]
     got = rec["advantages"]
@@ -88,8 +90,8 @@ def test_one_trl_step_gives_the_demo_loops_advantages(reward, baseline):
 
 
 def test_trl_arm_runs_through_the_demo_and_refuses_what_it_cannot_run():
-    """The --full arm "trl-rloo": two TRL steps through run._run_arm give the demo's result layout; the
-    rewards R3HFGRPOTrainer cannot take here (a potential head, beta_c="auto") are errors."""
+    """The --full arm "trl-rloo": two TRL steps through run._run_arm give the demo's result layout;
+    a head reward without its head, and beta_c="auto" (R3HFGRPOTrainer takes a number), are errors."""
     import importlib
 
     from r3hf.demo.trl_arm import run_trl
@@ -109,6 +111,6 @@ def test_trl_arm_runs_through_the_demo_and_refuses_what_it_cannot_run():
     for h in res["history"]:
         assert -1 / 3 <= h["gt_score"] <= 1 and 1 <= h["length"] <= task.RESPONSE_LEN and 0 <= h["truncation_rate"] <= 1
     assert set(res["final"]) >= {"gt_score", "length", "kl_to_ref"}
-    for reward in ("recommended", "auto"):
-        with pytest.raises(ValueError, match="potential head|beta_c"):
+    for reward in ("recommended", "auto"):  # no head given; "auto" is not a number
+        with pytest.raises(ValueError, match="potential=|beta_c"):
             run_trl(reward, 0, init_policy=policy, rm=rm, steps=1, batch_size=8)

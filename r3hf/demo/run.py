@@ -78,7 +78,7 @@ class DemoSettings:
         return cls(seeds=12, steps=40, batch_size=64, train_pairs=4000, eval_prompts=512, diag_samples=512,
                    rms=("full", "prefix", "prefix-keep"), diagnose_rms=("full", "prefix", "prefix-keep"),
                    rewards=("sparse", "r3hf", "auto", "position", "head", RECOMMENDED),
-                   trl_rewards=("sparse", "position"))
+                   trl_rewards=("sparse", "position", RECOMMENDED))
 
 
 def _bar(total, desc):
@@ -155,7 +155,8 @@ def _run_arm(job):
 
         res = run_trl(reward, seed, init_policy=s["policy0"], rm=s["rms"][rm_name], steps=settings.steps,
                       batch_size=settings.batch_size, group_size=settings.group_size, lr=settings.lr,
-                      kl_coef=config.kl_coef, eval_prompts=s["eval_prompts"], device=s["device"])
+                      kl_coef=config.kl_coef, eval_prompts=s["eval_prompts"], device=s["device"],
+                      potential=s["potentials"].get(rm_name))
         res.pop("policy")
         return report.arm_name(estimator, rm_name, reward), seed, res
     res = run_ppo(reward, seed, init_policy=s["policy0"], rm=s["rms"][rm_name], steps=settings.steps,

@@ -82,10 +82,11 @@ def grpo_config(out: str, *, batch_size: int, group_size: int, steps: int, lr: f
 def make_trainer(policy, rm, prompts: torch.Tensor, *, estimator: str = "rloo", baseline: str = "row",
                  beta_c: float = 1.0, kl_coef: float = 0.05, batch_size: int = 48, group_size: int = 4,
                  steps: int = 1, lr: float = 1e-3, seed: int = 0, rollout_func=None, trainer_cls=None,
-                 out: str | None = None, **config_kw):
+                 out: str | None = None, potential=None, **config_kw):
     """An `R3HFGRPOTrainer` on a copy of the demo's policy and its RM (every row of `prompts` once,
     in order; TRL repeats each `group_size` times). `kl_coef` > 0 puts the k1 KL to the start
-    policy into the rewards, as the demo's loop does."""
+    policy into the rewards, as the demo's loop does. potential: a PotentialHead for R3HF's shaping
+    (`R3HFGRPOTrainer(potential=)`), R still the RM's."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     from ..integrations.trl import R3HFGRPOTrainer
 
@@ -110,7 +111,7 @@ def make_trainer(policy, rm, prompts: torch.Tensor, *, estimator: str = "rloo", 
         trainer = cls(model=model, reward_funcs=[rm], args=config, train_dataset=prompt_dataset(prompts),
                       processing_class=trl_tokenizer(), reward_processing_classes=[trl_tokenizer()],
                       rollout_func=rollout_func, estimator=estimator, baseline=baseline, beta_c=beta_c,
-                      kl_in_reward=kl_coef)
+                      kl_in_reward=kl_coef, **({"potential": potential} if potential is not None else {}))
     if kl_coef > 0:
         ref = copy.deepcopy(policy).eval()
         for p in ref.parameters():
@@ -162,23 +163,22 @@ def run_trl(method: str, seed: int, *, init_policy, rm, steps: int, batch_size: 
     """One critic-free run in TRL's GRPOTrainer loop (`R3HFGRPOTrainer`, estimator "rloo", the
     reward's β_c and baseline from train.REWARD_SETTINGS): TRL generates, scores and takes its own
     loss step (one pass per batch, TRL's default loss). Same result layout as `train.run_ppo`
-    (history per step, final evaluation). Rewards with a potential head are refused: the
-    trainer on this branch has no potential= yet."""
+    (history per step, final evaluation). potential: the PotentialHead the "head" rewards need."""
     from .train import evaluate, reward_settings
 
     if torch.device(device).type != "cpu":
         raise ValueError("the TRL arm runs on the CPU (use_cpu=True)")
     rs = reward_settings(method)
-    if rs["potential"] == "head":
-        raise ValueError(f"reward {method!r} needs a potential head, which R3HFGRPOTrainer does not take here; "
-                         "use 'sparse', 'r3hf' or 'position' for the TRL arm")
+    if rs["potential"] == "head" and potential is None:
+        raise ValueError(f"reward {method!r} shapes with a potential head: pass potential= (fit_demo_potential)")
     if rs["beta_c"] == "auto":
         raise ValueError("R3HFGRPOTrainer takes a number for beta_c, not 'auto'")
     gen = torch.Generator().manual_seed(seed)
     prompts = task.sample_prompts(steps * batch_size // group_size, gen)
     trainer = make_trainer(init_policy, rm, prompts, estimator="rloo", baseline=rs["baseline"],
                            beta_c=float(rs["beta_c"]), kl_coef=kl_coef, batch_size=batch_size, group_size=group_size,
-                           steps=steps, lr=lr, seed=seed, trainer_cls=_recording_trainer())
+                           steps=steps, lr=lr, seed=seed, trainer_cls=_recording_trainer(),
+                           potential=potential if rs["potential"] == "head" else None)
     trainer.r3hf_demo_history = []
     torch.manual_seed(seed)
     trainer.train()
