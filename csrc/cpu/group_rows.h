@@ -17,8 +17,90 @@
 namespace r3hf {
 namespace cpu {
 
+// --- the reverse scan, kScanRows rows as one vector ---------------------------------------------
+// A reverse scan is a chain of dependent fp32 ops per row, so one row at a time is latency-bound,
+// and interleaving rows that are L apart (L a power of two) puts them all in one L1 set. Instead a
+// tile of kScanTile positions of each of kScanRows rows is copied into a [t][row] tile (each row
+// read and written in whole cache lines), scanned backwards with one 8-wide vector op per step
+// across the rows, and copied back. Each row still goes through exactly rtg_step's fp32 operations
+// (holes "skip") in the same order, so its bits are those of a one-row scan.
+constexpr int kScanRows = 8;
+constexpr int kScanTile = 64;
+typedef float ScanF __attribute__((vector_size(kScanRows * sizeof(float))));
+typedef int32_t ScanI __attribute__((vector_size(kScanRows * sizeof(int32_t))));
+
+// What a scan writes: G (SCAN_G); m·(G − shift)·scale (SCAN_FINISH, finish_step<false>); or the
+// reward-to-go of m·(r − shift)·scale (SCAN_ON_REWARDS, finish_step<true>).
+enum ScanMode : int { SCAN_G = 0, SCAN_FINISH = 1, SCAN_ON_REWARDS = 2 };
+
+template <int Mode>
+inline void scan_tile(const float (*tx)[kScanRows], const int32_t (*tm)[kScanRows], int n, float gamma, ScanF sh,
+                      ScanF sc, ScanF& running, float (*to)[kScanRows]) {
+  const ScanF zero = {};
+  for (int t = n - 1; t >= 0; --t) {
+    ScanF x;
+    ScanI mk;
+    __builtin_memcpy(&x, tx[t], sizeof x);
+    __builtin_memcpy(&mk, tm[t], sizeof mk);
+    if (Mode == SCAN_ON_REWARDS) x = (x - sh) * sc;
+    x = mk ? x : zero;
+    const ScanF nr = x + gamma * running;
+    running = mk ? nr : running;
+    ScanF o = mk ? nr : zero;
+    if (Mode == SCAN_FINISH) o = mk ? (nr - sh) * sc : zero;
+    __builtin_memcpy(to[t], &o, sizeof o);
+  }
+}
+
+// kScanRows rows r[k], m[k] [L] -> out[k] [L]; shift/scale [kScanRows] (read unless SCAN_G).
+R3HF_CLONES static void scan_rows8(const float* const* r, const bool* const* m, int64_t L, float gamma, int mode,
+                                   const float* shift, const float* scale, float* const* out) {
+  alignas(64) float tx[kScanTile][kScanRows];
+  alignas(64) int32_t tm[kScanTile][kScanRows];
+  alignas(64) float to[kScanTile][kScanRows];
+  ScanF running = {}, sh = {}, sc = {};
+  for (int k = 0; k < kScanRows; ++k) sh[k] = shift ? shift[k] : 0.f, sc[k] = scale ? scale[k] : 1.f;
+  for (int64_t hi = L; hi > 0;) {
+    const int64_t lo = hi > kScanTile ? hi - kScanTile : 0;
+    const int n = static_cast<int>(hi - lo);
+    for (int k = 0; k < kScanRows; ++k) {
+      const float* rk = r[k] + lo;
+      const bool* mk = m[k] + lo;
+      for (int t = 0; t < n; ++t) tx[t][k] = rk[t], tm[t][k] = mk[t] ? -1 : 0;
+    }
+    if (mode == SCAN_G) {
+      scan_tile<SCAN_G>(tx, tm, n, gamma, sh, sc, running, to);
+    } else if (mode == SCAN_FINISH) {
+      scan_tile<SCAN_FINISH>(tx, tm, n, gamma, sh, sc, running, to);
+    } else {
+      scan_tile<SCAN_ON_REWARDS>(tx, tm, n, gamma, sh, sc, running, to);
+    }
+    for (int k = 0; k < kScanRows; ++k) {
+      float* ok = out[k] + lo;
+      for (int t = 0; t < n; ++t) ok[t] = to[t][k];
+    }
+    hi = lo;
+  }
+}
+
+// kScanRows adjacent rows (row stride L) of rewards/mask/out.
+inline void scan_rows8_adjacent(const float* r, const bool* m, int64_t L, float gamma, int mode, const float* shift,
+                                const float* scale, float* out) {
+  const float* pr[kScanRows];
+  const bool* pm[kScanRows];
+  float* po[kScanRows];
+  for (int k = 0; k < kScanRows; ++k) pr[k] = r + k * L, pm[k] = m + k * L, po[k] = out + k * L;
+  scan_rows8(pr, pm, L, gamma, mode, shift, scale, po);
+}
+
 template <int K>
 void rtg_block(const float* r, const bool* m, int64_t L, float gamma, bool skip, float* out) {
+  if constexpr (K == kScanRows) {
+    if (skip) return scan_rows8_adjacent(r, m, L, gamma, SCAN_G, nullptr, nullptr, out);
+    constexpr int kHalf = kScanRows / 2;  // holes "discount": two interleaved halves
+    rtg_block<kHalf>(r, m, L, gamma, skip, out);
+    return rtg_block<kHalf>(r + kHalf * L, m + kHalf * L, L, gamma, skip, out + kHalf * L);
+  }
   float running[K];
   for (int k = 0; k < K; ++k) running[k] = 0.f;
   for (int64_t t = L - 1; t >= 0; --t) {
@@ -130,6 +212,9 @@ inline float finish_step(float r, bool mk, float sh, float sc, float gamma, floa
 template <int K>
 void finish_block(const float* r, const bool* m, int64_t L, const float* shift, const float* scale, float gamma,
                   bool on_rewards, float* out) {
+  if constexpr (K == kScanRows) {
+    return scan_rows8_adjacent(r, m, L, gamma, on_rewards ? SCAN_ON_REWARDS : SCAN_FINISH, shift, scale, out);
+  }
   float running[K], sh[K], sc[K];
   for (int k = 0; k < K; ++k) running[k] = 0.f, sh[k] = shift[k], sc[k] = scale[k];
   if (on_rewards) {
@@ -172,10 +257,43 @@ struct GroupRows {
 // One row's contribution to its group's tables: G at its p-th generated token added to sum[p] (and
 // G² to sq[p] when sq is given), in increasing p; -> G at its last generated token (0 if none).
 // The row must have at most W generated tokens (the caller's width).
+// Runs of 8 generated (or 8 masked) positions, the common case, take a branch-free path.
+inline bool all_set8(const bool* m) {
+  uint64_t v;
+  __builtin_memcpy(&v, m, 8);
+  return v == 0x0101010101010101ull;
+}
+
+inline bool none_set8(const bool* m) {
+  uint64_t v;
+  __builtin_memcpy(&v, m, 8);
+  return v == 0;
+}
+
 inline double add_positions(const float* G, const bool* m, int64_t L, double* sum, double* sq) {
   int64_t p = 0;
   float last = 0.f;
-  for (int64_t t = 0; t < L; ++t) {
+  int64_t t = 0;
+  for (; t + 8 <= L; t += 8) {
+    if (none_set8(m + t)) continue;
+    if (all_set8(m + t)) {
+      for (int l = 0; l < 8; ++l) sum[p + l] += static_cast<double>(G[t + l]);
+      if (sq != nullptr)
+        for (int l = 0; l < 8; ++l) sq[p + l] += static_cast<double>(G[t + l]) * static_cast<double>(G[t + l]);
+      p += 8;
+      last = G[t + 7];
+      continue;
+    }
+    for (int l = 0; l < 8; ++l) {
+      if (!m[t + l]) continue;
+      const double g = static_cast<double>(G[t + l]);
+      sum[p] += g;
+      if (sq != nullptr) sq[p] += g * g;
+      ++p;
+      last = G[t + l];
+    }
+  }
+  for (; t < L; ++t) {
     if (!m[t]) continue;
     const double g = static_cast<double>(G[t]);
     sum[p] += g;
@@ -191,6 +309,37 @@ inline int64_t generated(const bool* m, int64_t L) {
   int64_t n = 0;
   for (int64_t t = 0; t < L; ++t) n += m[t] ? 1 : 0;
   return n;
+}
+
+// A = m·(G − shift[p])·scale[p] of one row from its G [L], p counting up over its generated tokens.
+inline void position_apply(const float* G, const bool* m, int64_t L, const float* shift, const float* scale,
+                           float* out) {
+  int64_t p = 0, t = 0;
+  for (; t + 8 <= L; t += 8) {
+    if (none_set8(m + t)) {
+      for (int l = 0; l < 8; ++l) out[t + l] = 0.f;
+    } else if (all_set8(m + t)) {
+      for (int l = 0; l < 8; ++l) out[t + l] = (G[t + l] - shift[p + l]) * scale[p + l];
+      p += 8;
+    } else {
+      for (int l = 0; l < 8; ++l) {
+        if (m[t + l]) {
+          out[t + l] = (G[t + l] - shift[p]) * scale[p];
+          ++p;
+        } else {
+          out[t + l] = 0.f;
+        }
+      }
+    }
+  }
+  for (; t < L; ++t) {
+    if (m[t]) {
+      out[t] = (G[t] - shift[p]) * scale[p];
+      ++p;
+    } else {
+      out[t] = 0.f;
+    }
+  }
 }
 
 // One finish step with per-position tables: G recomputed as finish_step<false> does (the same
