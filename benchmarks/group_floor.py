@@ -29,6 +29,7 @@ def main(argv=None) -> int:
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--json", help="write the rows and the machine here")
     ap.add_argument("--no-check", action="store_true", help="report only; do not fail below the target")
+    ap.add_argument("--profile", action="store_true", help="also time each step of the C++ backend")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -37,10 +38,13 @@ def main(argv=None) -> int:
     print(f"threads={torch.get_num_threads()} load average {' '.join(load)}")
     rows = floor.fractions(args.B, args.T, args.G, "cpu", args.backend, args.rounds)
     print(floor.table(rows))
+    prof = floor.profile(args.B, args.T, args.G) if args.profile else None
+    for p in prof or []:
+        print("  ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in p.items()))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": machine(), "load_average": load, "target": floor.TARGET, "rows": rows}, f,
-                      indent=2)
+            json.dump({"machine": machine(), "load_average": load, "target": floor.TARGET, "rows": rows,
+                       "profile": prof}, f, indent=2)
     below = [r for r in rows if r["fraction_median"] < floor.TARGET]
     for r in below:
         print(f"below target: {r['estimator']}/{r['baseline']} median {r['fraction_median']:.2f} < {floor.TARGET}")

@@ -121,6 +121,11 @@ cu_seqlens) -> Positions(ids, n_groups, width, squares)`:
    recomputed or read as in step 3). on_rewards is always False in this mode.
 Packed: the same keywords next to `cu_seqlens`; ids are per sequence [N], positions count the
 generated tokens of each sequence, and `last` is [N].
+A backend may hand its own step 2p to the wiring (`affine_position_fn=`, same signature and results;
+the C++ backend: one pass per group over its [W] slice, the torch form kept for `group`), and may
+skip the wiring altogether where a group's statistics depend on its own rows only (rloo; grpo with
+scale "group"/"none"; no `group`): the C++ backend then runs steps 1p-3p in one pass per group
+(`r3hf::group_position_advantages`), bitwise equal to its three passes.
 
 Packed batches (issue 16, `cu_seqlens` int64 [N + 1]): a sequence is a row. A backend listing
 "cu_seqlens" in its OPTIONS for these ops is called with keyword `cu_seqlens`; its passes then take

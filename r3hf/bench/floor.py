@@ -118,3 +118,47 @@ def cases(B: int, T: int, G: int, device) -> list[Case]:
                         dict(B=B, T=T, G=G, estimator=est, baseline=baseline), providers, baseline="rw-probe",
                         notes={"floor_bytes": BYTES_PER_TOKEN * B * T, "rw_probe_bytes": PROBE_BYTES_PER_TOKEN * B * T}))
     return out
+
+
+def profile(B: int = 1024, T: int = 4096, G: int = 8, rounds: int = 9, settings=SETTINGS) -> list[dict]:
+    """Where the C++ backend's time goes, per setting: best-of-rounds ms of each step as the backend
+    runs it (validation + layout, row pass, group statistics, finish; or the one-pass-per-group op),
+    and the whole public op. CPU only."""
+    from r3hf import _group_stats as gs
+    from r3hf._validate import group_advantages_args
+    from r3hf.backends import cpp
+
+    dev = torch.device("cpu")
+    r, m = inputs(B, T, G, dev)
+
+    def best(fn):
+        fn()
+        return min(_time(fn, dev) for _ in range(rounds)) * 1e3
+
+    out = []
+    for est, baseline in settings:
+        a = group_advantages_args(r, m, G, est, 1.0, 1e-6, "group", None)
+        index = a["index"]
+        row = {"estimator": est, "baseline": baseline,
+               "validate_ms": best(lambda: group_advantages_args(r, m, G, est, 1.0, 1e-6, "group", None)),
+               "op_ms": best(lambda: ops.group_advantages(r, m, G, est, baseline=baseline, backend="cpp"))}
+        if baseline == "row":
+            rp = lambda: cpp._row_pass(r, m, 1.0, estimator=est)
+            _, stats = rp()
+            sh, sc, on_rewards = gs.affine(stats, index, est, 1e-6, "group")
+            row.update(row_pass_ms=best(rp), stats_ms=best(lambda: gs.affine(stats, index, est, 1e-6, "group")),
+                       finish_ms=best(lambda: cpp._finish(r, None, m, sh, sc, 1.0, on_rewards)))
+        else:
+            pos = gs.position_layout(index, m, est, "group")
+            row["layout_ms"] = best(lambda: gs.position_layout(index, m, est, "group"))
+            if est in ("rloo", "grpo"):
+                row["one_pass_ms"] = best(lambda: torch.ops.r3hf.group_position_advantages(
+                    r, m, pos.ids, pos.n_groups, pos.width, 1.0, est, 1e-6, "group"))
+            rp = lambda: cpp._row_pass(r, m, 1.0, positions=pos)
+            _, stats, sums, last = rp()
+            aff = lambda: cpp._affine_position(stats, sums, last, pos, est, 1e-6, "group")
+            sh, sc = aff()
+            row.update(row_pass_ms=best(rp), stats_ms=best(aff),
+                       finish_ms=best(lambda: cpp._finish(r, None, m, sh, sc, 1.0, False, ids=pos.ids)))
+        out.append(row)
+    return out
