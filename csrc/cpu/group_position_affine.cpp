@@ -69,6 +69,44 @@ struct At {
   double mu, S1, S2;
 };
 
+// o[p] = 1/(sqrt(max(0, (S2 − S1·(S1/c))/(c − 1))) + eps), S1 = s1[p] + hs, S2 = s2[p] + hq, over n
+// positions (grpo's per-position scale; sqrt is correctly rounded in both forms).
+#ifdef R3HF_SCAN_AVX2
+R3HF_AVX2 void group_std_mult_avx2(const double* s1, const double* s2, int64_t n, double hs, double hq, double cm,
+                                   double c1, double eps, float* o) {
+  const __m256d vhs = _mm256_set1_pd(hs), vhq = _mm256_set1_pd(hq), vcm = _mm256_set1_pd(cm);
+  const __m256d vc1 = _mm256_set1_pd(c1), veps = _mm256_set1_pd(eps), one = _mm256_set1_pd(1.0);
+  const __m256d zero = _mm256_setzero_pd();
+  int64_t p = 0;
+  for (; p + 4 <= n; p += 4) {
+    const __m256d S1 = _mm256_add_pd(_mm256_loadu_pd(s1 + p), vhs);
+    const __m256d S2 = _mm256_add_pd(_mm256_loadu_pd(s2 + p), vhq);
+    const __m256d num = _mm256_sub_pd(S2, _mm256_mul_pd(S1, _mm256_div_pd(S1, vcm)));
+    // max_pd(x, 0) returns its second operand for NaN and for ±0: the same bits as std::max(0.0, x)
+    const __m256d var = _mm256_max_pd(_mm256_div_pd(num, vc1), zero);
+    const __m256d m = _mm256_div_pd(one, _mm256_add_pd(_mm256_sqrt_pd(var), veps));
+    _mm_storeu_ps(o + p, _mm256_cvtpd_ps(m));
+  }
+  for (; p < n; ++p) {
+    const double S1 = s1[p] + hs, S2 = s2[p] + hq;
+    const double var = std::max(0.0, (S2 - S1 * (S1 / cm)) / c1);
+    o[p] = static_cast<float>(1.0 / (std::sqrt(var) + eps));
+  }
+}
+#endif
+
+void group_std_mult(const double* s1, const double* s2, int64_t n, double hs, double hq, double cm, double c1,
+                    double eps, float* o) {
+#ifdef R3HF_SCAN_AVX2
+  if (cpu::have_avx2()) return group_std_mult_avx2(s1, s2, n, hs, hq, cm, c1, eps, o);
+#endif
+  for (int64_t p = 0; p < n; ++p) {
+    const double S1 = s1[p] + hs, S2 = s2[p] + hq;
+    const double var = std::max(0.0, (S2 - S1 * (S1 / cm)) / c1);
+    o[p] = static_cast<float>(1.0 / (std::sqrt(var) + eps));
+  }
+}
+
 // shift/scale [W] of one group for rloo and grpo (scale "group", "none", or "batch" with its
 // batch_mult) from the group's tables s1/s2 [W] (s2 read only for grpo with scale "group") and
 // h.rows = its rows' (n_i, last_i) sorted by n_i; c = the group's rows.
@@ -77,22 +115,26 @@ void affine_group(Held& h, double c, const double* s1, const double* s2, int64_t
   h.reset();
   const bool single = c < 2;
   const double rloo_mult = single ? 1.0 : c / (c - 1.0);
-  for (int64_t p = 0; p < W; ++p) {
-    h.advance(p);
-    const double S1 = s1[p] + h.sum;
-    const double mu = single ? 0.0 : S1 / c;
-    double m = 1.0;
-    if (est == Est::kRloo) {
-      m = rloo_mult;
-    } else if (sc == Scale::kGroup) {
-      const double S2 = s2[p] + h.sq;
-      const double var = std::max(0.0, (S2 - S1 * (S1 / std::max(c, 1.0))) / std::max(c - 1.0, 1.0));
-      m = 1.0 / ((single ? 1.0 : std::sqrt(var)) + eps);
-    } else if (sc == Scale::kBatch) {
-      m = batch_mult;
+  const double cm = std::max(c, 1.0), c1 = std::max(c - 1.0, 1.0);
+  // The held sums change only where a row ends: between two row lengths they are constant, so the
+  // positions go in segments with branch-free (vectorisable) loops.
+  for (int64_t p0 = 0; p0 < W;) {
+    h.advance(p0);
+    int64_t p1 = W;
+    if (h.next < h.rows.size()) p1 = std::min<int64_t>(W, static_cast<int64_t>(h.rows[h.next].first));
+    p1 = std::max(p1, p0 + 1);
+    const double hs = h.sum, hq = h.sq;
+    for (int64_t p = p0; p < p1; ++p) o_shift[p] = single ? 0.f : static_cast<float>((s1[p] + hs) / c);
+    if (est == Est::kRloo || sc != Scale::kGroup) {
+      const float m = static_cast<float>(est == Est::kRloo ? rloo_mult : sc == Scale::kBatch ? batch_mult : 1.0);
+      for (int64_t p = p0; p < p1; ++p) o_mult[p] = m;
+    } else if (single) {
+      const float m = static_cast<float>(1.0 / (1.0 + eps));
+      for (int64_t p = p0; p < p1; ++p) o_mult[p] = m;
+    } else {
+      group_std_mult(s1 + p0, s2 + p0, p1 - p0, hs, hq, cm, c1, eps, o_mult + p0);
     }
-    o_shift[p] = static_cast<float>(mu);
-    o_mult[p] = static_cast<float>(m);
+    p0 = p1;
   }
 }
 
@@ -274,8 +316,9 @@ Tensor group_position_advantages_cpu(const Tensor& rewards_in, const Tensor& mas
           for (int64_t k = 0; k < n; ++k) reward_to_go_row(pr[k], pm[k], L, g, true, po[k]);
         }
         for (int64_t k = 0; k < n; ++k) {
-          const double last = cpu::add_positions(po[k], pm[k], L, sum.data(), squares ? sq.data() : nullptr);
-          h.rows.emplace_back(static_cast<double>(cpu::generated(pm[k], L)), last);
+          int64_t count = 0;
+          const double last = cpu::add_positions(po[k], pm[k], L, sum.data(), squares ? sq.data() : nullptr, &count);
+          h.rows.emplace_back(static_cast<double>(count), last);
         }
       }
       sort_rows(h);

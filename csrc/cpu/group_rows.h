@@ -395,7 +395,8 @@ inline bool none_set8(const bool* m) {
   return v == 0;
 }
 
-inline double add_positions(const float* G, const bool* m, int64_t L, double* sum, double* sq) {
+inline double add_positions(const float* G, const bool* m, int64_t L, double* sum, double* sq,
+                            int64_t* count = nullptr) {
   int64_t p = 0;
   float last = 0.f;
   int64_t t = 0;
@@ -426,6 +427,7 @@ inline double add_positions(const float* G, const bool* m, int64_t L, double* su
     ++p;
     last = G[t];
   }
+  if (count != nullptr) *count = p;
   return static_cast<double>(last);
 }
 
