@@ -395,8 +395,8 @@ inline bool none_set8(const bool* m) {
   return v == 0;
 }
 
-inline double add_positions(const float* G, const bool* m, int64_t L, double* sum, double* sq,
-                            int64_t* count = nullptr) {
+inline double add_positions(const float* __restrict__ G, const bool* __restrict__ m, int64_t L,
+                            double* __restrict__ sum, double* __restrict__ sq, int64_t* count = nullptr) {
   int64_t p = 0;
   float last = 0.f;
   int64_t t = 0;
@@ -439,8 +439,9 @@ inline int64_t generated(const bool* m, int64_t L) {
 }
 
 // A = m·(G − shift[p])·scale[p] of one row from its G [L], p counting up over its generated tokens.
-inline void position_apply(const float* G, const bool* m, int64_t L, const float* shift, const float* scale,
-                           float* out) {
+inline void position_apply(const float* __restrict__ G, const bool* __restrict__ m, int64_t L,
+                           const float* __restrict__ shift, const float* __restrict__ scale,
+                           float* __restrict__ out) {
   int64_t p = 0, t = 0;
   for (; t + 8 <= L; t += 8) {
     if (none_set8(m + t)) {

@@ -101,13 +101,16 @@ def table(rows: list[dict]) -> str:
 def cases(B: int, T: int, G: int, device) -> list[Case]:
     """`r3hf bench --groups floor`: per estimator × baseline, the op and the read+write probe; the
     runner turns them into the floor fraction (notes floor_bytes / rw_probe_bytes)."""
-    from .cases import r3hf_backends
+    from r3hf._dispatch import _why_not
 
     r, m = inputs(B, T, G, device)
     pr = probe(B, T, device)
-    backends = [b for b in r3hf_backends("group_advantages", device) if b != "torch" or B * T <= 65536]
     out = []
     for est, baseline in SETTINGS:
+        options = ("baseline",) if baseline == "position" else ()
+        backends = [b for b in ("triton", "cpp", "torch")
+                    if _why_not(b, "group_advantages", device, options) is None
+                    and (b != "torch" or B * T <= 65536)]  # the reference loops over groups in Python
         providers = {
             f"r3hf-{b}": (lambda b=b, est=est, baseline=baseline: ops.group_advantages(
                 r, m, G, est, baseline=baseline, backend=b))
