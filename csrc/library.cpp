@@ -111,6 +111,16 @@ TORCH_LIBRARY(r3hf, m) {
   m.def(
       "packed_group_position_finish(Tensor rewards, Tensor response_mask, Tensor cu_seqlens, Tensor ids, "
       "Tensor shift, Tensor scale, float gamma) -> Tensor");
+  // Step 2p on one process: stats [R, 5], sums f64 [2, n_groups, W], last f64 [R], ids [R] ->
+  // (shift, scale) f32 [n_groups, W] (r3hf/_group_stats.py `affine_position` without `group`).
+  m.def(
+      "group_position_affine(Tensor stats, Tensor sums, Tensor last, Tensor ids, str estimator, float eps, "
+      "str scale) -> (Tensor, Tensor)");
+  // Steps 1p-3p in one pass per group (rloo; grpo with scale "group"/"none"; one process): rewards,
+  // mask [B, L], ids [B] -> advantages f32 [B, L], bitwise those of the three ops above.
+  m.def(
+      "group_position_advantages(Tensor rewards, Tensor response_mask, Tensor ids, int n_groups, int width, "
+      "float gamma, str estimator, float eps, str scale) -> Tensor");
 }
 
 // The torch this file was compiled against, as a string r3hf/backends/cpp.py finds in the .so's

@@ -121,6 +121,11 @@ cu_seqlens) -> Positions(ids, n_groups, width, squares)`:
    recomputed or read as in step 3). on_rewards is always False in this mode.
 Packed: the same keywords next to `cu_seqlens`; ids are per sequence [N], positions count the
 generated tokens of each sequence, and `last` is [N].
+A backend may hand its own step 2p to the wiring (`affine_position_fn=`, same signature and results;
+the C++ backend: one pass per group over its [W] slice, the torch form kept for `group`), and may
+skip the wiring altogether where a group's statistics depend on its own rows only (rloo; grpo with
+scale "group"/"none"; no `group`): the C++ backend then runs steps 1p-3p in one pass per group
+(`r3hf::group_position_advantages`), bitwise equal to its three passes.
 
 Packed batches (issue 16, `cu_seqlens` int64 [N + 1]): a sequence is a row. A backend listing
 "cu_seqlens" in its OPTIONS for these ops is called with keyword `cu_seqlens`; its passes then take
@@ -471,13 +476,15 @@ def _packed(cu_seqlens) -> dict:
 
 
 def group_advantages(row_pass_fn, finish_fn, rewards, response_mask, index, estimator, gamma, eps, scale, group,
-                     cu_seqlens=None, baseline="row"):
-    """A backend's group_advantages from its two passes (see the module docstring)."""
+                     cu_seqlens=None, baseline="row", affine_position_fn=None):
+    """A backend's group_advantages from its two passes (see the module docstring). A backend may
+    hand its own step 2p as `affine_position_fn` (same signature and results as `affine_position`)."""
     packed = _packed(cu_seqlens)
+    affine_position_fn = affine_position_fn or affine_position
     if baseline == "position":
         pos = position_layout(index, response_mask, estimator, scale, group, cu_seqlens)
         returns, stats, sums, last = row_pass_fn(rewards, response_mask, gamma, **packed, positions=pos)
-        shift, mult = affine_position(stats, sums, last, pos, estimator, eps, scale, group)
+        shift, mult = affine_position_fn(stats, sums, last, pos, estimator, eps, scale, group)
         return finish_fn(rewards, returns, response_mask, shift, mult, gamma, False, **packed, ids=pos.ids)
     returns, stats = row_pass_fn(rewards, response_mask, gamma, **packed)
     shift, mult, on_rewards = affine(stats, index, estimator, eps, scale, group)
@@ -488,7 +495,7 @@ def fused_reward_group_advantages(
     fused_row_pass_fn, finish_fn, hidden, weight, bias, response_mask, prompt_len, index, estimator="grpo",
     logprobs=None, ref_logprobs=None, kl_coef=0.0, kl_estimator="k1", kl_clamp=None, first="prompt", beta_c=1.0,
     reward_clip=None, gamma=1.0, eps=1e-6, scale="group", group=None, cu_seqlens=None, baseline="row",
-    potential_weight=None, potential_bias=None,
+    potential_weight=None, potential_bias=None, affine_position_fn=None,
 ):
     """A backend's fused_reward_group_advantages from its fused row pass and finish -> (rewards, advantages).
     potential_weight/potential_bias (a potential head, issue 24) reach the row pass only when set."""
@@ -500,7 +507,7 @@ def fused_reward_group_advantages(
             hidden, weight, bias, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp,
             first, beta_c, reward_clip, gamma, **packed, **heads, positions=pos,
         )
-        shift, mult = affine_position(stats, sums, last, pos, estimator, eps, scale, group)
+        shift, mult = (affine_position_fn or affine_position)(stats, sums, last, pos, estimator, eps, scale, group)
         return rewards, finish_fn(rewards, returns, response_mask, shift, mult, gamma, False, **packed, ids=pos.ids)
     rewards, returns, stats = fused_row_pass_fn(
         hidden, weight, bias, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp,

@@ -87,9 +87,10 @@ def main(argv=None) -> int:
     bench.add_argument("--quick", action="store_true", help="tiny shapes, seconds (CI)")
     bench.add_argument("--size", choices=["quick", "cpu", "gpu"], help="shape set (default: by device)")
     bench.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    bench.add_argument("--groups", default="gae,rewards,fused,memory,group,rtg,fused_group",
-                       help="comma-separated: gae,rewards,fused,memory,group,rtg,fused_group; packed (opt-in: "
-                            "packed vs padded, issue 16)")
+    bench.add_argument("--groups", default="gae,rewards,fused,memory,group,floor,rtg,fused_group",
+                       help="comma-separated: gae,rewards,fused,memory,group,floor (every group estimator x "
+                            "baseline as a fraction of its 14 B/token bandwidth floor),rtg,fused_group; packed "
+                            "(opt-in: packed vs padded, issue 16)")
     bench.add_argument("--min-time", type=float, default=0.5, help="seconds of timing per provider and case")
     bench.add_argument("--out", default="bench-out", help="folder for the JSON and PNG")
     bench.add_argument("--threads", type=int, default=0,

@@ -16,10 +16,20 @@ def test_bench_quick_writes_json_and_chart(tmp_path, capsys):
 
     # the group-advantage cases time veRL's own estimators, so they need veRL installed
     verl_groups = {"group", "rtg"} if verl_baselines.unavailable_reason() is None else set()
-    assert groups == {"gae", "rewards", "fused", "fused_group"} | verl_groups
+    assert groups == {"gae", "rewards", "fused", "fused_group", "floor"} | verl_groups
     for case in report["cases"]:
         assert case["results"][case["baseline"]]["speedup_vs_baseline"] == 1.0
         assert any(p.startswith("r3hf-") for p in case["results"])
+    # issue 21: every estimator x baseline reported as a fraction of its bandwidth floor
+    floor = {(c["params"]["estimator"], c["params"]["baseline"]) for c in report["cases"] if c["group"] == "floor"}
+    from r3hf.bench.floor import SETTINGS
+
+    assert floor == set(SETTINGS)
+    for case in report["cases"]:
+        if case["group"] == "floor":
+            fracs = [r["floor_fraction"] for p, r in case["results"].items() if p.startswith("r3hf-")]
+            assert fracs and all(f > 0 for f in fracs)
+    assert "of the 14 B/token floor" in printed
     assert report["memory"] and "unfused" in report["memory"][0]["results"]
     (png,) = tmp_path.glob("*.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -44,10 +44,10 @@ using cpu::row_pass_block;
 using cpu::RowPassColumns;
 using cpu::rtg_block;
 
-// Rows scanned together. Four independent chains hide the add latency; more rows at a
-// power-of-two L put every row's current position in the same L1 set and thrash it (measured:
-// 8 rows of L = 4096 ran 12x slower than 4).
-constexpr int kRows = 4;
+// Rows scanned together: one vector of cpu::kScanRows rows, scanned tile by tile (group_rows.h,
+// scan_rows8), so no L1 set is thrashed by rows L apart (interleaving 8 rows position by position
+// ran 12x slower than 4 at L = 4096).
+constexpr int kRows = cpu::kScanRows;
 
 // Rows [0, B) in blocks of kRows (the last block shorter), spread over threads.
 template <typename Block>
@@ -258,7 +258,9 @@ std::tuple<Tensor, Tensor, Tensor> group_position_row_pass_cpu(const Tensor& rew
         const bool* pm[kRows];
         for (int64_t k = 0; k < n; ++k) pr[k] = p_r + rows[j + k] * L, pm[k] = p_m + rows[j + k] * L;
         if (n == kRows) {
-          scan_rows<kRows>(pr, pm, L, g, G.data());
+          float* po[kRows];
+          for (int k = 0; k < kRows; ++k) po[k] = G.data() + k * L;
+          cpu::scan_rows8(pr, pm, L, g, cpu::SCAN_G, nullptr, nullptr, po);
         } else {
           for (int64_t k = 0; k < n; ++k) scan_rows<1>(pr + k, pm + k, L, g, G.data() + k * L);
         }
@@ -293,22 +295,17 @@ Tensor group_position_finish_cpu(const Tensor& rewards_in, const Tensor& mask_in
   const float *p_shift = shift.data_ptr<float>(), *p_scale = scale.data_ptr<float>();
   float* p_out = out.data_ptr<float>();
   const float g = static_cast<float>(gamma);
+  // G recomputed by the row pass's scan (the same bits) into the thread's scratch, then applied
+  // forward row by row (position_apply: whole runs of generated tokens read the tables as vectors).
   for_row_blocks(B, L, [&](auto K_, int64_t b) {
     constexpr int K = decltype(K_)::value;
-    float running[K];
-    int64_t p[K];
-    const float *sh[K], *sc[K];
+    thread_local std::vector<float> G;
+    G.resize(static_cast<size_t>(kRows * L));
+    rtg_block<K>(p_r + b * L, p_m + b * L, L, g, true, G.data());
     for (int k = 0; k < K; ++k) {
-      running[k] = 0.f;
-      p[k] = cpu::generated(p_m + (b + k) * L, L) - 1;
-      sh[k] = p_shift + p_ids[b + k] * W;
-      sc[k] = p_scale + p_ids[b + k] * W;
-    }
-    for (int64_t t = L - 1; t >= 0; --t) {
-      for (int k = 0; k < K; ++k) {
-        const int64_t i = (b + k) * L + t;
-        p_out[i] = cpu::position_finish_step(p_r[i], p_m[i], sh[k], sc[k], g, running[k], p[k]);
-      }
+      const int64_t id = p_ids[b + k];
+      cpu::position_apply(G.data() + k * L, p_m + (b + k) * L, L, p_shift + id * W, p_scale + id * W,
+                          p_out + (b + k) * L);
     }
   });
   return out;

@@ -308,15 +308,32 @@ def _finish(rewards, returns, response_mask, shift, scale, gamma, on_rewards, cu
     return torch.ops.r3hf.group_finish(rewards, response_mask, shift, scale, float(gamma), bool(on_rewards))
 
 
+def _affine_position(stats, sums, last, positions, estimator, eps, scale, group=None):
+    """Step 2p: one C++ pass per group over its [W] tables; across ranks (`group`) the torch form,
+    which all-reduces the tables first."""
+    from r3hf import _group_stats as gs
+
+    if group is not None:
+        return gs.affine_position(stats, sums, last, positions, estimator, eps, scale, group)
+    return torch.ops.r3hf.group_position_affine(stats, sums, last, positions.ids, estimator, float(eps), scale)
+
+
 # Packed (cu_seqlens): a sequence is a row, index is [N]; r3hf._group_stats hands cu_seqlens to the
 # passes (affine works on the [N] statistics as padded).
 def group_advantages(rewards, response_mask, index, estimator="grpo", gamma=1.0, eps=1e-6, scale="group", group=None,
                      *, cu_seqlens=None, baseline="row"):
     from r3hf import _group_stats
 
+    if (baseline == "position" and group is None and cu_seqlens is None
+            and (estimator == "rloo" or (estimator == "grpo" and scale != "batch"))):
+        # The group's own rows decide its statistics: one pass per group (bitwise the three-op path).
+        pos = _group_stats.position_layout(index, response_mask, estimator, scale)
+        return torch.ops.r3hf.group_position_advantages(rewards, response_mask, pos.ids, pos.n_groups, pos.width,
+                                                        float(gamma), estimator, float(eps), scale)
     row_pass = functools.partial(_row_pass, estimator=estimator)
     return _group_stats.group_advantages(row_pass, _finish, rewards, response_mask, index, estimator, gamma, eps,
-                                         scale, group, cu_seqlens=cu_seqlens, baseline=baseline)
+                                         scale, group, cu_seqlens=cu_seqlens, baseline=baseline,
+                                         affine_position_fn=_affine_position)
 
 
 def fused_reward_group_advantages(
@@ -331,6 +348,7 @@ def fused_reward_group_advantages(
         _fused_row_pass, _finish, hidden, weight, bias, response_mask, prompt_len, index, estimator, logprobs,
         ref_logprobs, kl_coef, kl_estimator, kl_clamp, first, beta_c, reward_clip, gamma, eps, scale, group,
         cu_seqlens=cu_seqlens, baseline=baseline, potential_weight=potential_weight, potential_bias=potential_bias,
+        affine_position_fn=_affine_position,
     )
 
 
@@ -459,6 +477,14 @@ if _C is not None:
     @torch.library.register_fake("r3hf::packed_group_position_row_pass")
     def _(rewards, response_mask, cu_seqlens, ids, n_groups, width, gamma, squares):
         return _position_outs(rewards, cu_seqlens.shape[0] - 1, n_groups, width)
+
+    @torch.library.register_fake("r3hf::group_position_affine")
+    def _(stats, sums, last, ids, estimator, eps, scale):
+        return _f32(sums, sums.shape[1], sums.shape[2]), _f32(sums, sums.shape[1], sums.shape[2])
+
+    @torch.library.register_fake("r3hf::group_position_advantages")
+    def _(rewards, response_mask, ids, n_groups, width, gamma, estimator, eps, scale):
+        return _f32(rewards, *rewards.shape)
 
     @torch.library.register_fake("r3hf::packed_group_position_finish")
     def _(rewards, response_mask, cu_seqlens, ids, shift, scale, gamma):

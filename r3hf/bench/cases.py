@@ -19,6 +19,7 @@ SIZES = {
         "rewards": [(8, 256)],
         "fused": [(2, 256, 1024)],
         "group": [(16, 256, 4)],
+        "floor": [(16, 256, 4)],
         "rtg": [(8, 256)],
         "fused_group": [(2, 256, 1024)],
     },
@@ -27,6 +28,7 @@ SIZES = {
         "rewards": [(64, 1024), (64, 4096)],
         "fused": [(8, 2048, 1024), (8, 2048, 4096)],
         "group": [(1024, 4096, 8)],  # (B, L, G): issue 12's CPU target
+        "floor": [(1024, 4096, 8)],  # (B, L, G): issue 21's bandwidth floor (r3hf/bench/floor.py)
         "rtg": [(64, 1024)],
         "fused_group": [(8, 2048, 4096)],
     },
@@ -35,6 +37,7 @@ SIZES = {
         "rewards": [(256, 4096)],
         "fused": [(8, 4096, 4096), (64, 4096, 1024), (64, 4096, 4096)],
         "group": [(1024, 4096, 8)],
+        "floor": [(1024, 4096, 8)],
         "rtg": [(256, 4096)],
         "fused_group": [(8, 4096, 4096), (64, 4096, 4096)],
     },
@@ -194,7 +197,7 @@ def fused_group_case(B, S, D, device) -> Case:
                 baseline="read-probe", bytes_read=hidden.numel() * hidden.element_size())
 
 
-GROUPS = ("gae", "rewards", "fused", "group", "rtg", "fused_group")
+GROUPS = ("gae", "rewards", "fused", "group", "floor", "rtg", "fused_group")
 
 
 def build(size: str, device: torch.device, groups=GROUPS) -> list[Case]:
@@ -208,6 +211,10 @@ def build(size: str, device: torch.device, groups=GROUPS) -> list[Case]:
         out += [fused_case(B, S, D, device) for B, S, D in sizes["fused"]]
     if "group" in groups:
         out += [c for B, T, G in sizes["group"] for c in group_cases(B, T, G, device)]
+    if "floor" in groups:  # issue 21: every estimator x baseline against its bandwidth floor
+        from .floor import cases as floor_cases
+
+        out += [c for B, T, G in sizes["floor"] for c in floor_cases(B, T, G, device)]
     if "rtg" in groups:
         out += [c for B, T in sizes["rtg"] if (c := rtg_case(B, T, device)) is not None]
     if "fused_group" in groups:

@@ -49,6 +49,14 @@ def run_case(case: Case, device: torch.device, min_time: float) -> dict:
             r["hidden_read_GBps"] = case.bytes_read / r["median_s"] / 1e9
             r["fraction_of_probe_bandwidth"] = case.bytes_read / r["median_s"] / probe_bw
         results[probe]["probe_GBps"] = probe_bw / 1e9
+    if "floor_bytes" in case.notes:  # issue 21: the time the floor's bytes take at the probe's bandwidth
+        probe_bw = case.notes["rw_probe_bytes"] / results[case.baseline]["median_s"]
+        floor_s = case.notes["floor_bytes"] / probe_bw
+        results[case.baseline]["probe_GBps"] = probe_bw / 1e9
+        for name, r in results.items():
+            if not name.endswith("-probe"):
+                r["floor_ms"] = floor_s * 1e3
+                r["floor_fraction"] = floor_s / r["median_s"]
     return {"group": case.group, "case": case.name, "params": case.params, "baseline": case.baseline,
             "results": results}
 
@@ -106,9 +114,11 @@ def table(report: dict) -> str:
         for name, r in sorted(c["results"].items(), key=lambda kv: kv[1]["median_s"]):
             bw = r.get("hidden_read_GBps", r.get("probe_GBps"))
             frac = r.get("fraction_of_probe_bandwidth")
+            floor = r.get("floor_fraction")
             lines.append(
                 f"{c['case']:34} {name:14} {r['median_s'] * 1e3:10.3f} {r['speedup_vs_baseline']:11.1f}x"
                 f" {'' if bw is None else f'{bw:7.1f}'}{'' if frac is None else f' {frac:8.0%}'}"
+                f"{'' if floor is None else f'  {floor:.2f} of the 14 B/token floor'}"
             )
     for m in report.get("memory", []):
         p = m["params"]
