@@ -364,12 +364,12 @@ def test_r3hf_demo_quick_writes_outputs_that_parse(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "r3hf", "demo", "--quick", "--out", str(out)],
                           capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "AUC of GT" in proc.stdout and "sparse" in proc.stdout and "auto" in proc.stdout
+    assert "AUC of GT" in proc.stdout and "sparse" in proc.stdout and "recommended" in proc.stdout
     result = json.loads((out / "results.json").read_text())
     settings = result["settings"]
     assert settings["seeds"] == 1 and settings["steps"] == 5
     arms = result["summary"]["arms"]
-    assert set(arms) == {f"{e}/full/{r}" for e in ("rloo", "ppo") for r in ("sparse", "r3hf", "auto")}
+    assert set(arms) == {f"{e}/full/{r}" for e in ("rloo", "ppo") for r in ("sparse", "r3hf", "recommended")}
     for name, row in arms.items():
         assert -1 / 3 <= row["auc"]["mean"] <= 1.0 and -1 / 3 <= row["final"]["mean"] <= 1.0
         assert len(result["runs"][name][0]["history"]) == 5
@@ -406,3 +406,47 @@ def test_r3hf_demo_quick_writes_outputs_that_parse(tmp_path):
                            "--out", str(html_out)], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "full response" in proc.stdout and html_out.exists() and html_out.with_suffix(".png").exists()
+
+
+# --- the arms (issue 22): recommended = potential head (+ per-position baseline under RLOO) ------
+
+def test_default_run_arms_and_full_grid():
+    from r3hf.demo.run import RECOMMENDED, DemoSettings, _jobs
+
+    s = DemoSettings()
+    assert s.seeds >= 12 and RECOMMENDED == "recommended"
+    assert {j[:3] for j in _jobs(s)} == {(e, "full", r) for e in ("rloo", "ppo") for r in ("sparse", "r3hf", RECOMMENDED)}
+    full = {j[:3] for j in _jobs(DemoSettings.full())}
+    # PPO has no group baseline: "position" and "head" would rerun "r3hf" and "recommended" there
+    assert ("ppo", "full", "position") not in full and ("ppo", "full", "head") not in full
+    assert ("rloo", "full", "position") in full and ("trl-rloo", "full", "position") in full
+    assert ("trl-rloo", "full", "sparse") in full and ("trl-rloo", "full", RECOMMENDED) in full
+
+
+def test_reward_settings_and_a_missing_potential_is_an_error():
+    from r3hf.demo.train import REWARD_SETTINGS, reward_settings, run_ppo
+
+    assert reward_settings("recommended") == {"beta_c": 1.0, "potential": "head", "baseline": "position"}
+    assert reward_settings("sparse")["beta_c"] == 0.0 and set(REWARD_SETTINGS) >= {"r3hf", "auto", "position", "head"}
+    with pytest.raises(ValueError, match="reward must be one of"):
+        reward_settings("dense")
+    with pytest.raises(ValueError, match="potential="):
+        run_ppo("recommended", 0, init_policy=None, rm=None, steps=1)
+
+
+def test_goal_lines_say_what_was_reached():
+    from r3hf.demo import report
+
+    def cmp(arm, auc, se, fin=0.0, fse=0.01, fin_verdict="no clear difference", length="no drift"):
+        return {"arm": arm, "auc": {"diff": auc, "se": se, "verdict": "better" if auc > 2 * se else "no clear difference"},
+                "final": {"diff": fin, "se": fse, "verdict": fin_verdict},
+                "steps": {"diff": 0.0, "se": 0.1, "verdict": "no clear difference"},
+                "length": {"diff": 0.1, "se": 0.1, "verdict": length}}
+
+    lines = report.goal_lines([cmp("rloo/full/recommended", 0.03, 0.004), cmp("ppo/full/recommended", 0.03, 0.004),
+                               cmp("ppo/full/r3hf", 0.1, 0.001)])
+    assert len(lines) == 2
+    assert "target ≥ +0.02 at 2 SE: MET" in lines[0] and "no drift" in lines[0]
+    assert "target ≥ +0.04 at 2 SE: NOT met" in lines[1]
+    worse = report.goal_lines([cmp("rloo/full/recommended", 0.03, 0.02, -0.05, 0.01, "worse", "SHORTER")])[0]
+    assert "NOT met: worse" in worse and "NOT met: SHORTER" in worse and "AUC +0.030 ± 0.040 (target ≥ +0.02 at 2 SE: NOT met)" in worse

@@ -13,7 +13,7 @@ import matplotlib.image as mpimg
 out = Path(sys.argv[1])
 result = json.loads((out / "results.json").read_text())
 arms = set(result["summary"]["arms"])
-assert {"rloo/full/sparse", "rloo/full/r3hf", "ppo/full/auto"} <= arms, arms
+assert {"rloo/full/sparse", "rloo/full/r3hf", "rloo/full/recommended", "ppo/full/recommended"} <= arms, arms
 for png in ("scores.png", "heatmap.png", "diagnostics.png", "lengths.png"):
     assert mpimg.imread(out / png).ndim == 3, png
 assert (out / "heatmap.html").read_text().startswith("<!DOCTYPE html>")

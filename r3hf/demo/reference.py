@@ -25,7 +25,9 @@ def fingerprint(result: dict) -> dict:
            for k, v in result["reward_models"].items()}
     arms = {}
     for arm, runs in result["runs"].items():
-        first = runs[0]["first_step"]
+        first = runs[0].get("first_step")
+        if not first:  # the TRL arm (--full only) keeps no first-step fingerprint
+            continue
         arms[arm] = {"seed": runs[0]["seed"], "mean_abs_advantage": first["mean_abs_advantage"],
                      "mean_length": sum(first["lengths"]) / len(first["lengths"])}
     return {"settings": {k: result["settings"][k] for k in ("seeds", "steps", "batch_size", "train_pairs")},

@@ -132,12 +132,45 @@ def length_drift(a: list[float], b: list[float]) -> dict:
     return {"diff": mean, "se": se, "verdict": verdict}
 
 
+REWARD_NAMES = {
+    "r3hf": "R3HF (β_c = 1)",
+    "auto": 'beta_c="auto"',
+    "position": 'R3HF with the per-position baseline',
+    "head": "R3HF with the potential head",
+    "recommended": "the recommended setting",
+}
+# Issue 22's goals for the recommended setting against sparse, per estimator: ΔAUC at least this,
+# its lower 2-SE bound at least 0 ("at 2 SE"); never significantly worse on final ground truth; no
+# length drift. "strict" adds: the lower 2-SE bound itself reaches the target.
+GOAL_AUC = {"rloo": 0.02, "trl-rloo": 0.02, "ppo": 0.04}
+
+
+def goal_lines(comparisons: list[dict], reward: str = "recommended") -> list[str]:
+    """Issue 22's goal, per estimator, for `reward` against sparse: what was reached, plainly."""
+    lines = []
+    for c in comparisons:
+        estimator, rm, r = c["arm"].split("/")
+        if r != reward or estimator not in GOAL_AUC or c["auc"]["verdict"] == "single seed":
+            continue
+        auc, fin, ln, target = c["auc"], c["final"], c["length"], GOAL_AUC[estimator]
+        lo = auc["diff"] - 2 * auc["se"]
+        met_auc = auc["diff"] >= target and lo > 0
+        parts = [
+            f"AUC {auc['diff']:+.3f} ± {2 * auc['se']:.3f} (target ≥ +{target:.2f} at 2 SE: "
+            f"{'MET' if met_auc else 'NOT met'}{', lower bound ≥ target too' if lo >= target else ''})",
+            f"final {fin['diff']:+.3f} ± {2 * fin['se']:.3f} ({'NOT met: worse' if fin['verdict'] == 'worse' else 'met: not worse'})",
+            f"length {ln['diff']:+.2f} ± {2 * ln['se']:.2f} ({'met: no drift' if ln['verdict'] == 'no drift' else 'NOT met: ' + ln['verdict']})",
+        ]
+        lines.append(f"goal, {estimator}, {rm} RM, {reward} vs sparse: " + "; ".join(parts) + ".")
+    return lines
+
+
 def verdict_lines(comparisons: list[dict]) -> list[str]:
     """One sentence per comparison, saying what was measured."""
     lines = []
     for c in comparisons:
         estimator, rm, reward = c["arm"].split("/")
-        what = "R3HF (β_c = 1)" if reward == "r3hf" else 'beta_c="auto"'
+        what = REWARD_NAMES.get(reward, reward)
         auc = c["auc"]
         if auc["verdict"] == "single seed":
             lines.append(f"{estimator}, {rm} RM: {what} − sparse AUC {auc['diff']:+.3f} from a single seed: no verdict.")
@@ -151,7 +184,7 @@ def verdict_lines(comparisons: list[dict]) -> list[str]:
             f"{st['diff']:+.1f} ± {2 * st['se']:.1f} ({st['verdict']}); length {ln['diff']:+.1f} ± "
             f"{2 * ln['se']:.1f} tokens ({ln['verdict']})."
         )
-    return lines
+    return lines + goal_lines(comparisons)
 
 
 def table(summary: dict) -> str:
@@ -182,7 +215,8 @@ def table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-COLOURS = {"sparse": "tab:blue", "r3hf": "tab:orange", "auto": "tab:green"}
+COLOURS = {"sparse": "tab:blue", "r3hf": "tab:orange", "auto": "tab:green", "position": "tab:purple",
+           "head": "tab:brown", "recommended": "tab:red"}
 
 
 def plot(runs: dict, path, title: str) -> None:

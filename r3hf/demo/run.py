@@ -1,6 +1,8 @@
 """`r3hf demo`: when does R3HF help? Preference data → reward models (TRL; full-response and
-prefix-aware) → critic-free RLOO and PPO-GAE with sparse, R3HF and beta_c="auto" rewards, on a
-synthetic task whose ground truth is known (see `r3hf.demo.task`). Offline, CPU-sized."""
+prefix-aware) → critic-free RLOO and PPO-GAE with sparse rewards, R3HF on the RM's own prefix
+scores and the recommended setting (a label-free potential head; the per-position baseline under
+RLOO), on a synthetic task whose ground truth is known (see `r3hf.demo.task`). Offline, CPU-sized.
+`--full` adds beta_c="auto", the two ingredients alone, more RMs and TRL's GRPOTrainer loop."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from ..ppo import PPOConfig
 from . import report, task
 from .policy import make_policy, pretrain, sample
 from .reward_model import credit_diagnostic, credit_label_fn, make_reward_model, pairwise_accuracy, train_reward_model
-from .train import restrict_vocab, run_ppo
+from .train import fit_demo_potential, reward_settings, restrict_vocab, run_ppo
 
 
 RM_KINDS = {
@@ -30,12 +32,11 @@ RM_KINDS = {
 }
 
 
-# The arms' third reward: the recommended setting. Today it is beta_c="auto", the best setting the
-# demo's loop can run for both estimators. It is a slot for the per-position group baseline
-# (`ops.group_advantages(..., baseline="position")`, not in r3hf yet) with the potential head
-# (`r3hf.models.potential`, not wired into train.run_ppo yet): add their reward to train.REWARDS and
-# name it here, and every default run, table and verdict follows.
-RECOMMENDED = "auto"
+# The arms' third reward: the recommended setting (train.REWARD_SETTINGS["recommended"]): R3HF
+# shaped by a potential head fit label-free on the start policy's samples (r3hf.models.fit_potential,
+# default "regression" mode), R from the RM; under RLOO with the per-position group baseline
+# (ops.group_advantages(..., baseline="position")). Every default run, table and verdict follows it.
+RECOMMENDED = "recommended"
 
 
 @dataclass
@@ -51,6 +52,7 @@ class DemoSettings:
     pretrain_steps: int = 150
     eval_prompts: int = 128
     diag_samples: int = 256
+    potential_samples: int = 512  # start-policy responses the potential head is fit on
     lr: float = 1e-3
     label_noise: float = 1.0  # Bradley–Terry temperature, in units of earned tokens
     ppo_epochs: int = 2
@@ -61,18 +63,22 @@ class DemoSettings:
     rms: tuple = ("full",)  # reward models the policies are trained on (what users have)
     diagnose_rms: tuple = ("full", "prefix-keep")  # reward models trained and diagnosed
     rewards: tuple = ("sparse", "r3hf", RECOMMENDED)
+    # the critic-free arm again in TRL's real GRPOTrainer loop (R3HFGRPOTrainer, r3hf.demo.trl_arm):
+    # these rewards, arm "trl-rloo/<rm>/<reward>"; not in the default run (its time budget)
+    trl_rewards: tuple = ()
     workers: int = 2  # processes running arms in parallel (one torch thread each)
 
     @classmethod
     def quick(cls) -> "DemoSettings":
         return cls(seeds=1, steps=5, batch_size=32, train_pairs=600, test_pairs=200, rm_epochs=1.0, pretrain_steps=40,
-                   eval_prompts=64, diag_samples=96, samples_shown=2)
+                   eval_prompts=64, diag_samples=96, potential_samples=256, samples_shown=2)
 
     @classmethod
     def full(cls) -> "DemoSettings":
         return cls(seeds=12, steps=40, batch_size=64, train_pairs=4000, eval_prompts=512, diag_samples=512,
                    rms=("full", "prefix", "prefix-keep"), diagnose_rms=("full", "prefix", "prefix-keep"),
-                   rewards=("sparse", "r3hf", "auto"))
+                   rewards=("sparse", "r3hf", "auto", "position", "head", RECOMMENDED),
+                   trl_rewards=("sparse", "position", RECOMMENDED))
 
 
 def _bar(total, desc):
@@ -144,10 +150,19 @@ def _run_arm(job):
     settings = s["settings"]
     torch.set_num_threads(1)
     config = PPOConfig(ppo_epochs=settings.ppo_epochs, num_minibatches=settings.num_minibatches)
+    if estimator == "trl-rloo":
+        from .trl_arm import run_trl
+
+        res = run_trl(reward, seed, init_policy=s["policy0"], rm=s["rms"][rm_name], steps=settings.steps,
+                      batch_size=settings.batch_size, group_size=settings.group_size, lr=settings.lr,
+                      kl_coef=config.kl_coef, eval_prompts=s["eval_prompts"], device=s["device"],
+                      potential=s["potentials"].get(rm_name))
+        res.pop("policy")
+        return report.arm_name(estimator, rm_name, reward), seed, res
     res = run_ppo(reward, seed, init_policy=s["policy0"], rm=s["rms"][rm_name], steps=settings.steps,
                   batch_size=settings.batch_size, lr=settings.lr, config=config, device=s["device"],
                   eval_prompts=s["eval_prompts"], critic_init=settings.critic_init, estimator=estimator,
-                  group_size=settings.group_size)
+                  group_size=settings.group_size, potential=s["potentials"].get(rm_name))
     policy = res.pop("policy")
     if seed == 0 and reward == "r3hf" and estimator == settings.estimators[0]:
         res["samples"] = _sample_rows(policy, s["rms"][rm_name], s["eval_prompts"][: settings.samples_shown].to(s["device"]),
@@ -155,9 +170,20 @@ def _run_arm(job):
     return report.arm_name(estimator, rm_name, reward), seed, res
 
 
+def _quarters(diagnostics: dict, which: str) -> str:
+    """Held-out Var(R − Φ_t)/Var(R) by bucket from a PotentialHead's diagnostics ("rm" or "potential")."""
+    return " · ".join(f"{b[f'{which}_var_ratio']:.2f}" for b in diagnostics.get("buckets", []))
+
+
+# PPO has no group baseline, so these rewards are the same run as another arm there ("position" is
+# "r3hf", "head" is "recommended"): not run twice.
+PPO_DUPLICATES = {"position": "r3hf", "head": "recommended"}
+
+
 def _jobs(settings):
     return [(e, rm, r, seed) for e in settings.estimators for rm in settings.rms for r in settings.rewards
-            for seed in range(settings.seeds)]
+            if not (e == "ppo" and PPO_DUPLICATES.get(r) in settings.rewards) for seed in range(settings.seeds)] + [
+        ("trl-rloo", rm, r, seed) for rm in settings.rms for r in settings.trl_rewards for seed in range(settings.seeds)]
 
 
 def _run_all(jobs, workers: int, echo):
@@ -313,9 +339,22 @@ def run(*, seeds: int | None = None, steps: int | None = None, out="r3hf-demo", 
     plot_all_diagnostics(diagnostics, out / "diagnostics.png")
     timings["diagnostics_s"] = time.perf_counter() - t
 
-    # 5. Every arm: estimator × reward model × reward, same start, seeds and budget.
+    # 5. The potential heads of the "head" rewards: label-free regression on start-policy samples.
     t = time.perf_counter()
-    _SHARED.update(settings=settings, policy0=policy0, rms=rms, eval_prompts=eval_prompts, device=device)
+    potentials = {}
+    if any(reward_settings(r)["potential"] == "head" for r in settings.rewards):
+        for k in settings.rms:
+            potentials[k] = fit_demo_potential(rms[k], policy0, samples=settings.potential_samples, device=device)
+            echo(f"potential head for the {k!r} RM: fit in {potentials[k].fit.get('seconds', float('nan')):.1f} s "
+                 f"(ridge {potentials[k].fit.get('ridge')}); held-out Var(R - Φ'_t)/Var(R) by quarter: "
+                 + _quarters(potentials[k].diagnostics, "potential") + " (the RM's own: "
+                 + _quarters(potentials[k].diagnostics, "rm") + ")")
+    timings["potential_s"] = time.perf_counter() - t
+
+    # 6. Every arm: estimator × reward model × reward, same start, seeds and budget.
+    t = time.perf_counter()
+    _SHARED.update(settings=settings, policy0=policy0, rms=rms, eval_prompts=eval_prompts, device=device,
+                   potentials=potentials)
     jobs = _jobs(settings)
     echo(f"{len(jobs)} runs ({len(jobs) // settings.seeds} arms x {settings.seeds} seed(s), {settings.steps} steps) "
          f"on {settings.workers} worker(s)")
@@ -330,7 +369,7 @@ def run(*, seeds: int | None = None, steps: int | None = None, out="r3hf-demo", 
 
     start_eval = evaluate(policy0, policy0, rms["full"], eval_prompts.to(device), torch.Generator().manual_seed(10_000))
 
-    # 6. Report.
+    # 7. Report.
     summary = report.summarise(runs)
     title = (f"responses of up to {task.RESPONSE_LEN} tokens: {settings.seeds} seed(s), {settings.steps} steps, "
              f"batch {settings.batch_size}")
@@ -360,6 +399,8 @@ def run(*, seeds: int | None = None, steps: int | None = None, out="r3hf-demo", 
         "preference_data": _data_summary(train_pairs),
         "reward_models": {k: {"kind": RM_KINDS[k], "held_out": rm_metrics[k], "credit_on_reference_samples": rm_credit[k],
                               "diagnostics": _diag_summary(diagnostics[k]), "train_log": rm_logs[k]} for k in rms},
+        "reward_settings": {r: reward_settings(r) for r in settings.rewards},
+        "potential_heads": {k: {"fit": h.fit, "diagnostics": h.diagnostics} for k, h in potentials.items()},
         "pretrain": {"loss_first": pre_losses[0], "loss_last": pre_losses[-1]},
         "start_policy": start_eval,
         "summary": summary,

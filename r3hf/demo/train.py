@@ -1,4 +1,5 @@
-"""One run of the demo (PPO-GAE or critic-free RLOO; sparse, R3HF or beta_c="auto") and the evaluation of a policy."""
+"""One run of the demo (PPO-GAE or critic-free RLOO; sparse, R3HF, beta_c="auto", the per-position
+baseline, a potential head) and the evaluation of a policy."""
 
 from __future__ import annotations
 
@@ -78,7 +79,22 @@ def make_critic(rm, init_policy, critic_init: str):
 
 
 ESTIMATORS = ("rloo", "ppo")  # critic-free RLOO (group advantages), PPO-GAE with a critic
-REWARDS = ("sparse", "r3hf", "auto")  # β_c = 0, β_c = 1, beta_c="auto"
+
+# The rewards an arm can use: β_c, the shaping potential ("rm": the RM's own prefix scores;
+# "head": a potential head fit label-free on the start policy's samples, `fit_demo_potential`) and
+# the critic-free group baseline ("row": r3hf's default, "position": the per-position baseline of
+# issue 21). PPO has no group baseline; it ignores `baseline`.
+REWARD_SETTINGS = {
+    "sparse": {"beta_c": 0.0, "potential": "rm", "baseline": "row"},
+    "r3hf": {"beta_c": 1.0, "potential": "rm", "baseline": "row"},
+    "auto": {"beta_c": "auto", "potential": "rm", "baseline": "row"},
+    "position": {"beta_c": 1.0, "potential": "rm", "baseline": "position"},
+    "head": {"beta_c": 1.0, "potential": "head", "baseline": "row"},
+    # what the measurements recommend (docs/group.md, docs/potential.md, ../shared/learning-signal.md):
+    # the potential head for R3HF's shaping, and under RLOO the per-position baseline
+    "recommended": {"beta_c": 1.0, "potential": "head", "baseline": "position"},
+}
+REWARDS = tuple(REWARD_SETTINGS)
 SUPPRESSED_IDS = (task.PAD_ID,)
 
 
@@ -94,24 +110,67 @@ def restrict_vocab(policy):
     return policy
 
 
-def _beta_c(reward: str):
-    if reward not in REWARDS:
+def reward_settings(reward: str) -> dict:
+    """β_c, potential ("rm" or "head") and group baseline of a reward name (REWARD_SETTINGS)."""
+    if reward not in REWARD_SETTINGS:
         raise ValueError(f"reward must be one of {list(REWARDS)}, got {reward!r}")
-    return {"sparse": 0.0, "r3hf": 1.0, "auto": "auto"}[reward]
+    return REWARD_SETTINGS[reward]
+
+
+@torch.no_grad()
+def fit_demo_potential(rm, policy, *, samples: int = 512, seed: int = 13, device: str = "cpu"):
+    """The potential head of the "head"/"recommended" rewards: `r3hf.models.fit_potential` in its
+    default label-free mode (ridge regression of Φ'(h_t) on the RM's own final score R, every
+    prefix position, ridge by cross-validation) on `samples` responses of the start policy, with
+    fixed seeds (one head per RM, shared by every run seed). Returns the PotentialHead."""
+    from ..models import fit_potential
+
+    gen = torch.Generator().manual_seed(seed)
+    qr, _ = sample(policy, task.sample_prompts(samples, gen).to(device), task.RESPONSE_LEN, gen)
+    mask = task.response_mask(qr[:, task.PROMPT_LEN:])
+    # attention over every column, as the runs read the RM (causal: what follows <eos> is never seen)
+    data = {"input_ids": qr, "attention_mask": torch.ones_like(qr), "prompt_len": task.PROMPT_LEN,
+            "response_mask": mask}
+    return fit_potential(rm, data, mode="regression", progress=False, seed=seed)
+
+
+def critic_free_advantages(hidden, w, b, mask, logprobs, ref_logprobs, config: ppo.PPOConfig, group_size: int,
+                           method: str, potential=None):
+    """The demo loop's critic-free step: RM hidden states [B, S, D] with its head (w, b), response
+    mask [B, L], log-probs [B, L] of the sampling and reference policies -> (token rewards,
+    advantages) float32 [B, L] from `ops.fused_reward_group_advantages(..., "rloo")` with the
+    reward's β_c, potential and baseline (REWARD_SETTINGS); groups are `group_size` consecutive rows."""
+    rs = reward_settings(method)
+    head = {}
+    if rs["potential"] == "head":
+        if potential is None:
+            raise ValueError(f"reward {method!r} shapes with a potential head: pass potential= (fit_demo_potential)")
+        head = dict(potential_weight=potential.weight.to(hidden.device), potential_bias=potential.bias.to(hidden.device))
+    beta_c = 0.0 if method == "sparse" else (rs["beta_c"] if isinstance(rs["beta_c"], str) else float(rs["beta_c"]))
+    return ops.fused_reward_group_advantages(
+        hidden, w, b, mask, task.PROMPT_LEN, group_size, "rloo", logprobs=logprobs, ref_logprobs=ref_logprobs,
+        kl_coef=config.kl_coef, kl_estimator=config.kl_estimator, first=config.first, beta_c=beta_c,
+        backend=config.backend, baseline=rs["baseline"], **head,
+    )
 
 
 def run_ppo(method: str, seed: int, *, init_policy, rm, steps: int, batch_size: int = 64, lr: float = 1e-3,
             config: ppo.PPOConfig | None = None, device: str = "cpu", eval_prompts=None, progress=None,
-            critic_init: str = "policy", estimator: str = "ppo", group_size: int = 4) -> dict:
-    """One run from `init_policy` (also the frozen reference). method: "sparse", "r3hf" or "auto"
-    (β_c = 0, 1 or "auto" in r3hf.ops). estimator "ppo": PPO-GAE with the critic from
-    `make_critic`; "rloo": critic-free, `group_size` responses per prompt, advantages from
-    `r3hf.ops.fused_reward_group_advantages(..., "rloo")` (no critic, no whitening). Returns the
-    per-step history (rollout ground truth, RM score, KL, losses, timings) and the final evaluation."""
+            critic_init: str = "policy", estimator: str = "ppo", group_size: int = 4, potential=None) -> dict:
+    """One run from `init_policy` (also the frozen reference). method: a reward of
+    REWARD_SETTINGS ("sparse", "r3hf", "auto", "position", "head", "recommended"). estimator
+    "ppo": PPO-GAE with the critic from `make_critic`; "rloo": critic-free, `group_size` responses
+    per prompt, advantages from `r3hf.ops.fused_reward_group_advantages(..., "rloo", baseline=...)`
+    (no critic, no whitening). potential: the PotentialHead the "head" rewards need
+    (`fit_demo_potential`). Returns the per-step history (rollout ground truth, RM score, KL,
+    losses, timings) and the final evaluation."""
     config = copy.deepcopy(config) if config is not None else ppo.PPOConfig()
-    beta_c = _beta_c(method)
+    rs = reward_settings(method)
     config.reward = "sparse" if method == "sparse" else "r3hf"
-    config.beta_c = 1.0 if method == "sparse" else beta_c
+    config.beta_c = 1.0 if method == "sparse" else rs["beta_c"]
+    if rs["potential"] == "head" and potential is None:
+        raise ValueError(f"reward {method!r} shapes with a potential head: pass potential= (fit_demo_potential)")
+    head = potential.to(device) if rs["potential"] == "head" else None
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {list(ESTIMATORS)}, got {estimator!r}")
     if critic_init not in CRITIC_INITS:
@@ -142,17 +201,15 @@ def run_ppo(method: str, seed: int, *, init_policy, rm, steps: int, batch_size: 
             values = ppo.response_values(critic, qr, P, L) if critic is not None else torch.zeros_like(logprobs)
             hidden, w, b = rm_hidden_and_head(rm, qr)
         mask = task.response_mask(qr[:, P:])  # up to and including <eos>: variable length
-        rollout = ppo.Rollout(qr, P, mask, logprobs, ref_logprobs, values, rm_hidden=hidden, rm_weight=w, rm_bias=b)
+        rollout = ppo.Rollout(qr, P, mask, logprobs, ref_logprobs, values, rm_hidden=hidden, rm_weight=w, rm_bias=b,
+                              potential=head)
         _sync(device)
         t_ops = time.perf_counter()
         if estimator == "ppo":
             adv = ppo.compute_advantages(rollout, config)  # r3hf.ops: fused_reward_gae + masked_whiten
         else:
-            rewards, advantages = ops.fused_reward_group_advantages(
-                hidden, w, b, mask, P, group_size, "rloo", logprobs=logprobs, ref_logprobs=ref_logprobs,
-                kl_coef=config.kl_coef, kl_estimator=config.kl_estimator, first=config.first,
-                beta_c=config.effective_beta_c, backend=config.backend,
-            )
+            rewards, advantages = critic_free_advantages(hidden, w, b, mask, logprobs, ref_logprobs, config, group_size,
+                                                         method, potential)
             adv = ppo.Advantages(rewards, advantages, advantages)
         _sync(device)
         t_ops = time.perf_counter() - t_ops
