@@ -29,7 +29,8 @@ from peer_batches import assert_close, response_mask
 
 
 def _import(name):
-    # CI (.ci/run, after its veRL step) sets R3HF_REQUIRE_VERL=1 so that a broken install fails instead of skipping.
+    # CI (.ci/run, after its veRL step) sets R3HF_REQUIRE_VERL=1 so that a broken install fails
+    # instead of skipping.
     if os.environ.get("R3HF_REQUIRE_VERL"):
         return importlib.import_module(name)
     return pytest.importorskip(name)

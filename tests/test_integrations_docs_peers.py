@@ -2,7 +2,8 @@
 verl -->` / `<!-- runnable: openrlhf -->`) run against the real packages.
 
 CI runs them in the main suite, with veRL and OpenRLHF installed by .ci/steps/40-verl.sh and
-41-openrlhf.sh and R3HF_REQUIRE_VERL=1, R3HF_REQUIRE_OPENRLHF=1 (set by .ci/run): fail, not skip, there.
+41-openrlhf.sh and R3HF_REQUIRE_VERL=1, R3HF_REQUIRE_OPENRLHF=1 (set by .ci/run): fail, not skip,
+there.
 """
 
 import importlib
