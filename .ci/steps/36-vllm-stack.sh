@@ -30,7 +30,7 @@ echo "vllm $VLLM requirements:" $(cat "$work/pins.txt")
 python3 -m venv "$work/c"
 C="$work/c/bin"
 "$C/pip" install -q --upgrade pip setuptools wheel
-"$C/pip" download -q -d "$WH" "$vllm_whl" -r "$work/pins.txt"
+"$C/pip" download -q -d "$WH" -r "$work/pins.txt"  # (vllm itself is there already)
 tick "wheels in $WH ($(du -sh "$WH" | cut -f1))"
 # vllm itself without dependency resolution (its flashinfer pin cannot resolve), then its requirements.
 PIP_FIND_LINKS="$WH ${PIP_FIND_LINKS:-}" "$C/pip" install -q --no-deps "$vllm_whl"
