@@ -17,6 +17,8 @@ Steps, in this order, each in a subprocess with a time limit inside a total budg
    at B=256, T=16384 (>= 1000x), gae vs a one-program-per-row serial walk at B=8, T=16384 (> 1x);
    fused_reward_group_advantages bf16 [8, 2048, 4096] vs copy bandwidth (>= 0.85), group_advantages
    (grpo, reinforce_pp) at B=1024 G=8 L=4096 and reward_to_go at B=64 T=1024 vs veRL-style loops;
+   baseline="position" (issue 21) vs Triton's row mode and the torch reference at B=1024 G=8
+   L=4096, and the fused op's position mode vs its row mode at bf16 [8, 2048, 4096];
 3. pytest -m "not gpu" on tests/ (the rest of the suite; Triton tests run on CUDA tensors), with
    whatever budget is left.
 Test steps run with R3HF_TRITON_AUTOTUNE=0 (one launch config: many small test shapes would
@@ -51,6 +53,12 @@ TARGETS = {  # name: (minimum, what it compares)
     # issue 24: a potential head read in the same pass (the issue's target, <= 10 % slower, is for CPU)
     "fused_gae_one_vs_two_heads": (1 / 1.1, "fused_reward_gae time with one head / with a potential head too, bf16 [8, 2048, 4096]"),
     "fused_group_one_vs_two_heads": (1 / 1.1, "fused_reward_group_advantages (grpo) time, one head / two heads, bf16 [8, 2048, 4096]"),
+    # issue 21 (baseline="position"; the issue sets no GPU target: these minimums are this check's own)
+    "position_vs_row_grpo": (0.5, "Triton group_advantages time, baseline row / position, grpo B=1024 G=8 L=4096"),
+    "position_vs_row_rloo": (0.5, "the same, rloo"),
+    "position_vs_row_reinforce_pp_baseline": (0.5, "the same, reinforce_pp_baseline"),
+    "position_triton_vs_torch_rloo": (5.0, "torch reference time / Triton time, rloo baseline=position (auto's fallback before)"),
+    "fused_group_position_vs_row": (0.5, "fused_reward_group_advantages (rloo) time, row / position, bf16 [8, 2048, 4096]"),
 }
 
 
@@ -208,6 +216,25 @@ def targets(rows: list) -> dict:
                 {"triton_ms": tri["median_s"] * 1e3, "baseline_ms": base["median_s"] * 1e3})
         else:
             put(name, None, {"missing": f"{fast} or {slow} benchmark"})
+    for est in ("grpo", "rloo", "reinforce_pp_baseline"):
+        pos, row = by_case.get(f"group_{est}_triton_position"), by_case.get(f"group_{est}_triton_row")
+        if pos and row:
+            detail = {"position_ms": pos["median_s"] * 1e3, "row_ms": row["median_s"] * 1e3,
+                      "position_bytes_per_s_over_14B_per_token": pos["bytes_moved"] / pos["median_s"]}
+            ref = by_case.get(f"group_{est}_torch_position")
+            if ref:
+                detail["torch_position_ms"] = ref["median_s"] * 1e3
+            put(f"position_vs_row_{est}", row["median_s"] / pos["median_s"], detail)
+        else:
+            put(f"position_vs_row_{est}", None, {"missing": f"group_{est}_triton_position or _triton_row benchmark"})
+    pos, ref = by_case.get("group_rloo_triton_position"), by_case.get("group_rloo_torch_position")
+    put("position_triton_vs_torch_rloo", ref["median_s"] / pos["median_s"] if pos and ref else None,
+        {"triton_ms": pos["median_s"] * 1e3, "torch_ms": ref["median_s"] * 1e3} if pos and ref
+        else {"missing": "group_rloo_triton_position or group_rloo_torch_position benchmark"})
+    pos, row = by_case.get("fused_group_rloo_position"), by_case.get("fused_group_rloo_row")
+    put("fused_group_position_vs_row", row["median_s"] / pos["median_s"] if pos and row else None,
+        {"position_ms": pos["median_s"] * 1e3, "row_ms": row["median_s"] * 1e3} if pos and row
+        else {"missing": "fused_group_rloo_position or fused_group_rloo_row benchmark"})
     for op in ("gae", "group"):
         one, two = by_case.get(f"fused_{op}_1_heads"), by_case.get(f"fused_{op}_2_heads")
         name = f"fused_{op}_one_vs_two_heads"
@@ -259,8 +286,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         # In a dry run only a quick selection of tests: the point is the plumbing.
-        gpu_paths = (["tests/test_triton_backend.py", "tests/test_triton_group.py", "tests/test_potential_ops.py"]
-                     if args.dry_run else ["tests"])
+        gpu_paths = (["tests/test_triton_backend.py", "tests/test_triton_group.py", "tests/test_potential_ops.py",
+                      "tests/test_triton_group_position.py"] if args.dry_run else ["tests"])
         other = ((["tests/test_triton_backend.py", "tests/test_triton_group.py"],
                   ["-k", "reported or guard or empty or backends_rows"]) if args.dry_run else (["tests"], []))
         if not args.skip_tests:

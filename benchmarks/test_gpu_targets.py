@@ -335,6 +335,51 @@ def test_fused_group_bandwidth_big(benchmark, fused_inputs):
     run(benchmark, fn, reps=REPS, case="fused_group_big", bytes_moved=need, shape=[B, S, D])
 
 
+# --- issue 21: baseline="position" (per-position group baselines) ------------------------------
+# The Triton position mode against Triton's row mode on the same inputs (the tables' extra cost:
+# atomics into [2, n_groups, W] float64, n_groups = B on CUDA without a host sync, and the torch
+# group statistics over them), and against the torch reference, which "auto" ran before.
+
+POSITION_ESTIMATORS = ("grpo", "rloo", "reinforce_pp_baseline")
+
+
+@pytest.mark.parametrize("which", ["triton_position", "triton_row", "torch_position"])
+@pytest.mark.parametrize("estimator", POSITION_ESTIMATORS)
+def test_group_position(benchmark, estimator, which):
+    B, G, L = GROUP
+    r, m = group_inputs(B, L, 7, sparse=False)
+    backend, baseline = which.split("_")
+    backend = "triton" if backend == "triton" else "torch"
+
+    def fn():
+        return ops.group_advantages(r, m, G, estimator, backend=backend, baseline=baseline)
+
+    got = fn()
+    expect = ops.group_advantages(r, m, G, estimator, backend="torch", baseline=baseline)
+    torch.testing.assert_close(got, expect, rtol=1e-4, atol=1e-4)
+    rounds = 1 if DRY else 2 if which == "torch_position" else ROUNDS  # dry: one interpreted call per round
+    run(benchmark, fn, rounds=rounds, case=f"group_{estimator}_{which}",
+        B=B, G=G, L=L, bytes_moved=B * L * 14)
+
+
+@pytest.mark.parametrize("baseline", ["position", "row"])
+def test_fused_group_position(benchmark, fused_group_inputs, baseline):
+    x = fused_group_inputs
+    kl = dict(logprobs=x["logprobs"], ref_logprobs=x["ref"], kl_coef=0.05, kl_estimator="k3")
+
+    def fn():
+        return ops.fused_reward_group_advantages(x["hidden"], x["weight"], 0.1, x["mask"], x["P"], FUSED_GROUP_G,
+                                                 "rloo", backend="triton", baseline=baseline, **kl)
+
+    rew, adv = fn()
+    ref_rew, ref_adv = ops.fused_reward_group_advantages(x["hidden"], x["weight"], 0.1, x["mask"], x["P"],
+                                                         FUSED_GROUP_G, "rloo", backend="torch", baseline=baseline,
+                                                         **kl)
+    torch.testing.assert_close(rew, ref_rew, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(adv, ref_adv, rtol=1e-3, atol=1e-2)
+    run(benchmark, fn, rounds=1 if DRY else ROUNDS, reps=1 if DRY else REPS, case=f"fused_group_rloo_{baseline}")
+
+
 # --- a potential head (issue 24): two heads against one, same inputs, same run ------------------
 
 

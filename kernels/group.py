@@ -22,11 +22,14 @@ import triton.language as tl
 from ._common import flip_scans, reward_chunk
 from .fused import _CONFIGS, potential_head_args, project_chunk_rewards
 from .returns import N_MOMENTS, _layout, _scan_rows, row_stats, rtg_chunk_tail
+from .position import position_args
 from .varlen import launch_args, locate_chunk
 from .rewards import BLOCK_C, first_unmasked, reward_options
 
 
-@triton.autotune(configs=_CONFIGS, key=["D", "BLOCK_T"])  # outputs only written: safe to rerun
+# Outputs only written, but POS adds to the position tables: autotuning zeroes them before each
+# trial and before the real run (a dummy when not POS is an output, written in full anyway).
+@triton.autotune(configs=_CONFIGS, key=["D", "BLOCK_T"], reset_to_zero=["ps_ptr", "last_ptr"])
 @triton.jit
 def _fused_group_kernel(h_ptr, stride_hb, stride_hs, stride_hd, w_ptr, stride_w, bias_ptr, D,
                         m_ptr, p_ptr, f_ptr, lp_ptr, ref_ptr, s_ptr, st_ptr, rew_ptr, ret_ptr, ci_ptr, cu_ptr,
@@ -35,7 +38,8 @@ def _fused_group_kernel(h_ptr, stride_hb, stride_hs, stride_hd, w_ptr, stride_w,
                         HAS_CLIP: tl.constexpr, HAS_KL: tl.constexpr, KL_EST: tl.constexpr,
                         HAS_KL_CLAMP: tl.constexpr, MULTI: tl.constexpr, BLOCK_T: tl.constexpr,
                         BLOCK_C: tl.constexpr, FLIP: tl.constexpr, BLOCK_D: tl.constexpr, VARLEN: tl.constexpr,
-                        pw_ptr, stride_pw, pbias_ptr, POT: tl.constexpr, HAS_PBIAS: tl.constexpr):
+                        pw_ptr, stride_pw, pbias_ptr, POT: tl.constexpr, HAS_PBIAS: tl.constexpr,
+                        ids_ptr, ps_ptr, last_ptr, W, ps_plane, POS: tl.constexpr, SQUARES: tl.constexpr):
     i_n, i_c, bos, T_n, nC_n, base = locate_chunk(ci_ptr, cu_ptr, L, nC, BLOCK_T, VARLEN)
     if i_c < 0:
         return
@@ -46,17 +50,20 @@ def _fused_group_kernel(h_ptr, stride_hb, stride_hs, stride_hd, w_ptr, stride_w,
         BLOCK_D, VARLEN, pw_ptr, stride_pw, pbias_ptr, POT, HAS_PBIAS)
     # group advantages use holes="skip" (_group_stats' row pass)
     rtg_chunk_tail(b_r, b_m, m_t, o_x, s_ptr, st_ptr, ret_ptr, base, i_c, plane, gamma, True, MULTI, True,
-                   BLOCK_T, FLIP)
+                   BLOCK_T, FLIP, i_n, ids_ptr, ps_ptr, last_ptr, W, ps_plane, POS, SQUARES)
 
 
 def fused_row_pass(hidden, weight, bias, response_mask, prompt_len, logprobs=None, ref_logprobs=None, kl_coef=0.0,
                    kl_estimator="k1", kl_clamp=None, first="prompt", beta_c=1.0, reward_clip=None, gamma=1.0,
-                   cu_seqlens=None, *, chunk=None, flip=None, potential_weight=None, potential_bias=None):
+                   cu_seqlens=None, *, chunk=None, flip=None, potential_weight=None, potential_bias=None,
+                   positions=None):
     """hidden [B, S, D], weight [D], bias fp32 [1] | None, response_mask bool [B, L], prompt_len
     int64 [B] -> (rewards fp32 [B, L], returns G fp32 [B, L], stats float64 [B, 5]): _group_stats'
     fused row pass. Packed (cu_seqlens int64 [N + 1], prompt_len None): hidden [T, D], per-token
     tensors [T] -> rewards, returns [T] and stats [N, 5]. potential_weight/potential_bias: a potential
-    head (kernels/fused.py)."""
+    head (kernels/fused.py). With `positions` (_group_stats.Positions, step 1p) -> (rewards, returns,
+    stats, sums float64 [2, n_groups, W], last float64 [B] (packed [N])), accumulated where G is
+    known: in this kernel for rows of one chunk, in the final pass otherwise."""
     dev = hidden.device
     m8 = response_mask.contiguous().view(torch.uint8)
     if cu_seqlens is None:
@@ -70,9 +77,13 @@ def fused_row_pass(hidden, weight, bias, response_mask, prompt_len, logprobs=Non
     layout = _layout(m8, chunk, cu_seqlens)
     ch, grid, plane, _, nC = layout
     rew = torch.empty(response_mask.shape, dtype=torch.float32, device=dev)
+    n_rows = B if ch is None else cu_seqlens.numel() - 1
+    pos, sums, last = position_args(positions, n_rows, dev, rew)
+    extra = () if positions is None else (sums, last)
     if rew.numel() == 0:
         ret = torch.zeros(response_mask.shape, dtype=torch.float32, device=dev)
-        return rew, ret, row_stats(torch.zeros((N_MOMENTS, plane), dtype=torch.float64, device=dev), layout, B)
+        return (rew, ret, row_stats(torch.zeros((N_MOMENTS, plane), dtype=torch.float64, device=dev), layout, B),
+                *extra)
     flip = flip_scans() if flip is None else flip
     f, _ = first_unmasked(m8, chunk, ch)
     multi = f is not None
@@ -89,12 +100,12 @@ def fused_row_pass(hidden, weight, bias, response_mask, prompt_len, logprobs=Non
         f if f is not None else rew, lp, ref, maps, moments, rew, ret, ci, cu, plane, L if ch is None else 0, nC,
         **scalars, gamma=float(gamma), HAS_BIAS=bias is not None, **consts, MULTI=multi, BLOCK_T=chunk,
         BLOCK_C=BLOCK_C, FLIP=flip, VARLEN=ch is not None,
-        **potential_head_args(potential_weight, potential_bias, weight),
+        **potential_head_args(potential_weight, potential_bias, weight), **pos,
     )
     if multi:  # carry across chunks: G and its moments from the fp32 rewards just written
         ret = _scan_rows(rew, m8, gamma, True, stats=moments, maps=maps, chunk=chunk, flip=flip, rows_done=True,
-                         layout=layout)
-    return rew, ret, row_stats(moments, layout, B)
+                         layout=layout, pos=pos)
+    return (rew, ret, row_stats(moments, layout, B), *extra)
 
 
 __all__ = ["fused_row_pass"]

@@ -38,7 +38,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, flip_scans, gae_chunk, varlen_chunk
+from ._common import INTERPRET, _env_chunk, flip_scans, gae_chunk, varlen_chunk
+from .position import accumulate_positions, chunk_counts, position_args, prefix_count
 from .scan import chunk_offsets, first_lane, lane_value
 from .varlen import chunk_index, launch_args, locate_chunk
 
@@ -109,9 +110,12 @@ def store_moments(st_ptr, plane, base, i_c, x, m):
 
 @triton.jit
 def rtg_chunk_tail(b_x, b_m, m_t, o_x, s_ptr, st_ptr, out_ptr, base, i_c, plane, gamma, SKIP: tl.constexpr,
-                   MULTI: tl.constexpr, STATS: tl.constexpr, BLOCK_T: tl.constexpr, FLIP: tl.constexpr):
+                   MULTI: tl.constexpr, STATS: tl.constexpr, BLOCK_T: tl.constexpr, FLIP: tl.constexpr,
+                   i_n, ids_ptr, ps_ptr, last_ptr, W, ps_plane, POS: tl.constexpr, SQUARES: tl.constexpr):
     """Row pass of one chunk whose rewards b_x (fp32, any value where masked) are in registers:
-    the chunk's map (several chunks) or G itself (one chunk, carry 0), and the moments."""
+    the chunk's map (several chunks) or G itself (one chunk, carry 0), and the moments. POS: a
+    one-chunk row also adds its G to the per-position tables (kernels/position.py); rows of
+    several chunks do that in `_rtg_final_kernel`, where G is known."""
     a, b = rtg_elements(b_x, b_m, m_t, gamma, SKIP)
     a, b = backward_scan2(a, b, FLIP)
     if MULTI:
@@ -121,6 +125,9 @@ def rtg_chunk_tail(b_x, b_m, m_t, o_x, s_ptr, st_ptr, out_ptr, base, i_c, plane,
         tl.store(p_s + plane, lane_value(b, k, BLOCK_T))
     else:
         tl.store(out_ptr + o_x, tl.where(b_m, b, 0.0), mask=m_t)
+        if POS:
+            accumulate_positions(b, b_m, 0, tl.sum(b_m.to(tl.int32), axis=0), i_n, ids_ptr, ps_ptr, last_ptr, W,
+                                 ps_plane, SQUARES, FLIP)
     if STATS:
         store_moments(st_ptr, plane, base, i_c, b_x, b_m)
         if not MULTI:
@@ -142,21 +149,24 @@ def _load_chunk(r_ptr, m_ptr, shift_ptr, scale_ptr, i_n, bos, i_c, T_n, TRANSFOR
 
 @triton.jit
 def _rtg_row_kernel(r_ptr, m_ptr, shift_ptr, scale_ptr, s_ptr, st_ptr, out_ptr, ci_ptr, cu_ptr, plane, L, nC, gamma,
+                    ids_ptr, ps_ptr, last_ptr, W, ps_plane,
                     SKIP: tl.constexpr, TRANSFORM: tl.constexpr, MULTI: tl.constexpr, STATS: tl.constexpr,
-                    BLOCK_T: tl.constexpr, FLIP: tl.constexpr, VARLEN: tl.constexpr):
+                    BLOCK_T: tl.constexpr, FLIP: tl.constexpr, VARLEN: tl.constexpr, POS: tl.constexpr,
+                    SQUARES: tl.constexpr):
     i_n, i_c, bos, T_n, nC_n, base = locate_chunk(ci_ptr, cu_ptr, L, nC, BLOCK_T, VARLEN)
     if i_c < 0:
         return
     o_x, m_t, b_m, b_x = _load_chunk(r_ptr, m_ptr, shift_ptr, scale_ptr, i_n, bos, i_c, T_n, TRANSFORM, BLOCK_T,
                                      FLIP)
     rtg_chunk_tail(b_x, b_m, m_t, o_x, s_ptr, st_ptr, out_ptr, base, i_c, plane, gamma, SKIP, MULTI, STATS,
-                   BLOCK_T, FLIP)
+                   BLOCK_T, FLIP, i_n, ids_ptr, ps_ptr, last_ptr, W, ps_plane, POS, SQUARES)
 
 
 @triton.jit
 def _rtg_final_kernel(r_ptr, m_ptr, shift_ptr, scale_ptr, s_ptr, st_ptr, out_ptr, ci_ptr, cu_ptr, plane, L, nC,
-                      gamma, SKIP: tl.constexpr, TRANSFORM: tl.constexpr, STATS: tl.constexpr, BLOCK_T: tl.constexpr,
-                      BLOCK_C: tl.constexpr, FLIP: tl.constexpr, VARLEN: tl.constexpr):
+                      gamma, ids_ptr, ps_ptr, last_ptr, W, ps_plane, SKIP: tl.constexpr, TRANSFORM: tl.constexpr,
+                      STATS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, FLIP: tl.constexpr,
+                      VARLEN: tl.constexpr, POS: tl.constexpr, SQUARES: tl.constexpr):
     i_n, i_c, bos, T_n, nC_n, base = locate_chunk(ci_ptr, cu_ptr, L, nC, BLOCK_T, VARLEN)
     if i_c < 0:
         return
@@ -169,6 +179,10 @@ def _rtg_final_kernel(r_ptr, m_ptr, shift_ptr, scale_ptr, s_ptr, st_ptr, out_ptr
     tl.store(out_ptr + o_x, tl.where(b_m, b_g, 0.0), mask=m_t)
     if STATS:
         store_moments(st_ptr + 3 * plane, plane, base, i_c, b_g, b_m)
+    if POS:  # positions from the r counts the row kernel stored (plane 0 of the moments; POS needs STATS)
+        p0 = prefix_count(st_ptr, base, i_c, BLOCK_C)
+        n_row = p0 + prefix_count(st_ptr, base + i_c, nC_n - i_c, BLOCK_C)
+        accumulate_positions(b_g, b_m, p0, n_row, i_n, ids_ptr, ps_ptr, last_ptr, W, ps_plane, SQUARES, FLIP)
 
 
 @triton.jit
@@ -219,11 +233,13 @@ def _row_stats_kernel(st_ptr, stats_ptr, starts_ptr, cu_ptr, plane, nC, BLOCK_C:
 
 
 @triton.jit
-def _affine_kernel(g_ptr, m_ptr, shift_ptr, scale_ptr, out_ptr, ci_ptr, cu_ptr, L, BLOCK: tl.constexpr,
-                   VARLEN: tl.constexpr):
+def _affine_kernel(g_ptr, m_ptr, shift_ptr, scale_ptr, out_ptr, ci_ptr, cu_ptr, L, nC, ids_ptr, cnt_ptr, W,
+                   BLOCK: tl.constexpr, VARLEN: tl.constexpr, POS: tl.constexpr, BLOCK_C: tl.constexpr):
     """A = m·(G − shift_b)·scale_b over one block of a row (padded grid (cdiv(L, BLOCK), B)) or one
-    chunk of a sequence (VARLEN, the chunk index of chunk size BLOCK)."""
-    i_n, i_t, bos, T_n, nC_n, base = locate_chunk(ci_ptr, cu_ptr, L, 0, BLOCK, VARLEN)
+    chunk of a sequence (VARLEN, the chunk index of chunk size BLOCK). POS (baseline="position"):
+    shift/scale are [n_groups, W] tables read at (ids_b, p), p from the blocks' counts cnt_ptr
+    (int32, kernels/position.py's _chunk_counts_kernel, nC blocks per padded row)."""
+    i_n, i_t, bos, T_n, nC_n, base = locate_chunk(ci_ptr, cu_ptr, L, nC, BLOCK, VARLEN)
     if i_t < 0:
         return
     o_t = i_t * BLOCK + tl.arange(0, BLOCK)
@@ -231,7 +247,14 @@ def _affine_kernel(g_ptr, m_ptr, shift_ptr, scale_ptr, out_ptr, ci_ptr, cu_ptr, 
     o_x = bos + o_t
     b_m = tl.load(m_ptr + o_x, mask=m_t, other=0) != 0
     b_g = tl.load(g_ptr + o_x, mask=m_t, other=0.0)
-    b_a = (b_g - tl.load(shift_ptr + i_n)) * tl.load(scale_ptr + i_n)
+    if POS:
+        b_mi = b_m.to(tl.int32)
+        p = prefix_count(cnt_ptr, base, i_t, BLOCK_C) + tl.cumsum(b_mi, 0) - b_mi
+        ok = b_m & (p < W)
+        o_s = tl.load(ids_ptr + i_n) * W + p
+        b_a = (b_g - tl.load(shift_ptr + o_s, mask=ok, other=0.0)) * tl.load(scale_ptr + o_s, mask=ok, other=0.0)
+    else:
+        b_a = (b_g - tl.load(shift_ptr + i_n)) * tl.load(scale_ptr + i_n)
     tl.store(out_ptr + o_x, tl.where(b_m, b_a, 0.0), mask=m_t)
 
 
@@ -260,11 +283,13 @@ def _chunk(m8, chunk, cu_seqlens):
     return varlen_chunk(m8.numel(), cu_seqlens.numel() - 1)
 
 
-def _scan_rows(x, m8, gamma, skip, *, coef=None, stats=None, maps=None, chunk, flip, rows_done=False, layout):
+def _scan_rows(x, m8, gamma, skip, *, coef=None, stats=None, maps=None, chunk, flip, rows_done=False, layout,
+               pos=None):
     """G (fp32, shaped as m8) of x (transformed by coef = (shift, scale), fp32 [B] each, when given);
     with `stats` (float64 [6, plane]) also the chunk moments. rows_done: `maps` (and the r moments)
     were already filled by a fused row kernel, so only the final pass (rows of several chunks) is
-    left. layout: `_layout`'s (chunk index, grid, plane, L, nC)."""
+    left. layout: `_layout`'s (chunk index, grid, plane, L, nC). pos: kernels/position.py's
+    `position_args` (POS needs `stats`: positions come from the stored counts)."""
     ch, grid, plane, L, nC = layout
     multi = ch.multi if ch is not None else nC > 1
     out = torch.empty(m8.shape, dtype=torch.float32, device=m8.device)
@@ -274,11 +299,14 @@ def _scan_rows(x, m8, gamma, skip, *, coef=None, stats=None, maps=None, chunk, f
         maps = torch.empty((2, plane), dtype=torch.float32, device=m8.device)
     dummy = out
     ci, cu = launch_args(ch, dummy)
+    if pos is None:
+        pos = position_args(None, 0, m8.device, dummy)[0]
     common = dict(SKIP=skip, TRANSFORM=coef is not None, STATS=stats is not None, BLOCK_T=chunk, FLIP=flip,
-                  VARLEN=ch is not None, num_warps=_warps(chunk))
+                  VARLEN=ch is not None, num_warps=_warps(chunk), POS=pos["POS"], SQUARES=pos["SQUARES"])
     shift, scale = coef if coef is not None else (dummy, dummy)
     args = (x, m8, shift, scale, maps if multi else dummy,
-            stats if stats is not None else dummy, out, ci, cu, plane, L, nC, float(gamma))
+            stats if stats is not None else dummy, out, ci, cu, plane, L, nC, float(gamma), pos["ids_ptr"],
+            pos["ps_ptr"], pos["last_ptr"], pos["W"], pos["ps_plane"])
     if not rows_done:
         _rtg_row_kernel[grid](*args, MULTI=multi, **common)
     if multi:
@@ -310,9 +338,10 @@ def reward_to_go(rewards, response_mask, gamma=1.0, holes="skip", *, cu_seqlens=
                       layout=_layout(m8, chunk, cu_seqlens))
 
 
-def row_pass(rewards, response_mask, gamma=1.0, cu_seqlens=None, *, chunk=None, flip=None):
+def row_pass(rewards, response_mask, gamma=1.0, cu_seqlens=None, *, chunk=None, flip=None, positions=None):
     """_group_stats' row pass: -> (returns G fp32 [B, L] with holes="skip", stats float64 [B, 5]);
-    packed: [T] and stats [N, 5] per sequence."""
+    packed: [T] and stats [N, 5] per sequence. With `positions` (_group_stats.Positions, step 1p)
+    -> (returns, stats, sums float64 [2, n_groups, W], last float64 [B] (packed [N]))."""
     m8 = response_mask.contiguous().view(torch.uint8)
     chunk = _chunk(m8, chunk, cu_seqlens)
     flip = flip_scans() if flip is None else flip
@@ -320,14 +349,19 @@ def row_pass(rewards, response_mask, gamma=1.0, cu_seqlens=None, *, chunk=None, 
     empty = m8.numel() == 0  # no kernel writes: stats are all 0
     moments = (torch.zeros if empty else torch.empty)((N_MOMENTS, layout[2]), dtype=torch.float64,
                                                       device=rewards.device)
-    G = _scan_rows(rewards.contiguous(), m8, gamma, True, stats=moments, chunk=chunk, flip=flip, layout=layout)
-    return G, row_stats(moments, layout, m8.shape[0])
+    n_rows = m8.shape[0] if cu_seqlens is None else cu_seqlens.numel() - 1
+    pos, sums, last = position_args(positions, n_rows, rewards.device, moments)
+    G = _scan_rows(rewards.contiguous(), m8, gamma, True, stats=moments, chunk=chunk, flip=flip, layout=layout,
+                   pos=pos)
+    stats = row_stats(moments, layout, m8.shape[0])
+    return (G, stats) if positions is None else (G, stats, sums, last)
 
 
 def finish(rewards, returns, response_mask, shift, scale, gamma=1.0, on_rewards=False, cu_seqlens=None, *,
-           chunk=None, flip=None):
+           chunk=None, flip=None, ids=None):
     """_group_stats' finish pass -> advantages fp32 [B, L] (packed: [T], shift/scale [N]), 0 where
-    masked: m·(G − shift)·scale, or (on_rewards) the skip reward-to-go of m·(r − shift)·scale."""
+    masked: m·(G − shift)·scale, or (on_rewards) the skip reward-to-go of m·(r − shift)·scale.
+    With `ids` (int64 [B] / [N], step 3p): shift/scale are [n_groups, W] tables read at (ids_i, p)."""
     m8 = response_mask.contiguous().view(torch.uint8)
     coef = (shift.to(torch.float32).contiguous(), scale.to(torch.float32).contiguous())
     if on_rewards:
@@ -341,15 +375,23 @@ def finish(rewards, returns, response_mask, shift, scale, gamma=1.0, on_rewards=
     if cu_seqlens is None:
         B, L = m8.shape
         BLOCK = 1024 if not INTERPRET else max(16, min(1024, triton.next_power_of_2(L)))
-        grid, ch = (triton.cdiv(L, BLOCK), B), None
+        if ids is not None:  # R3HF_TRITON_CHUNK: tests cross the count blocks with short rows
+            BLOCK = chunk or _env_chunk() or BLOCK
+        nC = triton.cdiv(L, BLOCK)
+        grid, ch, plane = (nC, B), None, nC * B
     else:
-        L = 0
+        L = nC = 0
         BLOCK = _chunk(m8, chunk, cu_seqlens)
         ch = chunk_index(cu_seqlens, m8.numel(), BLOCK)
-        grid = (ch.grid,)
+        grid, plane = (ch.grid,), ch.grid
     ci, cu = launch_args(ch, out)
-    _affine_kernel[grid](returns.contiguous(), m8, *coef, out, ci, cu, L, BLOCK=BLOCK, VARLEN=ch is not None,
-                         num_warps=4)
+    pos = ids is not None
+    if pos:  # an extra read of the mask: each block's generated count, for its first position
+        cnt = chunk_counts(m8, grid, ci, cu, L, nC, plane, BLOCK, ch is not None)
+        ids = ids.to(torch.int64).contiguous()
+    _affine_kernel[grid](returns.contiguous(), m8, *coef, out, ci, cu, L, nC, ids if pos else out,
+                         cnt if pos else out, shift.shape[1] if pos else 1, BLOCK=BLOCK, VARLEN=ch is not None,
+                         POS=pos, BLOCK_C=BLOCK_C, num_warps=4)
     return out
 
 

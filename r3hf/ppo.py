@@ -69,7 +69,12 @@ class PPOConfig:
 class Rollout:
     """What a rollout produced (all without grad). Reward-model input: either the RM's last hidden
     states `rm_hidden` [B, S, D] with its head `rm_weight` [D] or [1, D] (+ `rm_bias`), which
-    takes r3hf's fused path, or its prefix scores `scores` [B, S]."""
+    takes r3hf's fused path, or its prefix scores `scores` [B, S].
+
+    potential (optional, docs/potential.md): with rm_hidden, a `r3hf.models.PotentialHead` or the
+    folder its save_pretrained wrote, read from the same hidden states in the fused op
+    (potential_weight / potential_bias); with scores, the potential's prefix scores [B, S] from
+    the same forward (`r3hf.models.potential_scores`). R stays the reward model's."""
 
     query_responses: torch.Tensor  # [B, S] token ids
     prompt_len: int | torch.Tensor  # context length (int) or [B]
@@ -82,6 +87,7 @@ class Rollout:
     rm_bias: torch.Tensor | float | None = None
     scores: torch.Tensor | None = None
     attention_mask: torch.Tensor | None = None  # [B, S]; default: all ones
+    potential: object = None  # PotentialHead / its folder (with rm_hidden) or Φ' [B, S] (with scores)
 
     @property
     def attention(self) -> torch.Tensor:
@@ -115,12 +121,20 @@ def compute_advantages(rollout: Rollout, config: PPOConfig) -> Advantages:
     if rollout.rm_hidden is not None:
         if rollout.rm_weight is None:
             raise ValueError("rm_weight is required with rm_hidden")
+        pw, pb = _potential_head(rollout)
         rewards, advantages, returns = ops.fused_reward_gae(
             rollout.rm_hidden, rollout.rm_weight, rollout.rm_bias, rollout.values, rollout.response_mask,
-            rollout.prompt_len, gamma=config.gamma, lam=config.lam, **common,
+            rollout.prompt_len, gamma=config.gamma, lam=config.lam, potential_weight=pw, potential_bias=pb, **common,
         )
     elif rollout.scores is not None:
-        rewards = ops.token_rewards(rollout.scores, rollout.response_mask, rollout.prompt_len, **common)
+        potential = rollout.potential
+        if potential is not None and not isinstance(potential, torch.Tensor):
+            raise ValueError(
+                "Rollout.potential: with scores (no rm_hidden) give the potential's prefix scores [B, S] "
+                "(r3hf.models.potential_scores); a PotentialHead needs the hidden states: set rm_hidden"
+            )
+        rewards = ops.token_rewards(rollout.scores, rollout.response_mask, rollout.prompt_len, potential=potential,
+                                    **common)
         advantages, returns = ops.gae(
             rewards, rollout.values, rollout.response_mask, config.gamma, config.lam, backend=config.backend
         )
@@ -129,6 +143,22 @@ def compute_advantages(rollout: Rollout, config: PPOConfig) -> Advantages:
     if config.whiten_advantages:
         advantages = ops.masked_whiten(advantages, rollout.response_mask, backend=config.backend)
     return Advantages(rewards, advantages, returns)
+
+
+def _potential_head(rollout: Rollout):
+    """Rollout.potential as the fused op's (potential_weight, potential_bias), cast like rm_weight."""
+    if rollout.potential is None:
+        return None, None
+    if isinstance(rollout.potential, torch.Tensor):
+        raise ValueError(
+            "Rollout.potential: with rm_hidden give a PotentialHead (or its folder), read from the same hidden "
+            "states; prefix-score tensors [B, S] go with scores"
+        )
+    from .models.potential import load_potential
+
+    head = load_potential(rollout.potential, name="Rollout.potential", hidden_size=rollout.rm_hidden.shape[-1])
+    hidden = rollout.rm_hidden
+    return head.weight.to(device=hidden.device, dtype=hidden.dtype), head.bias.to(hidden.device)
 
 
 def _response_index(prompt_len, B: int, L: int, device) -> torch.Tensor:

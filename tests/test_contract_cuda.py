@@ -68,8 +68,11 @@ def test_each_op_compiles_fullgraph_on_cuda(op):
     b = _batch("cuda-tensor", seed=2)
     got = torch.compile(CASES[op], fullgraph=True)(b)
     want = CASES[op](b)
+    # Bitwise, except the position mode: its Triton tables are float64 atomics, whose order (and so the
+    # last bits of the sums of squares behind grpo's per-position std) differs from run to run.
+    tol = dict(rtol=1e-6, atol=1e-6) if "[position]" in op else dict(rtol=0, atol=0)
     for g, w in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
-        torch.testing.assert_close(g, w, rtol=0, atol=0)
+        torch.testing.assert_close(g, w, **tol)
 
 
 def test_cuda_graph_capture_of_the_rollout():

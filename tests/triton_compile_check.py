@@ -20,7 +20,8 @@ from triton.compiler import ASTSource  # noqa: E402
 
 POINTERS = {"x_ptr": "*bf16", "out_ptr": "*fp32", "sums_ptr": "*fp64", "sq_ptr": "*fp64", "m_ptr": "*u8", "p_ptr": "*i64", "f_ptr": "*i32", "h_ptr": "*bf16", "w_ptr": "*bf16",
             "v_ptr": "*bf16", "lp_ptr": "*fp16", "ref_ptr": "*fp16", "s_ptr": "*fp32", "r_ptr": "*bf16",
-            "stats_ptr": "*fp64", "st_ptr": "*fp64", "ci_ptr": "*i32", "cu_ptr": "*i64", "starts_ptr": "*i32"}
+            "stats_ptr": "*fp64", "st_ptr": "*fp64", "ci_ptr": "*i32", "cu_ptr": "*i64", "starts_ptr": "*i32",
+            "ids_ptr": "*i64", "ps_ptr": "*fp64", "last_ptr": "*fp64", "cnt_ptr": "*i32"}
 FLOATS = {"eps", "gamma", "lam", "beta_c", "one_minus_beta", "kl_coef", "clip_lo", "clip_hi", "kl_lo", "kl_hi"}
 
 
@@ -42,7 +43,7 @@ def signature(fn, consts):
 
 def cases():
     """Every kernel variant, in the padded [B, L] mode and the packed VARLEN (cu_seqlens) mode."""
-    from r3hf.kernels import fused, gae, group, projection, returns, rewards, whiten
+    from r3hf.kernels import fused, gae, group, position, projection, returns, rewards, whiten
 
     reward_consts = dict(FIRST_PROMPT=True, FULL_BETA=False, HAS_CLIP=True, HAS_KL=True, KL_EST=2,
                          HAS_KL_CLAMP=True, MULTI=True, BLOCK_T=64, BLOCK_C=16, FLIP=True)
@@ -60,15 +61,27 @@ def cases():
                     **reward_consts, "HAS_BIAS": flip, "HAS_BOOT": flip, "MULTI": flip, "FLIP": flip,
                     "FIRST_PROMPT": not flip, "POT": flip, "HAS_PBIAS": flip, **cfg.kwargs, **v}, cfg.num_warps
             for skip, transform, stats in [(True, False, True), (False, False, False), (True, True, False)]:
-                scan = dict(SKIP=skip, TRANSFORM=transform, STATS=stats, FLIP=flip, **v)
+                scan = dict(SKIP=skip, TRANSFORM=transform, STATS=stats, FLIP=flip, POS=False, SQUARES=False, **v)
                 yield "rtg_row" + tag, returns._rtg_row_kernel, dict(**scan, MULTI=stats, BLOCK_T=256), 2
                 yield "rtg_final" + tag, returns._rtg_final_kernel, dict(**scan, BLOCK_T=1024, BLOCK_C=16), 8
+            # baseline="position" (issue 21): the row pass with the per-position tables, both chunk paths
+            for multi, squares in [(False, True), (True, False)]:
+                scan = dict(SKIP=True, TRANSFORM=False, STATS=True, FLIP=flip, POS=True, SQUARES=squares, **v)
+                yield "rtg_row_pos" + tag, returns._rtg_row_kernel, dict(**scan, MULTI=multi, BLOCK_T=256), 2
+            yield "rtg_final_pos" + tag, returns._rtg_final_kernel, dict(
+                SKIP=True, TRANSFORM=False, STATS=True, FLIP=flip, POS=True, SQUARES=flip, BLOCK_T=1024, BLOCK_C=16,
+                **v), 8
             for cfg in group._CONFIGS:
-                yield "fused_group" + tag, group._fused_group_kernel, {
-                    **reward_consts, "HAS_BIAS": flip, "MULTI": flip, "FLIP": flip, "FIRST_PROMPT": not flip,
-                    "POT": not flip, "HAS_PBIAS": not flip, **cfg.kwargs, **v}, cfg.num_warps
+                for pos in (False, True):
+                    yield "fused_group" + ("_pos" if pos else "") + tag, group._fused_group_kernel, {
+                        **reward_consts, "HAS_BIAS": flip, "MULTI": flip, "FLIP": flip, "FIRST_PROMPT": not flip,
+                        "POT": not flip, "HAS_PBIAS": not flip, "POS": pos, "SQUARES": pos and not flip, **cfg.kwargs,
+                        **v}, cfg.num_warps
         yield "row_stats" + tag, returns._row_stats_kernel, dict(BLOCK_C=16, BLOCK_T=64, **v), 1
-        yield "affine" + tag, returns._affine_kernel, dict(BLOCK=1024, **v), 4
+        for pos in (False, True):
+            yield "affine" + ("_pos" if pos else "") + tag, returns._affine_kernel, dict(BLOCK=1024, POS=pos,
+                                                                                           BLOCK_C=16, **v), 4
+        yield "chunk_counts" + tag, position._chunk_counts_kernel, dict(BLOCK=1024, **v), 4
         yield "first_unmasked" + tag, rewards._first_unmasked_kernel, dict(BLOCK_T=64, **v), 4
         for multi in (False, True) if varlen else (False,):
             yield "whiten_apply" + tag, whiten._whiten_apply_kernel, dict(

@@ -33,6 +33,10 @@ for _op in ("redistribute", "token_rewards"):
     OPTIONS[_op] += ("potential",)
 for _op in ("fused_reward_gae", "fused_reward_group_advantages"):
     OPTIONS[_op] += ("potential_weight", "potential_bias")
+# baseline="position" (issue 21): the row pass adds G to per-position tables (kernels/position.py),
+# padded and packed; float64 atomics, so GPU results are order-dependent in the last bits.
+for _op in ("group_advantages", "fused_reward_group_advantages"):
+    OPTIONS[_op] += ("baseline",)
 
 
 def unavailable_reason(device: torch.device) -> str | None:
@@ -103,19 +107,21 @@ def reward_to_go(rewards, response_mask, gamma=1.0, holes="skip", cu_seqlens=Non
 # The group estimators: the kernels' row pass and finish around the shared group statistics
 # (packed: the passes take cu_seqlens, each sequence a row).
 def group_advantages(rewards, response_mask, index, estimator="grpo", gamma=1.0, eps=1e-6, scale="group", group=None,
-                     cu_seqlens=None):
+                     cu_seqlens=None, baseline="row"):
     return _group_stats.group_advantages(_returns.row_pass, _returns.finish, rewards, response_mask, index,
-                                         estimator, gamma, eps, scale, group, cu_seqlens=cu_seqlens)
+                                         estimator, gamma, eps, scale, group, cu_seqlens=cu_seqlens,
+                                         baseline=baseline)
 
 
 def fused_reward_group_advantages(hidden, weight, bias, response_mask, prompt_len, index, estimator="grpo",
                                   logprobs=None, ref_logprobs=None, kl_coef=0.0, kl_estimator="k1", kl_clamp=None,
                                   first="prompt", beta_c=1.0, reward_clip=None, gamma=1.0, eps=1e-6, scale="group",
-                                  group=None, cu_seqlens=None, potential_weight=None, potential_bias=None):
+                                  group=None, cu_seqlens=None, potential_weight=None, potential_bias=None,
+                                  baseline="row"):
     return _group_stats.fused_reward_group_advantages(
         _group.fused_row_pass, _returns.finish, hidden, weight, bias, response_mask, prompt_len, index, estimator,
         logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp, first, beta_c, reward_clip, gamma, eps, scale, group,
-        cu_seqlens=cu_seqlens, potential_weight=potential_weight, potential_bias=potential_bias)
+        cu_seqlens=cu_seqlens, baseline=baseline, potential_weight=potential_weight, potential_bias=potential_bias)
 
 
 def masked_whiten(x, mask, shift_mean=True, unbiased=True, eps=1e-8, group=None, transform_masked=False,

@@ -129,11 +129,13 @@ def rm_prefix_index(rm_ends: torch.Tensor, rm_mask: torch.Tensor, policy_ends: t
 
 def aligned_prefix_scores(
     score_fn, policy_tokenizer, rm_tokenizer, input_ids: torch.Tensor, mask: torch.Tensor, *,
-    skip_special_tokens: bool = True, add_special_tokens: bool = True,
-) -> torch.Tensor:
+    skip_special_tokens: bool = True, add_special_tokens: bool = True, outputs: int = 1,
+):
     """Policy-positioned prefix scores [B, S] of a reward model with its own tokenizer.
 
-    score_fn(rm_ids [B, S_rm], rm_mask [B, S_rm]) -> float32 [B, S_rm] prefix scores.
+    score_fn(rm_ids [B, S_rm], rm_mask [B, S_rm]) -> float32 [B, S_rm] prefix scores. outputs > 1:
+    score_fn returns that many such tensors from one forward (the RM's head and a potential head)
+    and a tuple of aligned tensors comes back, each picked at the same RM prefixes.
     input_ids/mask [B, S]: the policy batch; masked positions are not decoded. aligned[b, t] =
     RM score of the longest RM prefix ending at or before the end of the text of the policy's
     attended tokens up to t; 0 where no RM prefix is that short.
@@ -154,8 +156,13 @@ def aligned_prefix_scores(
     rm_ids, rm_mask = left_pad([ids for ids, _ in encoded], 0, device)
     rm_ends, _ = left_pad([ends for _, ends in encoded], 0, device)
     if rm_ids.shape[1] == 0:  # every text empty: no RM prefix at all
-        return torch.zeros((B, S), dtype=torch.float32, device=device)
+        zeros = [torch.zeros((B, S), dtype=torch.float32, device=device) for _ in range(outputs)]
+        return zeros[0] if outputs == 1 else tuple(zeros)
     rm_scores = score_fn(rm_ids, rm_mask)
     idx = rm_prefix_index(rm_ends, rm_mask, policy_ends.to(device))
-    picked = rm_scores.gather(1, idx.clamp_min(0))
-    return torch.where(idx >= 0, picked, torch.zeros_like(picked))
+
+    def pick(t):
+        picked = t.gather(1, idx.clamp_min(0))
+        return torch.where(idx >= 0, picked, torch.zeros_like(picked))
+
+    return pick(rm_scores) if outputs == 1 else tuple(pick(t) for t in rm_scores)

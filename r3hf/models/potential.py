@@ -247,3 +247,31 @@ def with_final_score(phi: torch.Tensor, scores: torch.Tensor, last: torch.Tensor
     out = phi.clone()
     idx = last.to(phi.device).long()[:, None]
     return out.scatter_(1, idx, scores.gather(1, idx))
+
+
+def load_potential(potential, model: nn.Module | None = None, *, head=None, label=None, name: str = "potential",
+                   hidden_size: int | None = None) -> PotentialHead:
+    """What an integration's `potential=` argument holds -> a PotentialHead checked against the RM.
+
+    potential: a PotentialHead or a folder written by `save_pretrained`; model: the reward model
+    whose backbone it reads (its head's D must match; a head fit on another RM head warns), or
+    hidden_size: D for a model r3hf does not resolve (OpenRLHF's RewardModel). Errors name `name`.
+    """
+    if not isinstance(potential, (PotentialHead, str, Path)):
+        raise TypeError(f"{name} must be a PotentialHead or a folder written by PotentialHead.save_pretrained, "
+                        f"got {type(potential).__name__}")
+    try:
+        pot = as_potential(potential)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{name}: {e}") from e
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from e
+    if model is not None:
+        try:
+            pot.check(model, head=head, label=label)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from e
+    elif hidden_size is not None and pot.hidden_size != int(hidden_size):
+        raise ValueError(f"{name}: potential head has D = {pot.hidden_size} but the reward model's hidden size is "
+                         f"{int(hidden_size)}: it was fit on another model")
+    return pot

@@ -11,6 +11,7 @@ from .. import _validate as v
 from .. import ops
 from .align import aligned_prefix_scores, same_tokenizer
 from .heads import find_head, model_config
+from .potential import load_potential
 from .scoring import check_ids, head_hidden_states, project
 
 
@@ -20,17 +21,20 @@ class Scorer:
     coef: its weight in the combined reward (e.g. −α for a cost model); head / label: as in
     `r3hf.models.find_head`; tokenizer: the model's own tokenizer when it differs from the
     policy's (None: same ids as the policy); add_special_tokens: whether re-tokenising the
-    decoded text adds the RM's special tokens (BOS…).
+    decoded text adds the RM's special tokens (BOS…). potential: a `PotentialHead` (or the folder
+    its save_pretrained wrote) read from the same hidden states as the RM's head: Φ' for shaping,
+    R still from the RM (`r3hf.ops.token_rewards(potential=)`); None: the RM's own prefix scores.
     """
 
     def __init__(self, model: nn.Module, coef: float = 1.0, *, head=None, label=None, tokenizer=None,
-                 add_special_tokens: bool = True):
+                 add_special_tokens: bool = True, potential=None):
         self.model = model
         self.coef = v.check_finite_float("coef", coef)
         self.head_arg, self.label = head, label
         find_head(model, head, label)  # refuse encoders / headless models now, not mid-training
         self.tokenizer = tokenizer
         self.add_special_tokens = add_special_tokens
+        self.potential = None if potential is None else load_potential(potential, model, head=head, label=label)
 
     def head(self):
         # Resolved per call so a label-weighted head follows a model that is still being trained.
@@ -46,6 +50,17 @@ class Scorer:
         hidden, weight, bias = self.hidden_states(ids, mask)
         return project(hidden, weight, bias, backend).masked_fill(~mask, 0.0)
 
+    def prefix_scores_and_potential(self, input_ids, attention_mask, backend="auto"):
+        """(scores, phi), each float32 [B, S] and 0 at padding, from ONE backbone forward: the RM's
+        head and the potential head read from the same hidden states (phi is scores without a
+        potential)."""
+        ids, mask = check_ids(input_ids, attention_mask)
+        hidden, weight, bias = self.hidden_states(ids, mask)
+        scores = project(hidden, weight, bias, backend).masked_fill(~mask, 0.0)
+        if self.potential is None:
+            return scores, scores
+        return scores, self.potential(hidden, backend=backend).masked_fill(~mask, 0.0)
+
 
 class RewardRedistributor:
     """R3HF/RED token rewards for PPO batches from one or several reward models.
@@ -58,6 +73,9 @@ class RewardRedistributor:
     rm_tokenizer: the single model's tokenizer if it differs from the policy's. pad_token_id:
     for masks derived from ids (default: the tokenizer's, else the reward model's config).
     first, beta_c, reward_clip, kl_coef, kl_estimator, kl_clamp, backend: as in `r3hf.ops`.
+    potential: a `PotentialHead` or its folder (save_pretrained), for the single reward model (give
+    each `Scorer` its own otherwise): the shaping potential Φ' is read from the same backbone
+    forward as R, and the rewards are `ops.token_rewards(scores, potential=Φ')` (docs/potential.md).
 
     Batches come in the PPO layout, either as `query_response` [B, S] + `context_length` (an int
     for left-padded prompts, or [B]) + `response_mask` [B, L], or as `prompt_ids` [B, P]
@@ -70,21 +88,26 @@ class RewardRedistributor:
         self, model, *, coef: float = 1.0, head=None, label=None, tokenizer=None, rm_tokenizer=None,
         pad_token_id: int | None = None, first: str = "prompt", beta_c: float = 1.0, reward_clip=None,
         kl_coef: float = 0.0, kl_estimator: str = "k1", kl_clamp=None, skip_special_tokens: bool = True,
-        backend: str = "auto",
+        backend: str = "auto", potential=None,
     ):
         if isinstance(model, (list, tuple)):
-            if coef != 1.0 or head is not None or label is not None or rm_tokenizer is not None:
-                raise ValueError("with several scorers give coef/head/label/tokenizer to each Scorer, not here")
+            if coef != 1.0 or head is not None or label is not None or rm_tokenizer is not None or potential is not None:
+                raise ValueError("with several scorers give coef/head/label/tokenizer/potential to each Scorer, not here")
             scorers = [s if isinstance(s, Scorer) else Scorer(*s) for s in model]
             if not scorers:
                 raise ValueError("model: give at least one reward model")
         elif isinstance(model, Scorer):
+            if potential is not None:
+                if model.potential is not None:
+                    raise ValueError("potential is given twice: here and on the Scorer; give it once")
+                model.potential = load_potential(potential, model.model, head=model.head_arg, label=model.label)
             scorers = [model]
         elif isinstance(model, nn.Module):
-            scorers = [Scorer(model, coef, head=head, label=label, tokenizer=rm_tokenizer)]
+            scorers = [Scorer(model, coef, head=head, label=label, tokenizer=rm_tokenizer, potential=potential)]
         else:
             raise TypeError(f"model must be a reward model, a Scorer or a list of them, got {type(model).__name__}")
         self.scorers = scorers
+        self.has_potential = any(s.potential is not None for s in scorers)
         self.tokenizer = tokenizer
         for s in scorers:
             if s.tokenizer is not None and tokenizer is None:
@@ -180,13 +203,16 @@ class RewardRedistributor:
 
     # --- scores and rewards ------------------------------------------------------------
 
-    def _scorer_scores(self, i: int, ids, attention) -> torch.Tensor:
+    def _scorer_scores(self, i: int, ids, attention, with_potential: bool = False):
+        """Scorer i's prefix scores [B, S] at the policy's positions; with_potential: (scores, phi)
+        from the same forward (phi = scores for a scorer without a potential)."""
         scorer = self.scorers[i]
+        fn = scorer.prefix_scores_and_potential if with_potential else scorer.prefix_scores
         if self._fast[i]:
-            return scorer.prefix_scores(ids, attention, self.backend)
+            return fn(ids, attention, self.backend)
         return aligned_prefix_scores(
-            lambda rm_ids, rm_mask: scorer.prefix_scores(rm_ids, rm_mask, self.backend),
-            self.tokenizer, scorer.tokenizer, ids, attention,
+            lambda rm_ids, rm_mask: fn(rm_ids, rm_mask, self.backend),
+            self.tokenizer, scorer.tokenizer, ids, attention, outputs=2 if with_potential else 1,
             skip_special_tokens=self.skip_special_tokens, add_special_tokens=scorer.add_special_tokens,
         )
 
@@ -194,6 +220,13 @@ class RewardRedistributor:
         """Σ coef · prefix scores at the policy's positions, float32 [B, S] (takes a batch as `batch`)."""
         b = self.batch(*args, **kwargs)
         return self._combined(b["input_ids"], b["attention_mask"])
+
+    def scores_and_potential(self, *args, **kwargs):
+        """(Σ coef · prefix scores, Σ coef · potential), float32 [B, S] each, from one forward per
+        reward model (takes a batch as `batch`; a scorer without a potential adds its own scores
+        to both)."""
+        b = self.batch(*args, **kwargs)
+        return self._combined_with_potential(b["input_ids"], b["attention_mask"])
 
     def _combined(self, ids, attention) -> torch.Tensor:
         total = None
@@ -203,14 +236,32 @@ class RewardRedistributor:
             total = part if total is None else total + part
         return total
 
+    def _combined_with_potential(self, ids, attention):
+        total = phi = None
+        for i, s in enumerate(self.scorers):
+            part, pot = self._scorer_scores(i, ids, attention, with_potential=True)
+            if s.coef != 1.0:
+                part, pot = s.coef * part, s.coef * pot
+            total = part if total is None else total + part
+            phi = pot if phi is None else phi + pot
+        return total, phi
+
+    def _scores_for_rewards(self, ids, attention):
+        """(scores, potential or None) for ops.token_rewards."""
+        if self.has_potential:
+            return self._combined_with_potential(ids, attention)
+        return self._combined(ids, attention), None
+
     def token_rewards(self, query_response=None, context_length=None, response_mask=None, *, prompt_ids=None,
                       response_ids=None, prompt_mask=None, attention_mask=None, logprobs=None,
                       ref_logprobs=None) -> torch.Tensor:
-        """Token rewards float32 [B, L]: `r3hf.ops.token_rewards` of the combined prefix scores."""
+        """Token rewards float32 [B, L]: `r3hf.ops.token_rewards` of the combined prefix scores (and
+        the combined potential, when a scorer has one)."""
         b = self.batch(query_response, context_length, response_mask, prompt_ids=prompt_ids,
                        response_ids=response_ids, prompt_mask=prompt_mask, attention_mask=attention_mask)
-        scores = self._combined(b["input_ids"], b["attention_mask"])
-        return ops.token_rewards(scores, b["response_mask"], b["prompt_len"], **self._reward_kwargs(logprobs, ref_logprobs))
+        scores, phi = self._scores_for_rewards(b["input_ids"], b["attention_mask"])
+        return ops.token_rewards(scores, b["response_mask"], b["prompt_len"], potential=phi,
+                                 **self._reward_kwargs(logprobs, ref_logprobs))
 
     __call__ = token_rewards
 
@@ -220,7 +271,8 @@ class RewardRedistributor:
         """(rewards, advantages, returns), each float32 [B, L]; values [B, L] from the critic.
 
         One reward model on the policy's tokenizer: its hidden states go straight into
-        `r3hf.ops.fused_reward_gae` (head scaled by coef). Otherwise token_rewards then `ops.gae`.
+        `r3hf.ops.fused_reward_gae` (head scaled by coef; a potential head goes in as
+        potential_weight / potential_bias, read in the same pass). Otherwise token_rewards then `ops.gae`.
         """
         b = self.batch(query_response, context_length, response_mask, prompt_ids=prompt_ids,
                        response_ids=response_ids, prompt_mask=prompt_mask, attention_mask=attention_mask)
@@ -228,13 +280,20 @@ class RewardRedistributor:
         if len(self.scorers) == 1 and self._fast[0]:
             s = self.scorers[0]
             hidden, weight, bias = s.hidden_states(b["input_ids"], b["attention_mask"])
+            pw = pb = None
+            if s.potential is not None:
+                # Cast like the RM's own head (`head_hidden_states`), so this equals the unfused path.
+                pw, pb = s.potential.weight.to(device=hidden.device, dtype=hidden.dtype), s.potential.bias.to(hidden.device)
             if s.coef != 1.0:
                 weight = weight * s.coef
                 bias = bias * s.coef if bias is not None else None
+                if pw is not None:
+                    pw, pb = pw * s.coef, pb * s.coef
             return ops.fused_reward_gae(hidden, weight, bias, values, b["response_mask"], b["prompt_len"],
-                                        gamma=gamma, lam=lam, bootstrap=bootstrap, **kw)
-        scores = self._combined(b["input_ids"], b["attention_mask"])
-        rewards = ops.token_rewards(scores, b["response_mask"], b["prompt_len"], **kw)
+                                        gamma=gamma, lam=lam, bootstrap=bootstrap, potential_weight=pw,
+                                        potential_bias=pb, **kw)
+        scores, phi = self._scores_for_rewards(b["input_ids"], b["attention_mask"])
+        rewards = ops.token_rewards(scores, b["response_mask"], b["prompt_len"], potential=phi, **kw)
         advantages, returns = ops.gae(rewards, values, b["response_mask"], gamma, lam, bootstrap, backend=self.backend)
         return rewards, advantages, returns
 

@@ -118,14 +118,15 @@ def _check_groups(ids: torch.Tensor, estimator: str) -> None:
 
 def advantages_and_returns(
     advantage_estimator, rewards, kl, action_mask, *, kl_coef, index=None, values=None, gamma=1.0, lambd=1.0,
-    reward_clip_range=None, prefix_scores=None, first="prompt", beta_c=1.0, baseline="row",
+    reward_clip_range=None, prefix_scores=None, first="prompt", beta_c=1.0, baseline="row", potential=None,
 ):
     """One batch in OpenRLHF's layout -> (advantages, returns, token_rewards), float32 [B, A].
 
     rewards [B] (the scalar reward per sample, after length penalties), kl and action_mask
     [B, A], index int64 [B] group ids (group estimators), values [B, A] (gae). prefix_scores
     [B, A + 1] (the reward model's value at every sequence position) switches to dense R3HF
-    rewards. baseline: "row" (OpenRLHF's) or "position" (group estimators, see the module doc).
+    rewards; potential [B, A + 1] (with prefix_scores) a potential head's values there, the shaping
+    Φ' (`compute_dense_reward`). baseline: "row" (OpenRLHF's) or "position" (group estimators, see the module doc).
     Advantages are not yet normalised (see `normalize_advantages`); token_rewards is what OpenRLHF
     sums into info["return"].
     """
@@ -146,6 +147,8 @@ def advantages_and_returns(
     if estimator == "gae" and values is None:
         raise ValueError("advantage_estimator='gae' needs values [B, A] (the critic's)")
 
+    if potential is not None and prefix_scores is None:
+        raise ValueError("potential shapes dense rewards: it needs prefix_scores [B, A + 1] (prefix_values)")
     if prefix_scores is None:
         r = rewards.float()
         if estimator in GROUP_ESTIMATORS:
@@ -162,7 +165,7 @@ def advantages_and_returns(
     # Dense: score part r̃ (0 off the action tokens) + the scalar reward's residual on the last action.
     zero_kl = torch.zeros_like(kl, dtype=torch.float32)
     dense = compute_dense_reward(prefix_scores, 0.0, zero_kl, m, reward_clip_range, first=first, beta_c=beta_c,
-                                 advantage_estimator="gae")
+                                 advantage_estimator="gae", potential=potential)
     has_action = m.any(1)
     if estimator in GROUP_ESTIMATORS and not bool(has_action.all()):
         rows = (~has_action).nonzero().flatten().tolist()
@@ -244,7 +247,7 @@ def _pad_cat(tensors, width: int, fill=0):
 
 
 def compute_advantages_and_returns(experiences, args, kl_coef, *, prefix_scores=None, first="prompt", beta_c=1.0,
-                                   baseline="row", length_penalties=True):
+                                   baseline="row", length_penalties=True, potential=None):
     """Drop-in for OpenRLHF 0.11's `RemoteExperienceMaker.compute_advantages_and_returns`.
 
     experiences: OpenRLHF `Experience`s (uses .index, .rewards [b], .kl, .action_mask [b, A_e],
@@ -253,7 +256,8 @@ def compute_advantages_and_returns(experiences, args, kl_coef, *, prefix_scores=
     prefix_scores: None (OpenRLHF's sparse numbers) or, per experience, the reward model's value
     at every sequence position [b, A_e + 1] (`prefix_values`) for dense R3HF rewards.
     baseline: "row" (OpenRLHF's group baseline) or "position" (the group estimators' per-position
-    baseline, docs/group.md; what helps with dense rewards).
+    baseline, docs/group.md; what helps with dense rewards). potential: None or, per experience,
+    a potential head's values [b, A_e + 1] from the same forward (`prefix_values(..., potential=)`).
     Sets advantages, returns, info["return"] (and info["group_reward_std"] when
     n_samples_per_prompt > 1), kl = None, as OpenRLHF does; returns the experiences.
     Length penalties are OpenRLHF's own `apply_length_penalties`, run first when args set them,
@@ -290,6 +294,17 @@ def compute_advantages_and_returns(experiences, args, kl_coef, *, prefix_scores=
                 raise ValueError(f"prefix_scores[{k}] must be [b, A + 1] = [{sizes[k]}, {w + 1}], got "
                                  f"{getattr(s, 'shape', type(s).__name__)}")
         scores = _pad_cat([s.float() for s in prefix_scores], W + 1, 0.0)
+    phi = None
+    if potential is not None:
+        if prefix_scores is None:
+            raise ValueError("potential shapes dense rewards: it needs prefix_scores (prefix_values, per experience)")
+        if len(potential) != len(experiences):
+            raise ValueError(f"potential must have one tensor per experience ({len(experiences)}), got {len(potential)}")
+        for k, (s, w) in enumerate(zip(potential, widths)):
+            if not isinstance(s, torch.Tensor) or list(s.shape) != [sizes[k], w + 1]:
+                raise ValueError(f"potential[{k}] must be [b, A + 1] = [{sizes[k]}, {w + 1}] like prefix_scores[{k}], "
+                                 f"got {getattr(s, 'shape', type(s).__name__)}")
+        phi = _pad_cat([s.float() for s in potential], W + 1, 0.0)
 
     if n > 1:  # logging, as OpenRLHF: the std of the (penalised) scalar rewards of each prompt's group
         ordered = torch.empty_like(rewards)
@@ -302,7 +317,7 @@ def compute_advantages_and_returns(experiences, args, kl_coef, *, prefix_scores=
         estimator, rewards, kl, mask, kl_coef=kl_coef, index=sample // n, values=values,
         gamma=float(_get(args, "algo.advantage.gamma", 1.0)), lambd=float(_get(args, "algo.advantage.lambd", 1.0)),
         reward_clip_range=_get(args, "reward.clip_range"), prefix_scores=scores, first=first, beta_c=beta_c,
-        baseline=baseline,
+        baseline=baseline, potential=phi,
     )
     if estimator in NORMALISED:
         adv = normalize_advantages(adv, mask)

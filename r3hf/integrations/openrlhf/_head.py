@@ -14,17 +14,38 @@ def value_head(reward_model) -> torch.nn.Module:
     return head
 
 
-def forward_with_head(reward_model, sequences, attention_mask, forward_kwargs: dict):
-    """The model's own forward, once -> (its reward [B], its value head's output at every position)."""
+def forward_with_head(reward_model, sequences, attention_mask, forward_kwargs: dict, *, potential=None):
+    """The model's own forward, once -> (its reward [B], its value head's output at every position),
+    plus, with a potential head, that head read from the same hidden states (the value head's
+    input) -> float32 [..., 1] like the value head's output."""
     captured = []
-    hook = value_head(reward_model).register_forward_hook(lambda module, args, out: captured.append(out))
+
+    def hook(module, args, out):
+        phi = None
+        if potential is not None:
+            phi = potential(args[0])[..., None]  # the hidden states the value head reads, [.., S, D]
+        captured.append((out, phi))
+
+    handle = value_head(reward_model).register_forward_hook(hook)
     try:
         reward = reward_model(sequences, attention_mask=attention_mask, **forward_kwargs)
     finally:
-        hook.remove()
+        handle.remove()
     if isinstance(reward, tuple):  # return_output=True
         reward = reward[0]
-    return reward, captured[-1]
+    out, phi = captured[-1]
+    return (reward, out) if potential is None else (reward, out, phi)
+
+
+def head_potential(reward_model, potential, name: str = "potential"):
+    """A `potential=` argument -> PotentialHead on the value head's device, D checked against it."""
+    from ...models.potential import load_potential
+
+    head = value_head(reward_model)
+    weight = getattr(head, "weight", None)
+    D = weight.shape[-1] if isinstance(weight, torch.Tensor) else None
+    pot = load_potential(potential, name=name, hidden_size=D)
+    return pot.to(weight.device) if weight is not None else pot
 
 
 def normalised(reward_model, values: torch.Tensor) -> torch.Tensor:

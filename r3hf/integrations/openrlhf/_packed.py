@@ -24,7 +24,7 @@ from typing import NamedTuple
 import torch
 
 from ... import ops
-from ._head import forward_with_head, normalised
+from ._head import forward_with_head, head_potential, normalised
 from ._rewards import check_dense_estimator, kl_reward
 
 __all__ = ["PackedValues", "stream_layout", "packed_prefix_values", "packed_token_rewards", "packed_dense_reward"]
@@ -35,13 +35,15 @@ class PackedValues(NamedTuple):
 
     values float32 [T] (values[k] is the reward of the truncation ending at stream position k),
     cu_seqlens int64 [B + 1], indices int64 [T] (flat [B·S] position of stream position k, as
-    flash-attn's unpad_input), reward [B] (the model's own return value).
+    flash-attn's unpad_input), reward [B] (the model's own return value); potential float32 [T]
+    (a potential head read from the same forward, normalised like values) or None.
     """
 
     values: torch.Tensor
     cu_seqlens: torch.Tensor
     indices: torch.Tensor
     reward: torch.Tensor
+    potential: torch.Tensor | None = None
 
 
 def _check_mask(attention_mask, like=None) -> torch.Tensor:
@@ -77,13 +79,14 @@ def _gather_ring(local: torch.Tensor, group, total: int) -> torch.Tensor:
     return torch.cat(all_gather(local.contiguous(), group=group))[:total]
 
 
-def packed_prefix_values(reward_model, sequences, attention_mask, **forward_kwargs) -> PackedValues:
+def packed_prefix_values(reward_model, sequences, attention_mask, *, potential=None, **forward_kwargs) -> PackedValues:
     """A `packing_samples=True` OpenRLHF RewardModel -> its value head's output on the stream.
 
     sequences, attention_mask [B, S] as OpenRLHF passes them; forward_kwargs go to the model
     (ring_attn_group: the slices of all ranks are gathered, as OpenRLHF gathers its values). One
     forward, the model's own; values are normalised like its reward in eval mode when
-    normalize_reward is set. See `PackedValues`.
+    normalize_reward is set. See `PackedValues`. potential: a PotentialHead or its folder, read
+    from the value head's input in the same forward (`PackedValues.potential`).
     """
     if not getattr(reward_model, "packing_samples", False):
         raise ValueError("packed_prefix_values needs a RewardModel with packing_samples=True "
@@ -91,19 +94,21 @@ def packed_prefix_values(reward_model, sequences, attention_mask, **forward_kwar
     if not isinstance(sequences, torch.Tensor) or sequences.dim() != 2:
         raise ValueError(f"sequences must be [B, S], got {getattr(sequences, 'shape', type(sequences).__name__)}")
     _check_mask(attention_mask, sequences)
-    reward, out = forward_with_head(reward_model, sequences, attention_mask, forward_kwargs)
+    pot = None if potential is None else head_potential(reward_model, potential)
+    reward, out, *phi = forward_with_head(reward_model, sequences, attention_mask, forward_kwargs, potential=pot)
     cu, indices = stream_layout(attention_mask)
     cu, indices = cu.to(sequences.device), indices.to(sequences.device)
     T = indices.numel()
     if out.dim() != 3 or out.shape[0] != 1 or out.shape[-1] != 1:
         raise ValueError(f"the value head's output must be [1, T, 1] on the packed stream, got {list(out.shape)}")
-    values = out[0, :, 0].float()
+    streams = [out[0, :, 0].float()] + [p[0, :, 0].float() for p in phi]
     group = forward_kwargs.get("ring_attn_group")
     if group is not None:
-        values = _gather_ring(values, group, T)
-    elif values.numel() != T:
-        raise ValueError(f"the value head saw {values.numel()} positions, but attention_mask has {T} attended tokens")
-    return PackedValues(normalised(reward_model, values), cu, indices, reward)
+        streams = [_gather_ring(s, group, T) for s in streams]
+    elif streams[0].numel() != T:
+        raise ValueError(f"the value head saw {streams[0].numel()} positions, but attention_mask has {T} attended tokens")
+    streams = [normalised(reward_model, s) for s in streams]
+    return PackedValues(streams[0], cu, indices, reward, streams[1] if phi else None)
 
 
 def to_padded(values: torch.Tensor, indices: torch.Tensor, B: int, S: int) -> torch.Tensor:
@@ -140,11 +145,13 @@ def _action_positions(attention_mask: torch.Tensor, action_mask) -> tuple[torch.
 
 def packed_token_rewards(
     packed, attention_mask, action_mask, *, first="prompt", beta_c=1.0, reward_clip_range=None, output="actions",
-    backend="auto",
+    backend="auto", potential=None,
 ) -> torch.Tensor:
     """R3HF rewards from the packed head output, computed on the stream -> float32 [B, A] (or [T]).
 
     packed: `PackedValues` or its values [T]; attention_mask [B, S] (the stream's layout);
+    potential [T] (default: packed.potential, a PotentialHead read by `packed_prefix_values`): the
+    shaping Φ' of `ops.token_rewards(potential=)`;
     action_mask [B, A] (action j is sequence position S − A + j). Each action token gets the
     score change it caused; observation spans are credited to the action before them; the first
     action is differenced against the score just before it (first="prompt") or 0 ("zero");
@@ -156,6 +163,10 @@ def packed_token_rewards(
         raise ValueError(f"output must be 'actions' ([B, A]) or 'packed' ([T]), got {output!r}")
     attention_mask = _check_mask(attention_mask)
     values = _stream_values(packed, attention_mask)
+    if potential is None and isinstance(packed, PackedValues):
+        potential = packed.potential
+    if potential is not None:
+        potential = _stream_values(potential, attention_mask).to(values.device)
     cu, _ = stream_layout(attention_mask)
     pos, att, m = _action_positions(attention_mask, action_mask)
     stream_mask = torch.zeros(values.numel(), dtype=torch.bool, device=values.device)
@@ -163,7 +174,7 @@ def packed_token_rewards(
                                                                                device=values.device))
     rewards = ops.token_rewards(
         values, stream_mask, first=first, beta_c=beta_c, reward_clip=tuple(reward_clip_range) if reward_clip_range
-        else None, cu_seqlens=cu.to(values.device), backend=backend,
+        else None, cu_seqlens=cu.to(values.device), backend=backend, potential=potential,
     )
     if output == "packed":
         return rewards
@@ -172,7 +183,7 @@ def packed_token_rewards(
 
 def packed_dense_reward(
     packed, kl_coef, kl, attention_mask, action_mask, reward_clip_range=None, *, advantage_estimator,
-    first="prompt", beta_c=1.0, backend="auto",
+    first="prompt", beta_c=1.0, backend="auto", potential=None,
 ) -> torch.Tensor:
     """The packed drop-in for OpenRLHF's `compute_reward`: R3HF rewards [B, A] minus kl_coef·kl.
 
@@ -187,5 +198,5 @@ def packed_dense_reward(
         raise ValueError(f"action_mask must be [B, A] = {list(kl.shape)}, got "
                          f"{getattr(action_mask, 'shape', type(action_mask).__name__)}")
     dense = packed_token_rewards(packed, attention_mask, action_mask, first=first, beta_c=beta_c,
-                                 reward_clip_range=reward_clip_range, backend=backend)
+                                 reward_clip_range=reward_clip_range, backend=backend, potential=potential)
     return dense.to(kl_term.device) + kl_term

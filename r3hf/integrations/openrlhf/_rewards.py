@@ -63,7 +63,7 @@ def compute_reward(r, kl_coef, kl, action_mask=None, reward_clip_range=None) -> 
 
 def compute_dense_reward(
     scores, kl_coef, kl, action_mask, reward_clip_range=None, *, advantage_estimator, first="prompt", beta_c=1.0,
-    backend="auto",
+    backend="auto", potential=None,
 ) -> torch.Tensor:
     """R3HF dense rewards in OpenRLHF's layout, minus kl_coef·kl: the drop-in for `compute_reward`.
 
@@ -74,7 +74,9 @@ def compute_dense_reward(
     differenced against the score of everything before it (first="prompt") or 0 (first="zero").
     beta_c < 1 mixes in the final score on the last action token; reward_clip_range bounds each
     token's reward-model part. Non-action positions get only the (unmasked) KL term, as in
-    `compute_reward`; a row without an action token gets no score.
+    `compute_reward`; a row without an action token gets no score. potential [B, A + 1]: a
+    potential head's values at the same positions (`prefix_values(..., potential=)`), the shaping
+    Φ' of `ops.token_rewards(potential=)`: the last action token still gets the score's R.
 
     advantage_estimator (required): OpenRLHF's `algo.advantage.estimator`. Only "gae" and
     "reinforce" use these rewards as they are; rloo, reinforce_baseline, group_norm and dr_grpo
@@ -99,9 +101,14 @@ def compute_dense_reward(
     src = src.clamp_max(A - 1)
     window = m.gather(1, src) & inside
     padded = torch.cat([scores, scores.new_zeros(B, A)], dim=1)  # so S >= prompt_len + A for every row
+    if potential is not None:
+        if not isinstance(potential, torch.Tensor) or list(potential.shape) != [B, A + 1]:
+            raise ValueError(f"potential must be [B, A + 1] = [{B}, {A + 1}] like scores, "
+                             f"got {getattr(potential, 'shape', type(potential).__name__)}")
+        potential = torch.cat([potential, potential.new_zeros(B, A)], dim=1).to(padded.device)
     dense_w = ops.token_rewards(
         padded, window, first_action + 1, first=first, beta_c=beta_c, reward_clip=reward_clip_range or None,
-        backend=backend,
+        backend=backend, potential=potential,
     )
     dense = torch.zeros(B, A, dtype=torch.float32, device=m.device).scatter_add_(1, src, dense_w * inside)
     return dense + kl_term

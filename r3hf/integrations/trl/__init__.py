@@ -19,6 +19,10 @@ truncated row, −1 for a row whose first token is pad). Its conventions, reprod
 
 mode="r3hf" keeps all of that but replaces the sparse score by R3HF token-level rewards from the
 reward model's logits at every position (`reward_logits` from TRL's `get_reward`).
+
+With a potential head (`r3hf.models.PotentialHead`, docs/potential.md): wrap TRL's own
+`get_reward` call in `score_head_potential(reward_model, head)` to read Φ' from the hidden
+states the score head reads in that same forward, and pass `potential_logits=` too.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import torch
 
 from ... import ops
 
-__all__ = ["INVALID_LOGPROB", "TRLRewards", "compute_rewards_and_advantages", "padding_masks"]
+__all__ = ["INVALID_LOGPROB", "TRLRewards", "compute_rewards_and_advantages", "padding_masks", "score_head_potential"]
 
 INVALID_LOGPROB = 1.0
 KL_ESTIMATORS = ("k1", "k3")  # TRL ≤ 1.12's PPOConfig accepts these two
@@ -72,7 +76,7 @@ def _check(values, logprobs, ref_logprobs, sequence_lengths):
 def compute_rewards_and_advantages(
     scores, values, logprobs, ref_logprobs, sequence_lengths, context_length=None, kl_coef=0.05, kl_estimator="k1",
     gamma=1.0, lam=0.95, whiten_rewards=False, mode="sparse", *, reward_logits=None, first="prompt", beta_c=1.0,
-    backend="auto",
+    backend="auto", potential_logits=None,
 ) -> TRLRewards:
     """Steps 3–6 of TRL ≤ 1.12's PPO rollout -> TRLRewards(rewards, advantages, returns), float32 [B, L].
 
@@ -89,6 +93,9 @@ def compute_rewards_and_advantages(
     last token), minus the KL term; TRL's value, whitening and GAE conventions are unchanged.
     If `scores` is given too, its difference from reward_logits at the last token (TRL's
     missing_eos_penalty) is added on that token, so rows still sum to scores − prompt-only score.
+    potential_logits (mode="r3hf" only): a potential head's values at the same positions, laid out
+    as reward_logits (`score_head_potential`): the shaping Φ' of `ops.token_rewards(potential=)`;
+    the last generated token still gets the reward model's R.
     """
     B, L = _check(values, logprobs, ref_logprobs, sequence_lengths)
     if mode not in MODES:
@@ -107,6 +114,8 @@ def compute_rewards_and_advantages(
     if mode == "sparse":
         if scores is None:
             raise ValueError("mode='sparse' needs scores [B] (get_reward's final scores)")
+        if potential_logits is not None:
+            raise ValueError("potential_logits shapes dense rewards: use mode='r3hf' (mode='sparse' has no shaping)")
         scores = _scores(scores, B, values.device)
         # TRL's score position: right after EOS when inside the response, else the last token.
         end = torch.where(seq + 1 < L, seq + 1, seq)
@@ -122,7 +131,7 @@ def compute_rewards_and_advantages(
     else:
         rewards = _dense_rewards(
             reward_logits, scores, context_length, seq, idx, logprobs, ref_logprobs, kl_coef, kl_estimator, first,
-            beta_c, backend,
+            beta_c, backend, potential_logits,
         )
 
     if whiten_rewards:
@@ -141,7 +150,7 @@ def _scores(scores, B: int, device) -> torch.Tensor:
 
 def _dense_rewards(
     reward_logits, scores, context_length, seq, idx, logprobs, ref_logprobs, kl_coef, kl_estimator, first, beta_c,
-    backend,
+    backend, potential_logits=None,
 ):
     B, L = logprobs.shape
     if reward_logits is None or context_length is None:
@@ -149,10 +158,21 @@ def _dense_rewards(
     if not isinstance(reward_logits, torch.Tensor):
         raise TypeError(f"reward_logits must be a tensor, got {type(reward_logits).__name__}")
     prefix = reward_logits[..., 0] if reward_logits.dim() == 3 and reward_logits.shape[-1] == 1 else reward_logits
+    phi = None
+    if potential_logits is not None:
+        if not isinstance(potential_logits, torch.Tensor):
+            raise TypeError(f"potential_logits must be a tensor like reward_logits, got {type(potential_logits).__name__}")
+        phi = potential_logits
+        if phi.dim() == 3 and phi.shape[-1] == 1:
+            phi = phi[..., 0]
+        if phi.shape != prefix.shape:
+            raise ValueError(f"potential_logits must be laid out as reward_logits ({list(reward_logits.shape)}), "
+                             f"got {list(potential_logits.shape)}")
+        phi = phi.to(prefix.dtype)
     generated = idx <= seq[:, None]
     rewards = ops.token_rewards(
         prefix, generated, context_length, logprobs=logprobs, ref_logprobs=ref_logprobs, kl_coef=kl_coef,
-        kl_estimator=kl_estimator, first=first, beta_c=beta_c, backend=backend,
+        kl_estimator=kl_estimator, first=first, beta_c=beta_c, backend=backend, potential=phi,
     )
     if scores is not None:
         # A penalty TRL applied to the final score only (missing_eos_penalty) is not in the prefix
@@ -165,6 +185,43 @@ def _dense_rewards(
         correction.scatter_(1, seq.clamp_min(0)[:, None], torch.where(has, scores - final, 0.0)[:, None])
         rewards = rewards + correction
     return rewards
+
+
+class score_head_potential:
+    """Read a potential head from the hidden states the reward model's score head reads, in the
+    forward TRL's `get_reward` already runs (no second forward):
+
+        with score_head_potential(reward_model, head) as pot:
+            reward_logits, scores, sequence_lengths = get_reward(reward_model, query_responses, pad, C)
+        compute_rewards_and_advantages(..., mode="r3hf", reward_logits=reward_logits,
+                                       potential_logits=pot.logits)
+
+    head: a `r3hf.models.PotentialHead` or the folder its save_pretrained wrote (D checked against
+    the score head). pot.logits: float32 [B, S, 1], laid out as reward_logits (last forward inside).
+    """
+
+    def __init__(self, reward_model, potential, *, head_name: str = "score"):
+        from ...models.potential import load_potential
+
+        score = getattr(reward_model, head_name, None)
+        weight = getattr(score, "weight", None)
+        if not isinstance(score, torch.nn.Module) or not isinstance(weight, torch.Tensor):
+            raise ValueError(f"reward_model has no score head {head_name!r} (an nn.Module with a weight)")
+        self.head = load_potential(potential, name="potential", hidden_size=weight.shape[-1]).to(weight.device)
+        self.score = score
+        self.logits = None
+        self._handle = None
+
+    def _hook(self, module, args, out):
+        self.logits = self.head(args[0])[..., None]
+
+    def __enter__(self):
+        self._handle = self.score.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.remove()
+        return False
 
 
 def __getattr__(name):

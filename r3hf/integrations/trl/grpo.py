@@ -37,6 +37,7 @@ from trl.data_utils import apply_chat_template, is_conversational  # noqa: E402
 
 from ... import _validate as v  # noqa: E402
 from ...models import Scorer, UnsupportedModelError
+from ...models.potential import PotentialHead, load_potential
 from .grpo_advantages import (
     OUTCOME_ESTIMATORS,
     TRL_EPS,
@@ -109,11 +110,15 @@ class R3HFGRPOTrainer(GRPOTrainer):
       between the sampling policy and the reference model, put into the rewards through
       `ops.token_rewards` (TRL's `beta` remains the loss's KL term; both may be set).
     - backend: r3hf backend for the ops ("auto").
+    - potential: a `r3hf.models.PotentialHead` or the folder its save_pretrained wrote, for the
+      one reward model among reward_funcs (or a dict {index in reward_funcs: head or folder}).
+      Φ' is read from the same backbone forward as R; shaping uses Φ', the last token still gets
+      the RM's R (`ops.token_rewards(potential=)`, docs/potential.md). TRL's scalar reward is unchanged.
     """
 
     def __init__(self, *args, estimator: str = "grpo", baseline: str = "row", beta_c: float = 1.0,
                  first: str = "prompt", kl_in_reward: float = 0.0, kl_estimator: str = "k1", eps: float = TRL_EPS,
-                 backend: str = "auto", **kwargs):
+                 backend: str = "auto", potential=None, **kwargs):
         self.r3hf_estimator = check_estimator(estimator)
         self.r3hf_baseline = check_baseline(self.r3hf_estimator, baseline)
         self.r3hf_beta_c = v.check_unit_interval("beta_c", beta_c)
@@ -168,12 +173,39 @@ class R3HFGRPOTrainer(GRPOTrainer):
                     f"reward_processing_classes[{i}] must be a fast tokenizer (character offsets align the reward "
                     f"model's prefixes with the policy's tokens), got {type(tok).__name__}"
                 )
+        self._r3hf_attach_potential(potential)
         self._r3hf_warn_config()
         self._r3hf_gen = None
         self._r3hf_batch = None
         self._r3hf_last = None
 
     # --- configuration checks -----------------------------------------------------------
+
+    def _r3hf_attach_potential(self, potential):
+        if potential is None:
+            return
+        if isinstance(potential, dict):
+            items = dict(potential)
+            for i in items:
+                if i not in self._r3hf_scorers:
+                    raise ValueError(
+                        f"potential: key {i!r} is not the index of a reward model in reward_funcs (reward models at "
+                        f"{sorted(self._r3hf_scorers)})"
+                    )
+        elif isinstance(potential, (PotentialHead, str)) or hasattr(potential, "__fspath__"):
+            if len(self._r3hf_scorers) != 1:
+                raise ValueError(
+                    f"potential: one head needs exactly one reward model among reward_funcs, found "
+                    f"{len(self._r3hf_scorers)}; give a dict {{index in reward_funcs: head or folder}}"
+                )
+            items = {next(iter(self._r3hf_scorers)): potential}
+        else:
+            raise TypeError(f"potential must be a PotentialHead, a folder written by save_pretrained or a dict of "
+                            f"them, got {type(potential).__name__}")
+        for i, p in items.items():
+            scorer = self._r3hf_scorers[i]
+            name = "potential" if not isinstance(potential, dict) else f"potential[{i!r}]"
+            scorer.potential = load_potential(p, scorer.model, name=name).to(next(scorer.model.parameters()).device)
 
     @staticmethod
     def _r3hf_check_aggregation(aggregation):
@@ -238,6 +270,8 @@ class R3HFGRPOTrainer(GRPOTrainer):
         if tokenizer is None:
             tokenizer = self.processing_class
         weighted = torch.zeros((B, 1 + T), dtype=torch.float32, device=device)
+        has_potential = any(s.potential is not None for s in self._r3hf_scorers.values())
+        weighted_phi = torch.zeros_like(weighted) if has_potential else None
         finals = {}
         for i, scorer in self._r3hf_scorers.items():
             tok = self.reward_processing_classes[i]
@@ -259,10 +293,17 @@ class R3HFGRPOTrainer(GRPOTrainer):
             ]
             rm_device = next(scorer.model.parameters()).device
             with self._r3hf_profile(self.reward_func_names[i]):
-                scores, final = aligned_completion_scores(
-                    lambda ids, m, s=scorer: s.prefix_scores(ids, m, self.r3hf_backend), tok, rm_texts, prompt_ends,
-                    token_ends, T, rm_device,
-                )
+                if has_potential:  # both heads from the one forward (phi = scores without a potential)
+                    scores, final, phi = aligned_completion_scores(
+                        lambda ids, m, s=scorer: s.prefix_scores_and_potential(ids, m, self.r3hf_backend), tok,
+                        rm_texts, prompt_ends, token_ends, T, rm_device, outputs=2,
+                    )
+                    weighted_phi += float(self.reward_weights[i]) * phi.to(device)
+                else:
+                    scores, final = aligned_completion_scores(
+                        lambda ids, m, s=scorer: s.prefix_scores(ids, m, self.r3hf_backend), tok, rm_texts,
+                        prompt_ends, token_ends, T, rm_device,
+                    )
             weighted += float(self.reward_weights[i]) * scores.to(device)
             finals[i] = final.to(device)
 
@@ -275,7 +316,8 @@ class R3HFGRPOTrainer(GRPOTrainer):
             rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         finally:
             self.reward_funcs = saved
-        self._r3hf_batch = {"scores": weighted, "mask": mask, "rewards_per_func": rewards_per_func}
+        self._r3hf_batch = {"scores": weighted, "potential": weighted_phi, "mask": mask,
+                            "rewards_per_func": rewards_per_func}
         return rewards_per_func
 
     def _r3hf_profile(self, name):
@@ -297,10 +339,8 @@ class R3HFGRPOTrainer(GRPOTrainer):
         mask = torch.zeros((B, T), dtype=torch.bool, device=device)
         t_local = min(T, batch["mask"].shape[1])
         mask[:, :t_local] = batch["mask"][:, :t_local].to(device)
-        scores = batch["scores"]
-        if scores.shape[1] < 1 + T:  # TRL padded to pad_to_multiple_of: repeat each row's last score
-            scores = torch.cat([scores, scores[:, -1:].expand(B, 1 + T - scores.shape[1])], dim=1)
-        scores = scores[:, : 1 + T]
+        scores = _fit_width(batch["scores"], B, T)
+        potential = None if batch["potential"] is None else _fit_width(batch["potential"], B, T)
 
         rpf = batch["rewards_per_func"]
         unscorable = torch.isnan(rpf).all(dim=1)
@@ -326,7 +366,7 @@ class R3HFGRPOTrainer(GRPOTrainer):
             estimator=self.r3hf_estimator, baseline=self.r3hf_baseline, beta_c=self.r3hf_beta_c, first=self.r3hf_first, eps=self.r3hf_eps,
             scale=self.scale_rewards, logprobs=logprobs, ref_logprobs=ref_logprobs,
             kl_coef=self.r3hf_kl_in_reward, kl_estimator=self.r3hf_kl_estimator, group=group,
-            backend=self.r3hf_backend,
+            backend=self.r3hf_backend, potential=potential,
         )
         loss_mask = out["completion_mask"].bool()
         if "tool_mask" in out:
@@ -334,7 +374,9 @@ class R3HFGRPOTrainer(GRPOTrainer):
         advantages = advantages * loss_mask
         out["advantages"] = advantages
         self._r3hf_last = {"rewards": rewards, "advantages": advantages, "response_mask": mask, "scores": scores}
-        self._r3hf_log(mode, scores, rewards, advantages, mask, loss_mask, logprobs, ref_logprobs)
+        if potential is not None:
+            self._r3hf_last["potential"] = potential
+        self._r3hf_log(mode, scores, rewards, advantages, mask, loss_mask, logprobs, ref_logprobs, potential)
         return out
 
     # --- KL in the reward ---------------------------------------------------------------------
@@ -355,11 +397,11 @@ class R3HFGRPOTrainer(GRPOTrainer):
 
     # --- metrics ------------------------------------------------------------------------------
 
-    def _r3hf_log(self, mode, scores, rewards, advantages, mask, loss_mask, logprobs, ref_logprobs):
+    def _r3hf_log(self, mode, scores, rewards, advantages, mask, loss_mask, logprobs, ref_logprobs, potential=None):
         metrics = self._metrics[mode]
         device = rewards.device
         # The reward models' part of the token rewards (no KL, no plain functions) by position.
-        dense = token_level_dense(scores, mask, self.r3hf_first, self.r3hf_beta_c, self.r3hf_backend)
+        dense = token_level_dense(scores, mask, self.r3hf_first, self.r3hf_beta_c, self.r3hf_backend, potential)
         n_buckets = len(POSITION_BUCKETS)
         pos = torch.arange(mask.shape[1], device=device)
         bucket = torch.bucketize(pos, torch.tensor(POSITION_BUCKETS[1:], device=device), right=True)
@@ -384,11 +426,18 @@ class R3HFGRPOTrainer(GRPOTrainer):
         metrics["r3hf/advantage_abs_mean"].append((extra[2] / extra[3].clamp_min(1)).item())
 
 
-def token_level_dense(scores, mask, first, beta_c, backend="auto"):
+def token_level_dense(scores, mask, first, beta_c, backend="auto", potential=None):
     """The reward models' token rewards alone (`ops.token_rewards` without KL), float32 [B, T]."""
     from ... import ops
 
-    return ops.token_rewards(scores, mask, 1, first=first, beta_c=beta_c, backend=backend)
+    return ops.token_rewards(scores, mask, 1, first=first, beta_c=beta_c, backend=backend, potential=potential)
+
+
+def _fit_width(scores, B: int, T: int):
+    """[B, 1 + T'] -> [B, 1 + T]: TRL padded to pad_to_multiple_of, so repeat each row's last score."""
+    if scores.shape[1] < 1 + T:
+        scores = torch.cat([scores, scores[:, -1:].expand(B, 1 + T - scores.shape[1])], dim=1)
+    return scores[:, : 1 + T]
 
 
 class _Precomputed:

@@ -95,6 +95,7 @@ def token_level_advantages(
     kl_estimator: str = "k1",
     group=None,
     backend: str = "auto",
+    potential: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """TRL GRPO batch -> (token rewards, advantages), float32 [B, T] each, 0 where not generated.
 
@@ -112,6 +113,9 @@ def token_level_advantages(
     "grpo_outcome"/"rloo_outcome" sum each row first (TRL's scalar GRPO/RLOO advantage, broadcast).
     baseline: the op's "row" (default) or "position" (the group's reward-to-go at the same
     generated-token position, leave-one-out for rloo; docs/group.md).
+
+    potential [B, 1 + T] (optional, laid out as scores): Σ_f w_f·Φ'_f, a potential head's prefix
+    scores (a reward model without one contributes its own scores), for ops.token_rewards(potential=).
 
     unscorable bool [N_global] (every reward function returned None: TRL's NaN rows) is left out
     of every statistic and gets advantage 0; so does every completion whose group has fewer than
@@ -135,7 +139,7 @@ def token_level_advantages(
         )
     rewards = ops.token_rewards(
         scores, mask, 1, logprobs=logprobs, ref_logprobs=ref_logprobs, kl_coef=kl_coef, kl_estimator=kl_estimator,
-        first=first, beta_c=beta_c, backend=backend,
+        first=first, beta_c=beta_c, backend=backend, potential=potential,
     )
     rewards = rewards + place_at_last(sparse.to(rewards.device), mask)
 

@@ -67,7 +67,8 @@ def aligned_completion_scores(
     token_ends: Sequence[Sequence[int]],
     T: int,
     device,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    outputs: int = 1,
+) -> tuple[torch.Tensor, ...]:
     """One reward-model forward over `rm_texts` -> (scores float32 [B, 1 + T], final float32 [B]).
 
     score_fn(rm_ids [B, S_rm], rm_mask [B, S_rm]) -> float32 [B, S_rm] prefix scores (one forward).
@@ -76,6 +77,9 @@ def aligned_completion_scores(
     prompt-only score; 0 if none), scores[:, 1 + k] that of the longest ending at or before
     token_ends[b][k]; columns past a row's completion repeat its last value. final[b] is the score
     of the whole text, what TRL's own reward path reads (logits[:, 0]).
+
+    outputs=2: score_fn returns (scores, phi) from the same forward (the RM's head and a potential
+    head); then (scores, final, phi [B, 1 + T]) come back, phi picked at the same RM prefixes.
     """
     B = len(rm_texts)
     encoded = rm_encode(rm_tokenizer, rm_texts, add_special_tokens=False)
@@ -88,10 +92,14 @@ def aligned_completion_scores(
         boundaries[b, len(row):] = row[-1]
     if rm_ids.shape[1] == 0:  # every text empty
         zeros = torch.zeros((B, 1 + T), dtype=torch.float32, device=device)
-        return zeros, zeros[:, 0].clone()
-    rm_scores = score_fn(rm_ids, rm_mask)
+        return (zeros, zeros[:, 0].clone()) + ((zeros.clone(),) if outputs == 2 else ())
+    rm_out = score_fn(rm_ids, rm_mask)
+    rm_scores = rm_out[0] if outputs == 2 else rm_out
     idx = rm_prefix_index(rm_ends, rm_mask, boundaries.to(device))
-    picked = rm_scores.gather(1, idx.clamp_min(0))
-    scores = torch.where(idx >= 0, picked, torch.zeros_like(picked))
+
+    def pick(t):
+        picked = t.gather(1, idx.clamp_min(0))
+        return torch.where(idx >= 0, picked, torch.zeros_like(picked)).float()
+
     final = torch.where(rm_mask[:, -1], rm_scores[:, -1], torch.zeros_like(rm_scores[:, -1]))  # left-padded
-    return scores.float(), final.float()
+    return (pick(rm_scores), final.float()) + ((pick(rm_out[1]),) if outputs == 2 else ())

@@ -105,7 +105,8 @@ def kl_penalty(logprob, ref_logprob, kl_penalty="kl", *, backend="auto") -> torc
     return values
 
 
-def token_level_scores(scores, response_mask, prompt_length, *, first="prompt", beta_c=1.0, backend="auto"):
+def token_level_scores(scores, response_mask, prompt_length, *, first="prompt", beta_c=1.0, backend="auto",
+                       potential=None):
     """R3HF dense `token_level_scores` [B, L] from a reward model's prefix scores.
 
     scores [B, P + L]: the reward head read at every position of veRL's `input_ids` (e.g.
@@ -114,23 +115,26 @@ def token_level_scores(scores, response_mask, prompt_length, *, first="prompt", 
     scores[P + j] − scores[P + j − 1]; observation tokens (holes) get 0 and their score change is
     credited to the generated token before them; a row sums to its final score minus the
     prompt-only score (first="prompt") or 0 (first="zero"). beta_c < 1 mixes in veRL's sparse
-    score at the last generated token.
+    score at the last generated token. potential [B, P + L] (optional): a potential head's prefix
+    scores on the same positions (`r3hf.models.PotentialHead`), the shaping Φ' of `ops.redistribute`.
     """
-    return ops.redistribute(scores, response_mask, prompt_length, first=first, beta_c=beta_c, backend=backend)
+    return ops.redistribute(scores, response_mask, prompt_length, first=first, beta_c=beta_c, backend=backend,
+                            potential=potential)
 
 
 def token_level_rewards(
     scores, response_mask, prompt_length, old_log_probs=None, ref_log_prob=None, kl_coef=0.0, kl_penalty="kl", *,
-    first="prompt", beta_c=1.0, backend="auto",
+    first="prompt", beta_c=1.0, backend="auto", potential=None,
 ) -> torch.Tensor:
     """`token_level_scores(...)` with veRL's `apply_kl_penalty` in one op -> float32 [B, L].
 
     Equals token_level_scores − kl_coef · kl_penalty(old_log_probs, ref_log_prob) · response_mask.
+    potential: as in `token_level_scores`.
     """
     estimator, clamp = _kl_name(kl_penalty)
     return ops.token_rewards(
         scores, response_mask, prompt_length, logprobs=old_log_probs, ref_logprobs=ref_log_prob, kl_coef=kl_coef,
-        kl_estimator=estimator, kl_clamp=clamp, first=first, beta_c=beta_c, backend=backend,
+        kl_estimator=estimator, kl_clamp=clamp, first=first, beta_c=beta_c, backend=backend, potential=potential,
     )
 
 

@@ -17,6 +17,9 @@ changes what a sample's score is and how the batch is assembled:
   its /pooling answer). Token j gets scores[n_p + j] − scores[n_p + j − 1] (first="prompt": the
   first one is differenced against the prompt-only score), observation spans credited to the
   generated token before them; rows sum to final − prompt-only score.
+  With `"potential": [n_p + n_r]` next to it (a potential head read in the same forward:
+  `hf_prefix_scorer(model, potential=head)`), the shaping uses Φ' and the last generated token
+  gets R − Φ' before it (`ops.redistribute(potential=)`, docs/potential.md).
 - `{"token_scores": [n_r]}`: rewards already per response token (e.g. a process reward model),
   written as given.
 - a float: veRL's sparse score, at the last valid response token as veRL places it.
@@ -64,8 +67,14 @@ def _payload(result) -> tuple[dict, dict]:
                 f"compute_score must return exactly one of {list(PAYLOAD_KEYS)} (or a float), got keys {sorted(result)}"
             )
         key = keys[0]
-        extra = {k: v for k, v in result.items() if k != key}
-        return {key: _as_vector(key, result[key])}, extra
+        payload = {key: _as_vector(key, result[key])}
+        if "potential" in result:
+            if key != "prefix_scores":
+                raise ValueError("compute_score returned 'potential' with 'token_scores': a potential shapes prefix "
+                                 "scores, return it next to 'prefix_scores'")
+            payload["potential"] = _as_vector("potential", result["potential"])
+        extra = {k: v for k, v in result.items() if k not in (key, "potential")}
+        return payload, extra
     if isinstance(result, (int, float)) or (isinstance(result, torch.Tensor) and result.numel() == 1):
         score = float(result)
         return {"score": score}, {"score": score}
@@ -141,11 +150,15 @@ class R3HFRewardManager(RewardManagerBase):
         mask = (mask != 0).cpu()
 
         prefix = torch.zeros(B, 1 + L, dtype=torch.float32)  # [prompt-only score, then each response prefix]
+        potential = None  # Φ' in prefix's layout; a row without one shapes with its own prefix scores
         prefix_rows = torch.zeros(B, dtype=torch.bool)
         dense = torch.zeros(B, L, dtype=torch.float32)
         for b, payload in enumerate(scores):
             if not isinstance(payload, dict):
                 payload, _ = _payload(payload)
+            if "potential" in payload and "prefix_scores" not in payload:
+                raise ValueError(f"sample {b}: a payload has 'potential' without 'prefix_scores' (e.g. with "
+                                 "'token_scores'): a potential shapes prefix scores, give it next to them")
             if "prefix_scores" in payload:
                 s = _as_vector("prefix_scores", payload["prefix_scores"])
                 if s.numel() != n_p[b] + n_r[b] or n_p[b] < 1:
@@ -155,6 +168,14 @@ class R3HFRewardManager(RewardManagerBase):
                     )
                 prefix[b, : 1 + n_r[b]] = s[n_p[b] - 1:]
                 prefix_rows[b] = True
+                if "potential" in payload:
+                    phi = _as_vector("potential", payload["potential"])
+                    if phi.numel() != s.numel():
+                        raise ValueError(f"sample {b}: potential must have one value per prefix score "
+                                         f"({s.numel()}), got {phi.numel()}")
+                    if potential is None:
+                        potential = {}
+                    potential[b] = phi[n_p[b] - 1:]
             elif "token_scores" in payload:
                 s = _as_vector("token_scores", payload["token_scores"])
                 if s.numel() != n_r[b]:
@@ -168,23 +189,38 @@ class R3HFRewardManager(RewardManagerBase):
                     raise ValueError(f"sample {b} has no valid response token to put its score on")
                 dense[b, n_r[b] - 1] = float(payload["score"])
         if bool(prefix_rows.any()):
+            phi = None
+            if potential is not None:
+                phi = prefix.clone()
+                for b, row in potential.items():
+                    phi[b, : row.numel()] = row
             dense_prefix = _verl.token_level_scores(
-                prefix, mask & prefix_rows[:, None], 1, first=cls.first, beta_c=cls.beta_c
+                prefix, mask & prefix_rows[:, None], 1, first=cls.first, beta_c=cls.beta_c, potential=phi
             )
             dense = torch.where(prefix_rows[:, None], dense_prefix, dense)
         return dense.to(responses.device)
 
 
-def hf_prefix_scorer(model, *, device=None) -> Callable[..., dict]:
+def hf_prefix_scorer(model, *, device=None, potential=None) -> Callable[..., dict]:
     """compute_score for the r3hf route: an HF reward model (`*ForSequenceClassification`) run by
     `r3hf.models.prefix_scores`, every prefix score of prompt ⊕ response from one forward pass.
-    The model must use the policy's tokenizer (see r3hf.models.aligned_prefix_scores otherwise)."""
-    from ...models import prefix_scores
+    The model must use the policy's tokenizer (see r3hf.models.aligned_prefix_scores otherwise).
+
+    potential: a `r3hf.models.PotentialHead` or the folder its save_pretrained wrote; it is read
+    from the same forward's hidden states (`r3hf.models.potential_scores`) and returned as
+    "potential" next to "prefix_scores". "score" stays the RM's R."""
+    from ...models import potential_scores, prefix_scores
+    from ...models.potential import load_potential
+
+    head = None if potential is None else load_potential(potential, model)
 
     def compute_score(prompt_ids, response_ids, **unused) -> dict:
         ids = torch.tensor([list(prompt_ids) + list(response_ids)], dtype=torch.int64, device=device)
-        scores = prefix_scores(model, ids, torch.ones_like(ids))[0]
-        return {"prefix_scores": scores, "score": float(scores[-1])}
+        if head is None:
+            scores = prefix_scores(model, ids, torch.ones_like(ids))[0]
+            return {"prefix_scores": scores, "score": float(scores[-1])}
+        scores, phi = potential_scores(model, head.to(ids.device), ids, torch.ones_like(ids))
+        return {"prefix_scores": scores[0], "potential": phi[0], "score": float(scores[0, -1])}
 
     return compute_score
 
