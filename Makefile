@@ -3,6 +3,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
+# pytest-xdist workers for `make test` (auto: one per CPU core); whole test files go to one worker.
+TEST_WORKERS ?= auto
 SOURCES := pyproject.toml setup.py $(shell find csrc -type f 2>/dev/null)
 
 .PHONY: setup demo test bench
@@ -19,4 +21,4 @@ demo: setup
 	$(VENV)/bin/r3hf demo
 
 test: setup
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile

@@ -1,6 +1,7 @@
-"""Print the requirements of a veRL extra, read from veRL's own wheel metadata, one per line.
+"""Print the requirements of a package (veRL, vllm) and one of its extras, read from the package's
+own wheel metadata, one per line, with their environment markers evaluated for this machine.
 
-    python .ci/verl_pins.py VERL_WHEEL EXTRA [--skip NAME ...]
+    python .ci/verl_pins.py WHEEL EXTRA [--skip NAME ...]     (EXTRA "": the base requirements)
 
 Nested extras (`verl[verl-core]`) are expanded; `--skip` drops packages by name (those that cannot
 install on a CPU-only machine), and each skipped one is reported on stderr. Needs `packaging`.
@@ -44,10 +45,11 @@ def main() -> int:
     ap.add_argument("--skip", nargs="*", default=[])
     args = ap.parse_args()
     reqs = metadata_requires(args.wheel)
-    base = [r for r in reqs if r.marker is None]
+    # Base requirements: no marker, or one that holds here (vllm: `platform_machine == "x86_64"`).
+    base = [r for r in reqs if r.marker is None or r.marker.evaluate({"extra": ""})]
     skip = {canonicalize_name(s) for s in args.skip}
     merged: dict[str, Requirement] = {}
-    for r in base + extra_requires(reqs, args.extra, set()):
+    for r in base + (extra_requires(reqs, args.extra, set()) if args.extra else []):
         if canonicalize_name(r.name) in skip:
             print(f"skipped (cannot install on a CPU-only machine): {r}", file=sys.stderr)
             continue

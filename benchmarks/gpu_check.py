@@ -75,6 +75,8 @@ def parse_args(argv=None):
     ap.add_argument("--bench-timeout", type=int, default=200, help="seconds for the benchmarks (default 200)")
     ap.add_argument("--other-tests-timeout", type=int, default=300,
                     help="seconds for the rest of the suite, capped by what the budget has left (default 300)")
+    ap.add_argument("--packed-bench-timeout", type=int, default=PACKED_BENCH_TIMEOUT,
+                    help=f"seconds for the packed benchmarks (default {PACKED_BENCH_TIMEOUT})")
     return ap.parse_args(argv)
 
 
@@ -298,7 +300,7 @@ def main(argv=None) -> int:
             report["steps"]["benchmarks"] = step
             report["benchmarks"] = bench_results(bench_json)
             report["targets"] = targets(report["benchmarks"])
-            report["packed"] = packed_benchmarks(limit(PACKED_BENCH_TIMEOUT), env, tmp)
+            report["packed"] = packed_benchmarks(limit(args.packed_bench_timeout), env, tmp)
             report["steps"]["benchmarks_packed"] = report["packed"].pop("step")
         if not args.skip_tests:
             report["steps"]["tests_other"] = pytest_step("tests_other", "not gpu", other[0],

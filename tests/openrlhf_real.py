@@ -6,7 +6,7 @@ need with any of those that are missing replaced by empty stub modules, then rem
 from sys.modules again, so other tests see the environment unchanged. The functions the tests
 call (the experience maker's advantage step, RewardModel.forward, compute_reward) use none of
 the stubbed packages. Returns None when openrlhf is not installed; with R3HF_REQUIRE_OPENRLHF=1
-the tests fail instead of falling back (CI's .ci/steps/41-openrlhf.sh sets it).
+the tests fail instead of falling back (CI's .ci/run sets it for the main suite).
 """
 
 from __future__ import annotations

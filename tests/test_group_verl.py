@@ -1,5 +1,5 @@
 """ops.group_advantages / ops.reward_to_go against the real veRL 0.9.1 estimators (skipped when
-veRL is not installed; CI installs it in .ci/steps/40-verl.sh and sets R3HF_REQUIRE_VERL=1).
+veRL is not installed; CI installs it in .ci/steps/40-verl.sh; .ci/run sets R3HF_REQUIRE_VERL=1).
 
 The sparse special case is the contract: each row's score at its last generated token, no KL.
 Batches mix padded, multi-turn (holes), truncated, one-token and all-masked rows, groups in
@@ -29,7 +29,8 @@ from peer_batches import assert_close, response_mask
 
 
 def _import(name):
-    # CI's veRL step sets R3HF_REQUIRE_VERL=1 so that a broken install fails instead of skipping.
+    # CI (.ci/run, after its veRL step) sets R3HF_REQUIRE_VERL=1 so that a broken install fails
+    # instead of skipping.
     if os.environ.get("R3HF_REQUIRE_VERL"):
         return importlib.import_module(name)
     return pytest.importorskip(name)

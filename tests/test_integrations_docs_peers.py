@@ -1,8 +1,9 @@
 """The runnable veRL and OpenRLHF examples of docs/integrations.md (blocks after `<!-- runnable:
 verl -->` / `<!-- runnable: openrlhf -->`) run against the real packages.
 
-CI runs the veRL ones in .ci/steps/40-verl.sh (R3HF_REQUIRE_VERL=1) and the OpenRLHF ones in
-.ci/steps/41-openrlhf.sh (R3HF_REQUIRE_OPENRLHF=1): fail, not skip, there.
+CI runs them in the main suite, with veRL and OpenRLHF installed by .ci/steps/40-verl.sh and
+41-openrlhf.sh and R3HF_REQUIRE_VERL=1, R3HF_REQUIRE_OPENRLHF=1 (set by .ci/run): fail, not skip,
+there.
 """
 
 import importlib

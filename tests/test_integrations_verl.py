@@ -16,7 +16,8 @@ from peer_batches import SHAPES, assert_close, logprobs, randn, response_mask
 
 
 def _import(name):
-    # CI's veRL step sets R3HF_REQUIRE_VERL=1 so that a broken install fails instead of skipping.
+    # CI (.ci/run, after its veRL step) sets R3HF_REQUIRE_VERL=1 so that a broken install fails
+    # instead of skipping.
     if os.environ.get("R3HF_REQUIRE_VERL"):
         return importlib.import_module(name)
     return pytest.importorskip(name)

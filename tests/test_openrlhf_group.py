@@ -5,7 +5,7 @@ Which peer ran: OpenRLHF's real source when it is installed (`pip install --no-d
 openrlhf==0.11.0`; its unused heavy imports stubbed by tests/openrlhf_real.py), else a
 transcription below (`peer_compute_advantages_and_returns`, per-row loops written for this test).
 Every comparison names the peer in its message, and `test_which_peer_ran` reports it. CI runs the
-real one (.ci/steps/41-openrlhf.sh, R3HF_REQUIRE_OPENRLHF=1: no fallback there).
+real one (installed by .ci/steps/41-openrlhf.sh; R3HF_REQUIRE_OPENRLHF=1, no fallback there).
 """
 
 from __future__ import annotations

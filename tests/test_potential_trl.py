@@ -87,6 +87,13 @@ def test_grpo_potential_equals_ops_on_separately_read_heads(own_tokenizer, polic
             else:
                 torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert [h.get("reward") for h in ours.state.log_history[:2]] == [h.get("reward") for h in plain.state.log_history[:2]]
+    # Φ'_0 (the shaping baseline) logged next to the RM's prompt score; absent without a potential.
+    for step in range(2):
+        rec, log = ours.recorded[step]["r3hf"], ours.state.log_history[step]
+        assert log["r3hf/potential_prompt"] == pytest.approx(rec["potential"][:, 0].mean().item(), abs=1e-5)
+        assert log["r3hf/prompt_score"] == pytest.approx(rec["scores"][:, 0].mean().item(), abs=1e-5)
+        assert log["r3hf/potential_prompt"] != pytest.approx(log["r3hf/prompt_score"], abs=1e-4)
+    assert "r3hf/potential_prompt" not in plain.state.log_history[0]
 
 
 def test_grpo_own_head_as_potential_reproduces_today(policy, root):

@@ -7,6 +7,10 @@ actor that computes advantages, not only in the driver.
   trainer; veRL's run then stops on this CPU machine (v1: `import transfer_queue`, not installed;
   v0: the missing model) and the actor reports r3hf's estimators and reward manager resolved.
   The driver entry `run(config)` goes through veRL's `run_ppo` to the same point.
+- veRL 0.9.1's reward manager with a potential head (issue 24) in a Ray actor: the actor loads a
+  tiny GPT-2 RM and a `PotentialHead` from folders (save_pretrained), builds `R3HFRewardManager` on
+  `hf_prefix_scorer(rm, potential=folder)` and runs veRL's per-sample reward loop; its rm_scores
+  equal `ops.token_rewards(scores, potential=Φ')` with R and Φ' read in the driver.
 - OpenRLHF 0.11: the launcher's worker hook in every Ray worker: an actor holding OpenRLHF's own
   RemoteExperienceMaker computes r3hf's drop-in numbers (OpenRLHF's deps are stubbed in the
   workers by tests/openrlhf_ray_hook.py; its training stack cannot start on a CPU).
@@ -163,3 +167,54 @@ def test_openrlhf_drop_in_is_applied_in_ray_workers(local_ray):
     want = adapter.compute_advantages_and_returns(copy.deepcopy(exps), args, 0.05)
     for g, w in zip(got, want):
         assert torch.equal(g.advantages, w.advantages) and torch.equal(g.returns, w.returns)
+
+
+@ray.remote
+class _VerlRewardWorker:  # where veRL runs the reward loop: a Ray actor, not the driver
+    def rm_scores(self, rm_dir, potential_dir, data):
+        from omegaconf import OmegaConf
+        from transformers import GPT2ForSequenceClassification
+
+        from r3hf.integrations.verl import reward
+
+        rm = GPT2ForSequenceClassification.from_pretrained(rm_dir).eval()
+        config = OmegaConf.create({"algorithm": {"adv_estimator": "r3hf_grpo"}, "reward": {}})
+        manager = reward.R3HFRewardManager(config, tokenizer=None,
+                                           compute_score=reward.hf_prefix_scorer(rm, potential=potential_dir))
+        # as veRL's RewardLoopManager.compute_rm_score: run_single per sample, then the class's assembly
+        outputs = [manager.loop.run_until_complete(manager.run_single(data[i: i + 1])) for i in range(len(data))]
+        scores = type(manager).assemble_rm_scores(data, [o["reward_score"] for o in outputs])
+        return os.getpid(), scores, [o["reward_extra_info"]["score"] for o in outputs]
+
+
+@torch.no_grad()
+def test_verl_reward_manager_with_potential_folder_in_a_ray_actor(local_ray, tmp_path):
+    from peer_batches import assert_close
+    from test_verl_group import _rollout, _tiny_rm
+
+    from r3hf import ops
+    from r3hf.models import PotentialHead, prefix_scores, reward_hidden_states
+
+    rm = _tiny_rm()
+    rm.save_pretrained(tmp_path / "rm")
+    g = torch.Generator().manual_seed(4)
+    PotentialHead(torch.randn(rm.config.n_embd, generator=g) * 0.5, 0.25).save_pretrained(tmp_path / "pot")
+    head = PotentialHead.from_pretrained(tmp_path / "pot")
+    data, n_p, n_r = _rollout("left", holes=True)
+
+    pid, got, final = ray.get(_VerlRewardWorker.remote().rm_scores.remote(str(tmp_path / "rm"), str(tmp_path / "pot"), data))
+    assert pid != os.getpid()
+
+    # R and Φ' read separately in the driver, in veRL's [prompt-only score, response prefixes] layout
+    P, L = data.batch["prompts"].shape[1], data.batch["responses"].shape[1]
+    s, phi = torch.zeros(len(n_p), 1 + L), torch.zeros(len(n_p), 1 + L)
+    for b in range(len(n_p)):
+        ids = torch.cat([data.batch["prompts"][b][data.batch["attention_mask"][b, :P] != 0],
+                         data.batch["responses"][b, : n_r[b]]])[None]
+        s[b, : 1 + n_r[b]] = prefix_scores(rm, ids)[0, n_p[b] - 1:]
+        phi[b, : 1 + n_r[b]] = head(reward_hidden_states(rm, ids)[0])[0, n_p[b] - 1:]
+        assert final[b] == pytest.approx(s[b, n_r[b]].item(), abs=1e-5)  # veRL's scalar "score" stays R
+    mask = data.batch["response_mask"] != 0
+    want = ops.token_rewards(s, mask, 1, potential=phi)
+    assert_close(got, want, "rm_scores from the Ray actor vs ops.token_rewards(potential=)")
+    assert not torch.allclose(want, ops.token_rewards(s, mask, 1), atol=1e-3)  # the head changed the rewards

@@ -1,8 +1,8 @@
 """veRL 0.9.1, critic-free: r3hf's group estimators and the dense reward manager, through veRL's
 own code (`ray_trainer.compute_advantage`, `apply_kl_penalty`, its reward-manager loader).
 
-Runs against the real veRL (CI installs it in .ci/steps/40-verl.sh, with R3HF_REQUIRE_VERL=1 so
-that a broken install fails instead of skipping).
+Runs against the real veRL (CI installs it in .ci/steps/40-verl.sh; .ci/run sets
+R3HF_REQUIRE_VERL=1 so that a broken install fails instead of skipping).
 """
 
 import importlib

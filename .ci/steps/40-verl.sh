@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# veRL 0.9.1 in CI's venv, then the veRL adapter's tests against it (they skip where veRL is absent).
+# veRL 0.9.1 in CI's venv, for the veRL adapter's tests (the main suite runs them against it; they
+# skip where veRL is absent, and fail there under R3HF_REQUIRE_VERL=1, which .ci/run sets).
 #
 # veRL 0.9.1 declares transformers<5.11 (the venv has a newer one, for trl) and needs three
 # packages it does not declare (cachetools, fastapi, uvicorn). So: veRL itself without dependency
@@ -30,10 +31,11 @@ echo "veRL installed in $(( $(date +%s) - start ))s"
 # OpenRLHF 0.11's source only (it pins flash-attn, deepspeed, vLLM), so that tests/test_group_verl.py
 # compares holes="discount" with its own get_cumulative_returns rather than a transcription.
 "${PIP[@]}" install -q --no-deps "openrlhf==0.11.0"
-# R3HF_REQUIRE_VERL makes the tests fail, not skip, if veRL does not import. test_ray_launchers.py
-# starts a local Ray (num_cpus=1): the veRL and OpenRLHF launchers register / patch in the actors.
-R3HF_REQUIRE_VERL=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_integrations_verl.py tests/test_group_verl.py tests/test_verl_packed.py \
-  tests/test_verl_group.py tests/test_integrations_docs_peers.py::test_verl_example tests/test_ray_launchers.py
+# Its adapter tests run in the main suite (.ci/run), in this venv, with R3HF_REQUIRE_VERL=1 and
+# R3HF_REQUIRE_OPENRLHF=1 (fail, not skip): tests/test_integrations_verl.py, test_group_verl.py,
+# test_verl_packed.py, test_verl_group.py, test_integrations_docs_peers.py::test_verl_example and
+# test_ray_launchers.py (a local Ray, num_cpus=1: the launchers register / patch in the actors).
+# Here only what needs another version than the venv's.
 # tests/test_group_verl.py against the newest OpenRLHF 0.11.x's get_cumulative_returns too (its
 # source in a target dir first on PYTHONPATH; the venv keeps 0.11.0).
 "${PIP[@]}" install -q --no-deps --target "$work/openrlhf-0.11.2" "openrlhf==0.11.2"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# OpenRLHF 0.11's source in CI's venv, then the OpenRLHF adapter's tests against it.
+# OpenRLHF 0.11's source in CI's venv (the main suite tests the adapter against it), then the
+# adapter's tests against the newest 0.11.x.
 #
-# 40-verl.sh already installs the same source (for tests/test_group_verl.py); this step owns the
-# adapter tests. OpenRLHF pins CUDA-only packages (deepspeed, flash-attn, vllm) and exact
+# 40-verl.sh already installs the same source (for tests/test_group_verl.py). OpenRLHF pins
+# CUDA-only packages (deepspeed, flash-attn, vllm) and exact
 # torch/transformers versions, so it is installed without dependency resolution: only its source.
 # What its modules import and the tests use (ray, peft, datasets, aiohttp) comes from the veRL
 # step, which runs first; its unused heavy imports are stubbed by tests/openrlhf_real.py. The
@@ -22,11 +23,10 @@ changed=$(comm -23 <(sort "$work/before.txt") <(sort "$work/after.txt"))
 if [ -n "$changed" ]; then
   echo "installing OpenRLHF changed packages that were already installed:"; echo "$changed"; exit 1
 fi
-# R3HF_REQUIRE_OPENRLHF makes the tests fail instead of falling back to the transcription.
-R3HF_REQUIRE_OPENRLHF=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
-  tests/test_openrlhf_group.py tests/test_integrations_openrlhf.py tests/test_openrlhf_packed.py \
-  tests/test_openrlhf_versions.py \
-  tests/test_integrations_docs_peers.py::test_openrlhf_example tests/test_integrations_docs_peers.py::test_there_are_runnable_peer_examples
+# The adapter tests against this 0.11.0 (tests/test_openrlhf_group.py, test_integrations_openrlhf.py,
+# test_openrlhf_packed.py, test_openrlhf_versions.py, the OpenRLHF examples of
+# test_integrations_docs_peers.py) run in the main suite, in this venv, with R3HF_REQUIRE_OPENRLHF=1
+# (.ci/run): no fallback to the transcription there. Here only what needs another version.
 
 # The newest OpenRLHF 0.11.x (0.11.2 casts bf16 rewards to fp32 before its length penalties; the
 # adapter follows the installed version): its source in a separate target dir, first on

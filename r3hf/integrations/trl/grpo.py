@@ -410,11 +410,11 @@ class R3HFGRPOTrainer(GRPOTrainer):
         sums = (dense * m).sum(0) @ onehot
         counts = m.sum(0) @ onehot
         row_sum = (rewards * m).sum(1)
-        local = torch.cat([
-            sums, counts,
-            torch.stack([scores[:, 0].sum(), row_sum.sum(), (advantages.abs() * loss_mask).sum(),
-                         loss_mask.float().sum(), torch.tensor(float(mask.shape[0]), device=device)]),
-        ])
+        extras = [scores[:, 0].sum(), row_sum.sum(), (advantages.abs() * loss_mask).sum(),
+                  loss_mask.float().sum(), torch.tensor(float(mask.shape[0]), device=device)]
+        if potential is not None:  # every process has the same potential option, so gather's shapes agree
+            extras.append(potential[:, 0].sum())
+        local = torch.cat([sums, counts, torch.stack(extras)])
         total = self.accelerator.gather(local[None]).sum(0)
         sums, counts, extra = total[:n_buckets], total[n_buckets: 2 * n_buckets], total[2 * n_buckets:]
         for k in range(n_buckets):
@@ -422,6 +422,8 @@ class R3HFGRPOTrainer(GRPOTrainer):
                 metrics[f"r3hf/dense_reward/{_bucket_name(k)}"].append((sums[k] / counts[k]).item())
         rows = extra[4].clamp_min(1)
         metrics["r3hf/prompt_score"].append((extra[0] / rows).item())
+        if potential is not None:  # Φ'_0: with a potential head a row's shaping baseline (it sums to R − Φ'_0)
+            metrics["r3hf/potential_prompt"].append((extra[5] / rows).item())
         metrics["r3hf/token_reward_sum"].append((extra[1] / rows).item())
         metrics["r3hf/advantage_abs_mean"].append((extra[2] / extra[3].clamp_min(1)).item())
 
