@@ -357,7 +357,8 @@ def test_inputs_not_modified_and_options_declared():
         assert torch.equal(v, copies[k]), k
     for op in cpp.OPS:
         assert "cu_seqlens" in cpp.OPTIONS[op]
-    assert cpp.OPTION_DEVICES == {"cu_seqlens": ("cpu",)}
+    # packed and potential= (issue 24) run on CPU kernels only; CUDA goes to Triton
+    assert cpp.OPTION_DEVICES == {"cu_seqlens": ("cpu",), "potential": ("cpu",)}
 
 
 # --- through the public API (r3hf.ops, validation and dispatch from core-packed) ----------------
