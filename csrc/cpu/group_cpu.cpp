@@ -94,7 +94,8 @@ Tensor reward_to_go_cpu(const Tensor& rewards_in, const Tensor& mask_in, double 
 
 // --- row pass -----------------------------------------------------------------------------------
 
-// The row moments (masked_sum, masked_m2), RowPassColumns and row_pass_block: csrc/cpu/group_rows.h.
+// The row moments (masked_sum, masked_sum_sq, scan_moments8), RowPassColumns and row_pass_block:
+// csrc/cpu/group_rows.h.
 
 Tensor group_row_pass_cpu(const Tensor& rewards_in, const Tensor& mask_in, double gamma, bool returns_stats,
                           bool reward_m2) {
@@ -111,9 +112,7 @@ Tensor group_row_pass_cpu(const Tensor& rewards_in, const Tensor& mask_in, doubl
   cols.returns_stats = returns_stats;
   cols.reward_m2 = reward_m2;
   for_row_blocks(B, L, [&](auto K, int64_t b) {
-    thread_local std::vector<float> scratch;
-    if (cols.returns_stats) scratch.resize(static_cast<size_t>(kRows * L));
-    row_pass_block<decltype(K)::value>(p_r + b * L, p_m + b * L, L, g, cols, scratch.data(), p_s + b * kStats);
+    row_pass_block<decltype(K)::value>(p_r + b * L, p_m + b * L, L, g, cols, nullptr, p_s + b * kStats);
   });
   return stats;
 }
@@ -158,7 +157,7 @@ std::tuple<Tensor, Tensor> fused_reward_group_row_pass_cpu(
   R3HF_DISPATCH_HIDDEN(proj.hidden.scalar_type(), "r3hf::fused_reward_group_row_pass", [&] {
     const scalar_t* base = proj.hidden.data_ptr<scalar_t>();
     at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-      std::vector<float> s(L + 1), G(L);
+      std::vector<float> s(L + 1);
       std::vector<char> need(L + 1);
       for (int64_t b = begin; b < end; ++b) {
         const bool* m = p_m + b * L;
@@ -166,7 +165,7 @@ std::tuple<Tensor, Tensor> fused_reward_group_row_pass_cpu(
         heads.fill(base, b, p_len[b] - 1, m, reinterpret_cast<const bool*>(need.data()), L, s.data());
         float* rw = p_rw + b * L;
         token_rewards_row(s.data(), m, p_lp ? p_lp + b * L : nullptr, p_ref ? p_ref + b * L : nullptr, L, ropt, rw);
-        row_pass_block<1>(rw, m, L, g, RowPassColumns{}, G.data(), p_s + b * kStats);
+        row_pass_block<1>(rw, m, L, g, RowPassColumns{}, nullptr, p_s + b * kStats);
       }
     });
   });

@@ -6,6 +6,7 @@
 
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <vector>
@@ -75,7 +76,8 @@ R3HF_AVX2 inline void transpose8(__m256* v) {
   v[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
 }
 
-template <int Mode>
+// Gamma1: γ = 1, where γ·R = R exactly, so the multiply is left out of the dependent chain (same bits).
+template <int Mode, bool Gamma1>
 R3HF_AVX2 void scan_rows8_avx2(const float* const* r, const bool* const* m, int64_t L, float gamma,
                                const float* shift, const float* scale, float* const* out) {
   float run[kScanRows], sh[kScanRows], sc[kScanRows];
@@ -99,7 +101,7 @@ R3HF_AVX2 void scan_rows8_avx2(const float* const* r, const bool* const* m, int6
       __m256 xj = x[j];
       if (Mode == SCAN_ON_REWARDS) xj = _mm256_mul_ps(_mm256_sub_ps(xj, v_sh), v_sc);
       xj = _mm256_and_ps(xj, mk[j]);
-      const __m256 nr = _mm256_add_ps(xj, _mm256_mul_ps(v_g, running));
+      const __m256 nr = _mm256_add_ps(xj, Gamma1 ? running : _mm256_mul_ps(v_g, running));
       running = _mm256_blendv_ps(running, nr, mk[j]);
       if (Mode == SCAN_FINISH) {
         x[j] = _mm256_and_ps(_mm256_mul_ps(_mm256_sub_ps(nr, v_sh), v_sc), mk[j]);
@@ -127,9 +129,14 @@ inline void scan_rows8(const float* const* r, const bool* const* m, int64_t L, f
                        const float* shift, const float* scale, float* const* out) {
 #ifdef R3HF_SCAN_AVX2
   if (have_avx2()) {
-    if (mode == SCAN_G) return scan_rows8_avx2<SCAN_G>(r, m, L, gamma, shift, scale, out);
-    if (mode == SCAN_FINISH) return scan_rows8_avx2<SCAN_FINISH>(r, m, L, gamma, shift, scale, out);
-    return scan_rows8_avx2<SCAN_ON_REWARDS>(r, m, L, gamma, shift, scale, out);
+    if (gamma == 1.f) {
+      if (mode == SCAN_G) return scan_rows8_avx2<SCAN_G, true>(r, m, L, gamma, shift, scale, out);
+      if (mode == SCAN_FINISH) return scan_rows8_avx2<SCAN_FINISH, true>(r, m, L, gamma, shift, scale, out);
+      return scan_rows8_avx2<SCAN_ON_REWARDS, true>(r, m, L, gamma, shift, scale, out);
+    }
+    if (mode == SCAN_G) return scan_rows8_avx2<SCAN_G, false>(r, m, L, gamma, shift, scale, out);
+    if (mode == SCAN_FINISH) return scan_rows8_avx2<SCAN_FINISH, false>(r, m, L, gamma, shift, scale, out);
+    return scan_rows8_avx2<SCAN_ON_REWARDS, false>(r, m, L, gamma, shift, scale, out);
   }
 #endif
   float sh[kScanRows], sc[kScanRows];
@@ -177,7 +184,7 @@ inline double lane_total(const double* acc) {
 }
 
 #ifdef R3HF_SCAN_AVX2
-// The AVX2 forms of masked_sum / masked_m2 below: lanes 0-3 and 4-7 of the kMomentLanes in two
+// The AVX2 form of masked_sum below: lanes 0-3 and 4-7 of the kMomentLanes in two
 // 4-double vectors, each lane adding the same values in the same order as the scalar loop (GCC
 // compiles that loop to branchy scalar code, ~10x slower than a plain sum).
 R3HF_AVX2 inline __m256 mask8(const bool* m) {
@@ -202,24 +209,6 @@ R3HF_AVX2 inline int64_t masked_sum_avx2(const float* x, const bool* m, int64_t 
   return t;
 }
 
-R3HF_AVX2 inline int64_t masked_m2_avx2(const float* x, const bool* m, int64_t L, double mean, double* acc) {
-  __m256d a0 = _mm256_setzero_pd(), a1 = a0;
-  const __m256d mu = _mm256_set1_pd(mean);
-  int64_t t = 0;
-  for (; t + kMomentLanes <= L; t += kMomentLanes) {
-    const __m256 mk = mask8(m + t);
-    const __m256 v = _mm256_loadu_ps(x + t);
-    // the lanes' masks widened to 64 bits (a float mask is all ones or zero, so is its double)
-    const __m256d k0 = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(_mm256_castps_si256(mk))));
-    const __m256d k1 = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm256_extracti128_si256(_mm256_castps_si256(mk), 1)));
-    const __m256d d0 = _mm256_and_pd(_mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), mu), k0);
-    const __m256d d1 = _mm256_and_pd(_mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), mu), k1);
-    a0 = _mm256_add_pd(a0, _mm256_mul_pd(d0, d0));
-    a1 = _mm256_add_pd(a1, _mm256_mul_pd(d1, d1));
-  }
-  _mm256_storeu_pd(acc, a0), _mm256_storeu_pd(acc + 4, a1);
-  return t;
-}
 #endif
 
 // (Σ m, Σ m·x) of one row. (R3HF_CLONES, from dot.h: also compiled for AVX2, picked at load time.)
@@ -254,32 +243,152 @@ R3HF_CLONES static void masked_sum(const float* x, const bool* m, int64_t L, dou
   sum = lane_total(acc_s);
 }
 
-// Σ m·(x − mean)² of one row (the second pass, around the row mean).
-R3HF_CLONES static double masked_m2(const float* x, const bool* m, int64_t L, double mean) {
-#ifdef R3HF_SCAN_AVX2
-  if (have_avx2()) {
-    double acc[kMomentLanes];
-    int64_t t = masked_m2_avx2(x, m, L, mean, acc);
-    for (int l = 0; t < L; ++t, ++l) {
-      const double d = m[t] ? static_cast<double>(x[t]) - mean : 0.0;
-      acc[l] += d * d;
-    }
-    return lane_total(acc);
+// --- one-pass M2 around a per-row shift ---------------------------------------------------------
+// M2 = Σ m·(x − c)² − (Σ m·x − n·c)²/n with the shift c one of the row's own values (its value at
+// the last generated position): then n·(mean − c)² <= n·M2, so Σ m·(x − c)² <= (n + 1)·M2 and the
+// subtraction loses at most log2(n + 1) of double's 53 bits. One pass instead of a sum pass and a
+// pass around the mean; the sum itself is accumulated as before (same bits as masked_sum).
+
+// x at the row's last generated position, 0 for an all-masked row (trailing padding skipped 8 at a time).
+inline float row_shift(const float* x, const bool* m, int64_t L) {
+  int64_t t = L;
+  for (uint64_t w; t >= 8; t -= 8) {
+    __builtin_memcpy(&w, m + t - 8, 8);
+    if (w != 0) break;
   }
-#endif
-  double acc[kMomentLanes] = {0.0};
+  for (--t; t >= 0; --t)
+    if (m[t]) return x[t];
+  return 0.f;
+}
+
+inline double shifted_m2(double n, double sum, double sq, float c) {
+  if (n <= 0) return 0.0;
+  const double d = sum - n * static_cast<double>(c);
+  return std::max(0.0, sq - d * d / n);
+}
+
+#ifdef R3HF_SCAN_AVX2
+// masked_sum_avx2's lanes, plus Σ m·(x − c)² per lane.
+R3HF_AVX2 inline int64_t masked_sum_sq_avx2(const float* x, const bool* m, int64_t L, float c, double* acc_n,
+                                            double* acc_s, double* acc_q) {
+  __m256d n0 = _mm256_setzero_pd(), n1 = n0, s0 = n0, s1 = n0, q0 = n0, q1 = n0;
+  const __m256 one = _mm256_set1_ps(1.f), v_c = _mm256_set1_ps(c);
   int64_t t = 0;
   for (; t + kMomentLanes <= L; t += kMomentLanes) {
-    for (int l = 0; l < kMomentLanes; ++l) {
-      const double d = m[t + l] ? static_cast<double>(x[t + l]) - mean : 0.0;
-      acc[l] += d * d;
+    const __m256 mk = mask8(m + t);
+    const __m256 v = _mm256_and_ps(_mm256_loadu_ps(x + t), mk), k = _mm256_and_ps(one, mk), cm = _mm256_and_ps(v_c, mk);
+    const __m256d v0 = _mm256_cvtps_pd(_mm256_castps256_ps128(v)), v1 = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+    // masked lanes: 0 − 0, so they add +0 as the scalar loop does
+    const __m256d d0 = _mm256_sub_pd(v0, _mm256_cvtps_pd(_mm256_castps256_ps128(cm)));
+    const __m256d d1 = _mm256_sub_pd(v1, _mm256_cvtps_pd(_mm256_extractf128_ps(cm, 1)));
+    s0 = _mm256_add_pd(s0, v0), s1 = _mm256_add_pd(s1, v1);
+    n0 = _mm256_add_pd(n0, _mm256_cvtps_pd(_mm256_castps256_ps128(k)));
+    n1 = _mm256_add_pd(n1, _mm256_cvtps_pd(_mm256_extractf128_ps(k, 1)));
+    q0 = _mm256_add_pd(q0, _mm256_mul_pd(d0, d0)), q1 = _mm256_add_pd(q1, _mm256_mul_pd(d1, d1));
+  }
+  _mm256_storeu_pd(acc_n, n0), _mm256_storeu_pd(acc_n + 4, n1);
+  _mm256_storeu_pd(acc_s, s0), _mm256_storeu_pd(acc_s + 4, s1);
+  _mm256_storeu_pd(acc_q, q0), _mm256_storeu_pd(acc_q + 4, q1);
+  return t;
+}
+#endif
+
+// (Σ m, Σ m·x, Σ m·(x − c)²) of one row in one pass (count and sum: masked_sum's lanes and bits).
+R3HF_CLONES static void masked_sum_sq(const float* x, const bool* m, int64_t L, float c, double& count, double& sum,
+                                      double& sq) {
+  double acc_n[kMomentLanes] = {0.0}, acc_s[kMomentLanes] = {0.0}, acc_q[kMomentLanes] = {0.0};
+  int64_t t = 0;
+#ifdef R3HF_SCAN_AVX2
+  if (have_avx2()) t = masked_sum_sq_avx2(x, m, L, c, acc_n, acc_s, acc_q);
+#endif
+  for (int l = 0; t < L; ++t, l = (l + 1) % kMomentLanes) {
+    const bool mk = m[t];
+    const double v = static_cast<double>(mk ? x[t] : 0.f), d = v - static_cast<double>(mk ? c : 0.f);
+    acc_s[l] += v;
+    acc_n[l] += mk ? 1.0 : 0.0;
+    acc_q[l] += d * d;
+  }
+  count = lane_total(acc_n);
+  sum = lane_total(acc_s);
+  sq = lane_total(acc_q);
+}
+
+// --- the reverse scan reduced on the fly (reinforce_pp's SUM_G, M2_G without writing G) ---------
+// Each row: rtg_step's fp32 scan (holes "skip", the finish's bits), and at each generated position,
+// t descending, sum += G and sq += (G − c)² in double. c = the row's reward at its last generated
+// position (= G there). The vector form adds +0 at masked positions (sum and sq are never −0), so
+// a row's results are the same bits in an 8-row block or alone.
+inline void scan_moments_row(const float* r, const bool* m, int64_t L, float gamma, float c, double& sum,
+                             double& sq) {
+  float running = 0.f;
+  double s = 0.0, q = 0.0;
+  const double cd = c;
+  for (int64_t t = L - 1; t >= 0; --t) {
+    const float g = rtg_step(m[t] ? r[t] : 0.f, m[t], gamma, true, running);
+    if (!m[t]) continue;
+    const double d = static_cast<double>(g) - cd;
+    s += static_cast<double>(g);
+    q += d * d;
+  }
+  sum = s, sq = q;
+}
+
+#ifdef R3HF_SCAN_AVX2
+template <bool Gamma1>
+R3HF_AVX2 void scan_moments8_avx2(const float* const* r, const bool* const* m, int64_t L, float gamma,
+                                  const float* c, double* sum, double* sq) {
+  float run[kScanRows];
+  const int64_t L8 = L - L % 8;
+  for (int k = 0; k < kScanRows; ++k) {  // the tail past the last whole run of 8, as scan_moments_row
+    run[k] = 0.f, sum[k] = 0.0, sq[k] = 0.0;
+    for (int64_t t = L - 1; t >= L8; --t) {
+      const float g = rtg_step(m[k][t] ? r[k][t] : 0.f, m[k][t], gamma, true, run[k]);
+      if (!m[k][t]) continue;
+      const double d = static_cast<double>(g) - static_cast<double>(c[k]);
+      sum[k] += static_cast<double>(g);
+      sq[k] += d * d;
     }
   }
-  for (int l = 0; t < L; ++t, ++l) {
-    const double d = m[t] ? static_cast<double>(x[t]) - mean : 0.0;
-    acc[l] += d * d;
+  __m256 running = _mm256_loadu_ps(run);
+  const __m256 v_g = _mm256_set1_ps(gamma), v_c = _mm256_loadu_ps(c);
+  __m256d s0 = _mm256_loadu_pd(sum), s1 = _mm256_loadu_pd(sum + 4), q0 = _mm256_loadu_pd(sq),
+          q1 = _mm256_loadu_pd(sq + 4);
+  const __m256i zero_i = _mm256_setzero_si256();
+  for (int64_t t0 = L8 - 8; t0 >= 0; t0 -= 8) {
+    __m256 x[kScanRows], mk[kScanRows];
+    for (int k = 0; k < kScanRows; ++k) {
+      x[k] = _mm256_loadu_ps(r[k] + t0);
+      const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(m[k] + t0)));
+      mk[k] = _mm256_castsi256_ps(_mm256_cmpgt_epi32(b, zero_i));
+    }
+    transpose8(x);
+    transpose8(mk);
+    for (int j = kScanRows - 1; j >= 0; --j) {
+      const __m256 nr = _mm256_add_ps(_mm256_and_ps(x[j], mk[j]), Gamma1 ? running : _mm256_mul_ps(v_g, running));
+      running = _mm256_blendv_ps(running, nr, mk[j]);
+      const __m256 gv = _mm256_and_ps(nr, mk[j]), cv = _mm256_and_ps(v_c, mk[j]);
+      const __m256d g0 = _mm256_cvtps_pd(_mm256_castps256_ps128(gv)), g1 = _mm256_cvtps_pd(_mm256_extractf128_ps(gv, 1));
+      const __m256d d0 = _mm256_sub_pd(g0, _mm256_cvtps_pd(_mm256_castps256_ps128(cv)));
+      const __m256d d1 = _mm256_sub_pd(g1, _mm256_cvtps_pd(_mm256_extractf128_ps(cv, 1)));
+      s0 = _mm256_add_pd(s0, g0), s1 = _mm256_add_pd(s1, g1);
+      q0 = _mm256_add_pd(q0, _mm256_mul_pd(d0, d0)), q1 = _mm256_add_pd(q1, _mm256_mul_pd(d1, d1));
+    }
   }
-  return lane_total(acc);
+  _mm256_storeu_pd(sum, s0), _mm256_storeu_pd(sum + 4, s1);
+  _mm256_storeu_pd(sq, q0), _mm256_storeu_pd(sq + 4, q1);
+}
+#endif
+
+// kScanRows rows r[k], m[k] [L], shifts c [kScanRows] -> sum, sq [kScanRows].
+inline void scan_moments8(const float* const* r, const bool* const* m, int64_t L, float gamma, const float* c,
+                          double* sum, double* sq) {
+#ifdef R3HF_SCAN_AVX2
+  if (have_avx2()) {
+    if (gamma == 1.f) return scan_moments8_avx2<true>(r, m, L, gamma, c, sum, sq);
+    return scan_moments8_avx2<false>(r, m, L, gamma, c, sum, sq);
+  }
+#endif
+  for (int k = 0; k < kScanRows; ++k) scan_moments_row(r[k], m[k], L, gamma, c[k], sum[k], sq[k]);
 }
 
 // Which statistics a row pass computes. The contract's five columns are all computed by default;
@@ -290,35 +399,65 @@ struct RowPassColumns {
   bool returns_stats = true;  // STAT_SUM_G, STAT_M2_G (needs the reverse scan)
 };
 
-// The statistics [COUNT, SUM_R, M2_R, SUM_G, M2_G] of K rows, in double. The scan (holes="skip")
-// goes into the thread's scratch G [K, L]; G itself is not written out: the finish pass
-// recomputes it with the same fp32 operations (same bits), which saves writing and re-reading a
-// [B, L] tensor.
-// The statistics of one row from its rewards x [L] and, when cols.returns_stats, its scan G [L].
-inline void row_stats(const float* x, const bool* mk, int64_t L, const float* G, RowPassColumns cols, double* s) {
-  const double nan = std::numeric_limits<double>::quiet_NaN();
+// COUNT, SUM_R and (cols.reward_m2) M2_R of one row, in double; M2_R is NaN when not asked for.
+inline void reward_stats(const float* x, const bool* mk, int64_t L, RowPassColumns cols, double* s) {
   double n, sum;
-  masked_sum(x, mk, L, n, sum);
+  if (cols.reward_m2) {
+    const float c = row_shift(x, mk, L);
+    double sq;
+    masked_sum_sq(x, mk, L, c, n, sum, sq);
+    s[STAT_M2_R] = shifted_m2(n, sum, sq, c);
+  } else {
+    masked_sum(x, mk, L, n, sum);
+    s[STAT_M2_R] = std::numeric_limits<double>::quiet_NaN();
+  }
   s[STAT_COUNT] = n;
   s[STAT_SUM_R] = sum;
-  s[STAT_M2_R] = cols.reward_m2 ? masked_m2(x, mk, L, n > 0 ? sum / n : 0.0) : nan;
+}
+
+// The statistics [COUNT, SUM_R, M2_R, SUM_G, M2_G] of one row from its rewards x [L] and, when
+// cols.returns_stats, its scan G [L] (the packed row pass's scratch), each in one pass.
+inline void row_stats(const float* x, const bool* mk, int64_t L, const float* G, RowPassColumns cols, double* s) {
+  reward_stats(x, mk, L, cols, s);
   if (cols.returns_stats) {
-    double n_g, sum_g;
-    masked_sum(G, mk, L, n_g, sum_g);
+    const float c = row_shift(G, mk, L);
+    double n_g, sum_g, sq_g;
+    masked_sum_sq(G, mk, L, c, n_g, sum_g, sq_g);
     s[STAT_SUM_G] = sum_g;
-    s[STAT_M2_G] = masked_m2(G, mk, L, n > 0 ? sum_g / n : 0.0);
+    s[STAT_M2_G] = shifted_m2(n_g, sum_g, sq_g, c);
   } else {
-    s[STAT_SUM_G] = nan;
-    s[STAT_M2_G] = nan;
+    s[STAT_SUM_G] = std::numeric_limits<double>::quiet_NaN();
+    s[STAT_M2_G] = std::numeric_limits<double>::quiet_NaN();
   }
 }
 
+// The statistics of K adjacent rows (row stride L). SUM_G and M2_G come from the scan itself
+// (scan_moments8 / scan_moments_row): G is never written, and the finish recomputes it with the
+// same fp32 operations. The rewards are then read again for COUNT/SUM_R(/M2_R), K rows that the
+// scan has just brought into cache. (The last argument, once the scan's scratch, is unused.)
 template <int K>
-void row_pass_block(const float* r, const bool* m, int64_t L, float gamma, RowPassColumns cols, float* G,
+void row_pass_block(const float* r, const bool* m, int64_t L, float gamma, RowPassColumns cols, float* /*unused*/,
                     double* stats) {
-  if (cols.returns_stats) rtg_block<K>(r, m, L, gamma, true, G);
-  for (int k = 0; k < K; ++k)
-    row_stats(r + k * L, m + k * L, L, cols.returns_stats ? G + k * L : nullptr, cols, stats + k * kStats);
+  float c[K] = {};
+  double sum_g[K] = {}, sq_g[K] = {};
+  if (cols.returns_stats) {
+    for (int k = 0; k < K; ++k) c[k] = row_shift(r + k * L, m + k * L, L);
+    if constexpr (K == kScanRows) {
+      const float* pr[K];
+      const bool* pm[K];
+      for (int k = 0; k < K; ++k) pr[k] = r + k * L, pm[k] = m + k * L;
+      scan_moments8(pr, pm, L, gamma, c, sum_g, sq_g);
+    } else {
+      for (int k = 0; k < K; ++k) scan_moments_row(r + k * L, m + k * L, L, gamma, c[k], sum_g[k], sq_g[k]);
+    }
+  }
+  for (int k = 0; k < K; ++k) {
+    double* s = stats + k * kStats;
+    reward_stats(r + k * L, m + k * L, L, cols, s);
+    s[STAT_SUM_G] = cols.returns_stats ? sum_g[k] : std::numeric_limits<double>::quiet_NaN();
+    s[STAT_M2_G] = cols.returns_stats ? shifted_m2(s[STAT_COUNT], sum_g[k], sq_g[k], c[k])
+                                      : std::numeric_limits<double>::quiet_NaN();
+  }
 }
 
 // K rows of advantages, one reverse scan (holes="skip"):

@@ -206,7 +206,7 @@ std::tuple<Tensor, Tensor> packed_fused_reward_group_row_pass_cpu(
   R3HF_DISPATCH_HIDDEN(proj.hidden.scalar_type(), "r3hf::packed_fused_reward_group_row_pass", [&] {
     const scalar_t* base = proj.hidden.data_ptr<scalar_t>();
     parallel_seqs(N, seq_grain(T, N, proj.D), [&](int64_t begin, int64_t end) {
-      thread_local std::vector<float> s, G;
+      thread_local std::vector<float> s;
       thread_local std::vector<char> need;
       for (int64_t i = begin; i < end; ++i) {
         const int64_t c0 = p_cu[i], c1 = p_cu[i + 1], s0 = first_generated(p_m, c0, c1), L = c1 - s0;
@@ -216,13 +216,12 @@ std::tuple<Tensor, Tensor> packed_fused_reward_group_row_pass_cpu(
         if (L > 0) {
           s.resize(L + 1);
           need.resize(L + 1);
-          G.resize(L);
           // need[0] only with first="prompt" (s0 > c0); reads stay in [s0 − 1, c1 − 1].
           needed_scores(m, L, ropt.first_prompt, reinterpret_cast<bool*>(need.data()));
           heads.fill(base, 0, s0 - 1, m, reinterpret_cast<const bool*>(need.data()), L, s.data());
           token_rewards_row(s.data(), m, p_lp ? p_lp + s0 : nullptr, p_ref ? p_ref + s0 : nullptr, L, ropt, rw);
         }
-        row_pass_block<1>(rw, m, L, g, RowPassColumns{}, G.data(), p_s + i * kStats);
+        row_pass_block<1>(rw, m, L, g, RowPassColumns{}, nullptr, p_s + i * kStats);
       }
     });
   });
