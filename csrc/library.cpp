@@ -67,6 +67,9 @@ TORCH_LIBRARY(r3hf, m) {
   m.def(
       "group_finish(Tensor rewards, Tensor response_mask, Tensor shift, Tensor scale, float gamma, "
       "bool on_rewards) -> Tensor");
+  // Step 2 (baseline "row") on one process: stats f64 [B, 5], index int64 [B] -> (shift, scale) f32
+  // [B] (r3hf/_group_stats.py `affine` without `group`; CPU only).
+  m.def("group_row_affine(Tensor stats, Tensor index, str estimator, float eps, str scale) -> (Tensor, Tensor)");
   // Packed sequences (issue 16; CPU kernels in csrc/cpu/packed_cpu.cpp, packed_group_cpu.cpp): one
   // stream of T positions, sequence i at [cu_seqlens[i], cu_seqlens[i+1]) (int32/int64 [N + 1]);
   // per-token tensors and outputs [T], hidden [T, D] or [1, T, D], bootstrap/shift/scale [N],

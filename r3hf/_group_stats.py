@@ -476,18 +476,20 @@ def _packed(cu_seqlens) -> dict:
 
 
 def group_advantages(row_pass_fn, finish_fn, rewards, response_mask, index, estimator, gamma, eps, scale, group,
-                     cu_seqlens=None, baseline="row", affine_position_fn=None):
+                     cu_seqlens=None, baseline="row", affine_position_fn=None, affine_fn=None):
     """A backend's group_advantages from its two passes (see the module docstring). A backend may
-    hand its own step 2p as `affine_position_fn` (same signature and results as `affine_position`)."""
+    hand its own step 2 / 2p as `affine_fn` / `affine_position_fn` (same signatures and results as
+    `affine` / `affine_position`)."""
     packed = _packed(cu_seqlens)
     affine_position_fn = affine_position_fn or affine_position
+    affine_fn = affine_fn or affine
     if baseline == "position":
         pos = position_layout(index, response_mask, estimator, scale, group, cu_seqlens)
         returns, stats, sums, last = row_pass_fn(rewards, response_mask, gamma, **packed, positions=pos)
         shift, mult = affine_position_fn(stats, sums, last, pos, estimator, eps, scale, group)
         return finish_fn(rewards, returns, response_mask, shift, mult, gamma, False, **packed, ids=pos.ids)
     returns, stats = row_pass_fn(rewards, response_mask, gamma, **packed)
-    shift, mult, on_rewards = affine(stats, index, estimator, eps, scale, group)
+    shift, mult, on_rewards = affine_fn(stats, index, estimator, eps, scale, group)
     return finish_fn(rewards, returns, response_mask, shift, mult, gamma, on_rewards, **packed)
 
 
@@ -495,7 +497,7 @@ def fused_reward_group_advantages(
     fused_row_pass_fn, finish_fn, hidden, weight, bias, response_mask, prompt_len, index, estimator="grpo",
     logprobs=None, ref_logprobs=None, kl_coef=0.0, kl_estimator="k1", kl_clamp=None, first="prompt", beta_c=1.0,
     reward_clip=None, gamma=1.0, eps=1e-6, scale="group", group=None, cu_seqlens=None, baseline="row",
-    potential_weight=None, potential_bias=None, affine_position_fn=None,
+    potential_weight=None, potential_bias=None, affine_position_fn=None, affine_fn=None,
 ):
     """A backend's fused_reward_group_advantages from its fused row pass and finish -> (rewards, advantages).
     potential_weight/potential_bias (a potential head, issue 24) reach the row pass only when set."""
@@ -513,7 +515,7 @@ def fused_reward_group_advantages(
         hidden, weight, bias, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp,
         first, beta_c, reward_clip, gamma, **packed, **heads,
     )
-    shift, mult, on_rewards = affine(stats, index, estimator, eps, scale, group)
+    shift, mult, on_rewards = (affine_fn or affine)(stats, index, estimator, eps, scale, group)
     return rewards, finish_fn(rewards, returns, response_mask, shift, mult, gamma, on_rewards, **packed)
 
 
