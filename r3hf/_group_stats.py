@@ -36,7 +36,9 @@ torch.distributed process group.
      grpo/rloo, + M2_R for grpo_process, COUNT/SUM_G/M2_G for reinforce_pp, + SUM_R for
      reinforce_pp_baseline); a row pass told the estimator may fill the others with NaN.
      Sums are over generated tokens only. Compute them in float64 (C++: double accumulators,
-     two passes over the row for the M2 columns, the second one around the row mean). A GPU
+     one pass per M2 column around a per-row shift c, the row's value at its last generated
+     token: M2 = Σ m·(x − c)² − (Σ m·x − n·c)²/n, which loses at most log2(n + 1) bits; SUM_G and
+     M2_G are reduced inside the reverse scan itself, so G is never written). A GPU
      kernel may accumulate in fp32 per block if it combines blocks around the row mean (Chan et
      al.); results must match `row_pass` within the fuzz tolerance (rtol 1e-4, atol 2e-5·scale).
    The fused variant `fused_row_pass(hidden, weight, bias, response_mask, prompt_len, logprobs,
@@ -62,7 +64,8 @@ torch.distributed process group.
    Token-level statistics merge the per-row (COUNT, SUM, M2) in float64 (Chan's parallel
    formula), so no [B, L] data crosses ranks. Without `group` this step makes no host sync
    (~40 tiny torch ops, ~0.5-1 ms on 2 CPU cores at B = 1024; a backend chasing launch latency
-   may replace `affine` by its own kernel if it returns the same). The data errors (no
+   may hand its own step 2 to the wiring, `affine_fn=`, if it returns the same: the C++ backend
+   does, r3hf::group_row_affine, ~0.1 ms). The data errors (no
    generated token in the whole batch; fewer than 2 for the whitening estimators) are raised by
    r3hf._validate before the row pass, or, with `group`, here after the gather on every rank
    alike (`check_tokens`).

@@ -5,6 +5,7 @@
 //   group_row_pass              rewards [B, L] -> stats [B, 5] f64
 //   fused_reward_group_row_pass hidden [B, S, D] -> (rewards [B, L] f32, stats), no [B, S] scores
 //   group_finish                rewards, (shift_i, scale_i) -> advantages [B, L] f32
+// (and step 2 without `group=`, group_row_affine: stats, index -> (shift_i, scale_i); group_row_affine.cpp)
 //
 // The reward-to-go G is recomputed by the finish pass instead of being written by the row pass
 // and read back (the contract's `returns`): the same fp32 operations give the same bits, and a
