@@ -173,9 +173,11 @@ void rtg_block(const float* r, const bool* m, int64_t L, float gamma, bool skip,
   }
 }
 
-// Row moments in double over kMomentLanes fixed lanes: vectorised over t, and the lane sums are added
-// in a fixed order, so the bits do not depend on threads.
-constexpr int kMomentLanes = 8;
+// Row moments in double over kMomentLanes fixed lanes (lane = t mod kMomentLanes): vectorised over
+// t, and the lane sums are added in a fixed order, so the bits do not depend on threads. 16 lanes,
+// four 4-double accumulators, so the adds of consecutive iterations do not wait on each other (8
+// lanes in two accumulators were bound by the add latency). Counts are exact integers in any order.
+constexpr int kMomentLanes = 16;
 
 inline double lane_total(const double* acc) {
   double total = 0.0;
@@ -184,62 +186,60 @@ inline double lane_total(const double* acc) {
 }
 
 #ifdef R3HF_SCAN_AVX2
-// The AVX2 form of masked_sum below: lanes 0-3 and 4-7 of the kMomentLanes in two
-// 4-double vectors, each lane adding the same values in the same order as the scalar loop (GCC
-// compiles that loop to branchy scalar code, ~10x slower than a plain sum).
+// The AVX2 forms of masked_sum / masked_sum_sq below: lanes 0-15 in four 4-double vectors, each
+// lane adding the same values in the same order as the scalar loop (GCC compiles that loop to
+// branchy scalar code, ~10x slower than a plain sum).
 R3HF_AVX2 inline __m256 mask8(const bool* m) {
   const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(m)));
   return _mm256_castsi256_ps(_mm256_cmpgt_epi32(b, _mm256_setzero_si256()));
 }
 
-R3HF_AVX2 inline int64_t masked_sum_avx2(const float* x, const bool* m, int64_t L, double* acc_n, double* acc_s) {
-  __m256d n0 = _mm256_setzero_pd(), n1 = n0, s0 = n0, s1 = n0;
-  const __m256 one = _mm256_set1_ps(1.f);
-  int64_t t = 0;
+// Lanes 0-15 of Σ m·x into acc_s (and of Σ m·(x − c)² into acc_q when Sq), the generated count into
+// n; -> the first position not covered (a multiple of kMomentLanes).
+template <bool Sq>
+R3HF_AVX2 inline int64_t masked_lanes_avx2(const float* x, const bool* m, int64_t L, float c, int64_t& n,
+                                           double* acc_s, double* acc_q) {
+  __m256d s[4], q[4];
+  for (int i = 0; i < 4; ++i) s[i] = _mm256_setzero_pd(), q[i] = s[i];
+  const __m256 v_c = _mm256_set1_ps(c);
+  int64_t t = 0, count = 0;
   for (; t + kMomentLanes <= L; t += kMomentLanes) {
-    const __m256 mk = mask8(m + t);
-    const __m256 v = _mm256_and_ps(_mm256_loadu_ps(x + t), mk), c = _mm256_and_ps(one, mk);
-    s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
-    s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
-    n0 = _mm256_add_pd(n0, _mm256_cvtps_pd(_mm256_castps256_ps128(c)));
-    n1 = _mm256_add_pd(n1, _mm256_cvtps_pd(_mm256_extractf128_ps(c, 1)));
+    for (int h = 0; h < 2; ++h) {
+      const __m256 mk = mask8(m + t + 8 * h);
+      count += __builtin_popcount(static_cast<unsigned>(_mm256_movemask_ps(mk)));
+      const __m256 v = _mm256_and_ps(_mm256_loadu_ps(x + t + 8 * h), mk);
+      const __m256d v0 = _mm256_cvtps_pd(_mm256_castps256_ps128(v)), v1 = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+      s[2 * h] = _mm256_add_pd(s[2 * h], v0), s[2 * h + 1] = _mm256_add_pd(s[2 * h + 1], v1);
+      if (Sq) {  // masked lanes: 0 − 0, so they add +0 as the scalar loop does
+        const __m256 cm = _mm256_and_ps(v_c, mk);
+        const __m256d d0 = _mm256_sub_pd(v0, _mm256_cvtps_pd(_mm256_castps256_ps128(cm)));
+        const __m256d d1 = _mm256_sub_pd(v1, _mm256_cvtps_pd(_mm256_extractf128_ps(cm, 1)));
+        q[2 * h] = _mm256_add_pd(q[2 * h], _mm256_mul_pd(d0, d0));
+        q[2 * h + 1] = _mm256_add_pd(q[2 * h + 1], _mm256_mul_pd(d1, d1));
+      }
+    }
   }
-  _mm256_storeu_pd(acc_n, n0), _mm256_storeu_pd(acc_n + 4, n1);
-  _mm256_storeu_pd(acc_s, s0), _mm256_storeu_pd(acc_s + 4, s1);
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_pd(acc_s + 4 * i, s[i]);
+    if (Sq) _mm256_storeu_pd(acc_q + 4 * i, q[i]);
+  }
+  n = count;
   return t;
 }
-
 #endif
 
 // (Σ m, Σ m·x) of one row. (R3HF_CLONES, from dot.h: also compiled for AVX2, picked at load time.)
 R3HF_CLONES static void masked_sum(const float* x, const bool* m, int64_t L, double& count, double& sum) {
+  double acc_s[kMomentLanes] = {0.0};
+  int64_t t = 0, n = 0;
 #ifdef R3HF_SCAN_AVX2
-  if (have_avx2()) {
-    double acc_n[kMomentLanes], acc_s[kMomentLanes];
-    int64_t t = masked_sum_avx2(x, m, L, acc_n, acc_s);
-    for (int l = 0; t < L; ++t, ++l) {
-      acc_s[l] += static_cast<double>(m[t] ? x[t] : 0.f);
-      acc_n[l] += m[t] ? 1.0 : 0.0;
-    }
-    count = lane_total(acc_n);
-    sum = lane_total(acc_s);
-    return;
-  }
+  if (have_avx2()) t = masked_lanes_avx2<false>(x, m, L, 0.f, n, acc_s, nullptr);
 #endif
-  double acc_n[kMomentLanes] = {0.0}, acc_s[kMomentLanes] = {0.0};
-  int64_t t = 0;
-  for (; t + kMomentLanes <= L; t += kMomentLanes) {
-    for (int l = 0; l < kMomentLanes; ++l) {
-      const bool mk = m[t + l];
-      acc_s[l] += static_cast<double>(mk ? x[t + l] : 0.f);
-      acc_n[l] += mk ? 1.0 : 0.0;
-    }
-  }
-  for (int l = 0; t < L; ++t, ++l) {
+  for (int l = 0; t < L; ++t, l = (l + 1) % kMomentLanes) {
     acc_s[l] += static_cast<double>(m[t] ? x[t] : 0.f);
-    acc_n[l] += m[t] ? 1.0 : 0.0;
+    n += m[t] ? 1 : 0;
   }
-  count = lane_total(acc_n);
+  count = static_cast<double>(n);
   sum = lane_total(acc_s);
 }
 
@@ -267,48 +267,22 @@ inline double shifted_m2(double n, double sum, double sq, float c) {
   return std::max(0.0, sq - d * d / n);
 }
 
-#ifdef R3HF_SCAN_AVX2
-// masked_sum_avx2's lanes, plus Σ m·(x − c)² per lane.
-R3HF_AVX2 inline int64_t masked_sum_sq_avx2(const float* x, const bool* m, int64_t L, float c, double* acc_n,
-                                            double* acc_s, double* acc_q) {
-  __m256d n0 = _mm256_setzero_pd(), n1 = n0, s0 = n0, s1 = n0, q0 = n0, q1 = n0;
-  const __m256 one = _mm256_set1_ps(1.f), v_c = _mm256_set1_ps(c);
-  int64_t t = 0;
-  for (; t + kMomentLanes <= L; t += kMomentLanes) {
-    const __m256 mk = mask8(m + t);
-    const __m256 v = _mm256_and_ps(_mm256_loadu_ps(x + t), mk), k = _mm256_and_ps(one, mk), cm = _mm256_and_ps(v_c, mk);
-    const __m256d v0 = _mm256_cvtps_pd(_mm256_castps256_ps128(v)), v1 = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
-    // masked lanes: 0 − 0, so they add +0 as the scalar loop does
-    const __m256d d0 = _mm256_sub_pd(v0, _mm256_cvtps_pd(_mm256_castps256_ps128(cm)));
-    const __m256d d1 = _mm256_sub_pd(v1, _mm256_cvtps_pd(_mm256_extractf128_ps(cm, 1)));
-    s0 = _mm256_add_pd(s0, v0), s1 = _mm256_add_pd(s1, v1);
-    n0 = _mm256_add_pd(n0, _mm256_cvtps_pd(_mm256_castps256_ps128(k)));
-    n1 = _mm256_add_pd(n1, _mm256_cvtps_pd(_mm256_extractf128_ps(k, 1)));
-    q0 = _mm256_add_pd(q0, _mm256_mul_pd(d0, d0)), q1 = _mm256_add_pd(q1, _mm256_mul_pd(d1, d1));
-  }
-  _mm256_storeu_pd(acc_n, n0), _mm256_storeu_pd(acc_n + 4, n1);
-  _mm256_storeu_pd(acc_s, s0), _mm256_storeu_pd(acc_s + 4, s1);
-  _mm256_storeu_pd(acc_q, q0), _mm256_storeu_pd(acc_q + 4, q1);
-  return t;
-}
-#endif
-
 // (Σ m, Σ m·x, Σ m·(x − c)²) of one row in one pass (count and sum: masked_sum's lanes and bits).
 R3HF_CLONES static void masked_sum_sq(const float* x, const bool* m, int64_t L, float c, double& count, double& sum,
                                       double& sq) {
-  double acc_n[kMomentLanes] = {0.0}, acc_s[kMomentLanes] = {0.0}, acc_q[kMomentLanes] = {0.0};
-  int64_t t = 0;
+  double acc_s[kMomentLanes] = {0.0}, acc_q[kMomentLanes] = {0.0};
+  int64_t t = 0, n = 0;
 #ifdef R3HF_SCAN_AVX2
-  if (have_avx2()) t = masked_sum_sq_avx2(x, m, L, c, acc_n, acc_s, acc_q);
+  if (have_avx2()) t = masked_lanes_avx2<true>(x, m, L, c, n, acc_s, acc_q);
 #endif
   for (int l = 0; t < L; ++t, l = (l + 1) % kMomentLanes) {
     const bool mk = m[t];
     const double v = static_cast<double>(mk ? x[t] : 0.f), d = v - static_cast<double>(mk ? c : 0.f);
     acc_s[l] += v;
-    acc_n[l] += mk ? 1.0 : 0.0;
     acc_q[l] += d * d;
+    n += mk ? 1 : 0;
   }
-  count = lane_total(acc_n);
+  count = static_cast<double>(n);
   sum = lane_total(acc_s);
   sq = lane_total(acc_q);
 }
