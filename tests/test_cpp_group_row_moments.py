@@ -86,7 +86,7 @@ def test_low_precision_rewards_are_read_as_fp32(dtype):
 
 @pytest.mark.parametrize("estimator", ["reinforce_pp", "reinforce_pp_baseline", "grpo_process"])
 def test_thread_count_does_not_change_bits_at_gamma_one(estimator):
-    # γ = 1 takes the scan without the multiply; 70 rows: several tasks and a short last block.
+    # 70 rows: several tasks and a short last block.
     r, m = batch(70, 1003, seed=5)
     index = torch.randint(0, 9, (70,), generator=torch.Generator().manual_seed(5))
     threads = torch.get_num_threads()

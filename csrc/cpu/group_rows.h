@@ -76,8 +76,7 @@ R3HF_AVX2 inline void transpose8(__m256* v) {
   v[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
 }
 
-// Gamma1: γ = 1, where γ·R = R exactly, so the multiply is left out of the dependent chain (same bits).
-template <int Mode, bool Gamma1>
+template <int Mode>
 R3HF_AVX2 void scan_rows8_avx2(const float* const* r, const bool* const* m, int64_t L, float gamma,
                                const float* shift, const float* scale, float* const* out) {
   float run[kScanRows], sh[kScanRows], sc[kScanRows];
@@ -101,7 +100,7 @@ R3HF_AVX2 void scan_rows8_avx2(const float* const* r, const bool* const* m, int6
       __m256 xj = x[j];
       if (Mode == SCAN_ON_REWARDS) xj = _mm256_mul_ps(_mm256_sub_ps(xj, v_sh), v_sc);
       xj = _mm256_and_ps(xj, mk[j]);
-      const __m256 nr = _mm256_add_ps(xj, Gamma1 ? running : _mm256_mul_ps(v_g, running));
+      const __m256 nr = _mm256_add_ps(xj, _mm256_mul_ps(v_g, running));
       running = _mm256_blendv_ps(running, nr, mk[j]);
       if (Mode == SCAN_FINISH) {
         x[j] = _mm256_and_ps(_mm256_mul_ps(_mm256_sub_ps(nr, v_sh), v_sc), mk[j]);
@@ -129,14 +128,9 @@ inline void scan_rows8(const float* const* r, const bool* const* m, int64_t L, f
                        const float* shift, const float* scale, float* const* out) {
 #ifdef R3HF_SCAN_AVX2
   if (have_avx2()) {
-    if (gamma == 1.f) {
-      if (mode == SCAN_G) return scan_rows8_avx2<SCAN_G, true>(r, m, L, gamma, shift, scale, out);
-      if (mode == SCAN_FINISH) return scan_rows8_avx2<SCAN_FINISH, true>(r, m, L, gamma, shift, scale, out);
-      return scan_rows8_avx2<SCAN_ON_REWARDS, true>(r, m, L, gamma, shift, scale, out);
-    }
-    if (mode == SCAN_G) return scan_rows8_avx2<SCAN_G, false>(r, m, L, gamma, shift, scale, out);
-    if (mode == SCAN_FINISH) return scan_rows8_avx2<SCAN_FINISH, false>(r, m, L, gamma, shift, scale, out);
-    return scan_rows8_avx2<SCAN_ON_REWARDS, false>(r, m, L, gamma, shift, scale, out);
+    if (mode == SCAN_G) return scan_rows8_avx2<SCAN_G>(r, m, L, gamma, shift, scale, out);
+    if (mode == SCAN_FINISH) return scan_rows8_avx2<SCAN_FINISH>(r, m, L, gamma, shift, scale, out);
+    return scan_rows8_avx2<SCAN_ON_REWARDS>(r, m, L, gamma, shift, scale, out);
   }
 #endif
   float sh[kScanRows], sc[kScanRows];
@@ -308,8 +302,7 @@ inline void scan_moments_row(const float* r, const bool* m, int64_t L, float gam
 }
 
 #ifdef R3HF_SCAN_AVX2
-template <bool Gamma1>
-R3HF_AVX2 void scan_moments8_avx2(const float* const* r, const bool* const* m, int64_t L, float gamma,
+R3HF_AVX2 inline void scan_moments8_avx2(const float* const* r, const bool* const* m, int64_t L, float gamma,
                                   const float* c, double* sum, double* sq) {
   float run[kScanRows];
   const int64_t L8 = L - L % 8;
@@ -338,7 +331,7 @@ R3HF_AVX2 void scan_moments8_avx2(const float* const* r, const bool* const* m, i
     transpose8(x);
     transpose8(mk);
     for (int j = kScanRows - 1; j >= 0; --j) {
-      const __m256 nr = _mm256_add_ps(_mm256_and_ps(x[j], mk[j]), Gamma1 ? running : _mm256_mul_ps(v_g, running));
+      const __m256 nr = _mm256_add_ps(_mm256_and_ps(x[j], mk[j]), _mm256_mul_ps(v_g, running));
       running = _mm256_blendv_ps(running, nr, mk[j]);
       const __m256 gv = _mm256_and_ps(nr, mk[j]), cv = _mm256_and_ps(v_c, mk[j]);
       const __m256d g0 = _mm256_cvtps_pd(_mm256_castps256_ps128(gv)), g1 = _mm256_cvtps_pd(_mm256_extractf128_ps(gv, 1));
@@ -357,10 +350,7 @@ R3HF_AVX2 void scan_moments8_avx2(const float* const* r, const bool* const* m, i
 inline void scan_moments8(const float* const* r, const bool* const* m, int64_t L, float gamma, const float* c,
                           double* sum, double* sq) {
 #ifdef R3HF_SCAN_AVX2
-  if (have_avx2()) {
-    if (gamma == 1.f) return scan_moments8_avx2<true>(r, m, L, gamma, c, sum, sq);
-    return scan_moments8_avx2<false>(r, m, L, gamma, c, sum, sq);
-  }
+  if (have_avx2()) return scan_moments8_avx2(r, m, L, gamma, c, sum, sq);
 #endif
   for (int k = 0; k < kScanRows; ++k) scan_moments_row(r[k], m[k], L, gamma, c[k], sum[k], sq[k]);
 }
