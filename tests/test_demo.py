@@ -258,6 +258,10 @@ def test_report_metrics_paired_verdicts_and_table():
     assert "WORSE" in text and "11.0*" in text and "rloo" in text
     one = {"ppo/prefix/sparse": _runs([rising], [0.4]), "ppo/prefix/r3hf": _runs([fast], [0.8])}
     assert "single seed" in report.summarise(one)["verdicts"][0]
+    # three seeds give a verdict, marked as indicative (a 2-SE interval covers ~82 % at 2 dof)
+    assert all("only 3 seeds: indicative" in v for v in s["verdicts"])
+    twelve = {k: [dict(r, seed=i) for i in range(4) for r in rs] for k, rs in runs.items()}
+    assert not any("indicative" in v for v in report.summarise(twelve)["verdicts"])
 
 
 def test_length_drift_flag_paired_against_sparse():
