@@ -15,6 +15,7 @@ transcription written for this test (the test says which ran in its id).
 import ast
 import importlib
 import importlib.util
+import os
 import pathlib
 
 import numpy as np
