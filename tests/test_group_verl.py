@@ -9,7 +9,9 @@ on every backend that runs here and implements the op (Triton's interpreter on t
 holes="discount" is compared with OpenRLHF 0.11's `get_cumulative_returns`: its own source when
 openrlhf is installed (`pip install --no-deps openrlhf==0.11.0`; the method is taken out of
 experience_maker.py with `ast`, since that module imports ray, vLLM and deepspeed), otherwise a
-transcription written for this test (the test says which ran in its id).
+transcription written for this test (the test says which ran in its id); under
+R3HF_REQUIRE_OPENRLHF=1 (CI) it fails instead. CI runs it against 0.11.0 (main suite) and 0.11.2
+(.ci/steps/41-openrlhf.sh).
 """
 
 import ast
