@@ -1,0 +1,107 @@
+// Row functions of the one-pass-per-group position kernels (group_position_affine.cpp, issue 21
+// "Speed"): the common row, whose generated tokens are exactly its first n positions (trailing
+// padding, no holes), has position p == token p, so its per-position sums are plain vertical adds
+// and it needs no mask to find p. Rows with holes take group_rows.h's general functions
+// (add_positions, position_apply). Every table cell still gets the same fp64 adds in the same
+// (row) order as add_positions gives it, so the results are bitwise those of the three-op path.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "group_rows.h"
+
+namespace r3hf {
+namespace cpu {
+
+// n when the row's generated tokens are exactly positions [0, n) (n = L for a full row, 0 for an
+// all-masked row), -1 when the row has a hole. Two memchr (libc's vector code): ~L/32 cycles.
+inline int64_t prefix_length(const bool* m, int64_t L) {
+  static_assert(sizeof(bool) == 1, "a bool mask is one byte per position");
+  const void* z = std::memchr(m, 0, static_cast<size_t>(L));
+  if (z == nullptr) return L;
+  const int64_t n = static_cast<const bool*>(z) - m;
+  return std::memchr(m + n, 1, static_cast<size_t>(L - n)) == nullptr ? n : -1;
+}
+
+// A = (G − shift[t])·scale[t] for t < n and 0 after, for a prefix row of length n: the same fp32
+// operations as position_apply, without reading the mask. (R3HF_CLONES: also an AVX2 build.)
+R3HF_CLONES static void position_apply_prefix(const float* __restrict__ G, int64_t n, int64_t L,
+                                              const float* __restrict__ shift, const float* __restrict__ scale,
+                                              float* __restrict__ out) {
+  for (int64_t t = 0; t < n; ++t) out[t] = (G[t] - shift[t]) * scale[t];
+  for (int64_t t = n; t < L; ++t) out[t] = 0.f;
+}
+
+// out = m ? (out − shift)·scale : 0 over one row, in place (reinforce_pp_baseline's whitening).
+R3HF_CLONES static void shift_scale_masked(float* __restrict__ x, const bool* __restrict__ m, int64_t L, float shift,
+                                           float scale) {
+  for (int64_t t = 0; t < L; ++t) x[t] = m[t] ? (x[t] - shift) * scale : 0.f;
+}
+
+#ifdef R3HF_SCAN_AVX2
+// The reverse scan of kScanRows prefix rows of lengths n[k] (holes "skip"), fused with their
+// per-position sums. Per 8 positions the rows are scanned in the transposed domain exactly as
+// scan_rows8_avx2<SCAN_G> does (same fp32 ops, same bits), transposed back, stored to out[k] and
+// added to sum[t..t+8) (G² to sq) row after row: the order add_positions adds them in. A masked
+// lane holds +0.0, and adding +0.0 leaves a table cell unchanged (a cell is never −0.0: it starts
+// at +0.0). Positions at or past the longest row are neither read nor written: there every row is
+// masked and its running return is still 0, so the scan may start at the longest row's end.
+// sum/sq must be zero (or hold earlier rows' sums) on [0, round_up(max n, 8)) ∩ [0, L).
+R3HF_AVX2 inline void scan_prefix_rows8_sums(const float* const* r, const int64_t* n, int64_t L, float gamma,
+                                             float* const* out, double* sum, double* sq) {
+  int64_t nmax = 0;
+  for (int k = 0; k < kScanRows; ++k) nmax = std::max(nmax, n[k]);
+  float run[kScanRows];
+  const int64_t L8 = L - L % 8;
+  for (int k = 0; k < kScanRows; ++k) {  // the tail past the last whole run of 8, one row at a time
+    run[k] = 0.f;
+    const int64_t e = std::min(L, n[k]);
+    for (int64_t t = e - 1; t >= L8; --t) out[k][t] = rtg_step(r[k][t], true, gamma, true, run[k]);
+    for (int64_t t = L8; t < e; ++t) {
+      const double v = static_cast<double>(out[k][t]);
+      sum[t] += v;
+      if (sq != nullptr) sq[t] += v * v;
+    }
+  }
+  __m256 running = _mm256_loadu_ps(run);
+  const __m256 v_g = _mm256_set1_ps(gamma);
+  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  int32_t len[kScanRows];
+  for (int k = 0; k < kScanRows; ++k) len[k] = static_cast<int32_t>(n[k]);
+  const int64_t start = std::min(L8, (nmax + 7) / 8 * 8);
+  for (int64_t t0 = start - 8; t0 >= 0; t0 -= 8) {
+    __m256 x[kScanRows], mk[kScanRows];
+    for (int k = 0; k < kScanRows; ++k) {
+      x[k] = _mm256_loadu_ps(r[k] + t0);
+      // lane l generated <=> t0 + l < n[k]
+      mk[k] = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(len[k] - static_cast<int32_t>(t0)), iota));
+    }
+    transpose8(x);
+    transpose8(mk);
+    for (int j = kScanRows - 1; j >= 0; --j) {
+      const __m256 xj = _mm256_and_ps(x[j], mk[j]);
+      const __m256 nr = _mm256_add_ps(xj, _mm256_mul_ps(v_g, running));
+      running = _mm256_blendv_ps(running, nr, mk[j]);
+      x[j] = _mm256_and_ps(nr, mk[j]);
+    }
+    transpose8(x);
+    __m256d s0 = _mm256_loadu_pd(sum + t0), s1 = _mm256_loadu_pd(sum + t0 + 4);
+    __m256d q0 = _mm256_setzero_pd(), q1 = q0;
+    if (sq != nullptr) q0 = _mm256_loadu_pd(sq + t0), q1 = _mm256_loadu_pd(sq + t0 + 4);
+    for (int k = 0; k < kScanRows; ++k) {
+      _mm256_storeu_ps(out[k] + t0, x[k]);
+      const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(x[k]));
+      const __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(x[k], 1));
+      s0 = _mm256_add_pd(s0, lo), s1 = _mm256_add_pd(s1, hi);
+      if (sq != nullptr) q0 = _mm256_add_pd(q0, _mm256_mul_pd(lo, lo)), q1 = _mm256_add_pd(q1, _mm256_mul_pd(hi, hi));
+    }
+    _mm256_storeu_pd(sum + t0, s0), _mm256_storeu_pd(sum + t0 + 4, s1);
+    if (sq != nullptr) _mm256_storeu_pd(sq + t0, q0), _mm256_storeu_pd(sq + t0 + 4, q1);
+  }
+}
+#endif
+
+}  // namespace cpu
+}  // namespace r3hf
