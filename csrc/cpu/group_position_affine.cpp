@@ -310,10 +310,9 @@ int64_t group_tables(const int64_t* rows, int64_t c, const float* p_r, const boo
     for (int64_t k = 0; k < n; ++k)
       pr[k] = p_r + rows[j + k] * L, pm[k] = p_m + rows[j + k] * L, po[k] = s.G.data() + (j + k) * L;
 #ifdef R3HF_SCAN_AVX2
-    bool prefix = n == K && cpu::have_avx2();
+    bool prefix = n == K;
     for (int64_t k = 0; k < n && prefix; ++k) prefix = s.len[j + k] >= 0;
-    if (prefix) {
-      cpu::scan_prefix_rows8_sums(pr, s.len.data() + j, L, g, po, s.sum.data(), sq);
+    if (prefix && cpu::scan_prefix_rows8_sums(pr, s.len.data() + j, L, g, po, s.sum.data(), sq)) {
       for (int64_t k = 0; k < n; ++k) {
         const int64_t len = s.len[j + k];
         s.h.rows.emplace_back(static_cast<double>(len), len > 0 ? static_cast<double>(po[k][len - 1]) : 0.0);
@@ -371,6 +370,61 @@ double score_batch_mult(const float* p_r, const bool* p_m, int64_t B, int64_t L,
   return 1.0 / (sd + eps);
 }
 
+// reinforce_pp_baseline's moments of one group, (N_g, Σx, Σx²) of x = G − mu over its generated
+// tokens, from its tables s1/s2 [wz] (0 past the rows) and h.rows sorted by n_i: D = the rows still
+// generating at p, the sums over p in 4 lanes (lane p mod 4, each lane in increasing p, combined in
+// lane order), so the bits are the same with or without AVX2 and for any thread count. (Positions
+// past the tables add exact zeros: no row is generating there.)
+#ifdef R3HF_SCAN_AVX2
+R3HF_AVX2 void rpp_lanes_avx2(const double* s1, const double* s2, int64_t p0, int64_t p1, double D, double hs,
+                              double c, bool single, double* acc) {
+  __m256d n = _mm256_loadu_pd(acc), sx = _mm256_loadu_pd(acc + 4), q = _mm256_loadu_pd(acc + 8);
+  const __m256d vD = _mm256_set1_pd(D), vhs = _mm256_set1_pd(hs), vc = _mm256_set1_pd(c), two = _mm256_set1_pd(2.0);
+  for (int64_t p = p0; p < p1; p += 4) {
+    const __m256d A = _mm256_loadu_pd(s1 + p), Q = _mm256_loadu_pd(s2 + p);
+    const __m256d mu = single ? _mm256_setzero_pd() : _mm256_div_pd(_mm256_add_pd(A, vhs), vc);
+    n = _mm256_add_pd(n, vD);
+    sx = _mm256_add_pd(sx, _mm256_sub_pd(A, _mm256_mul_pd(vD, mu)));
+    const __m256d t = _mm256_sub_pd(Q, _mm256_mul_pd(_mm256_mul_pd(two, mu), A));
+    q = _mm256_add_pd(q, _mm256_add_pd(t, _mm256_mul_pd(_mm256_mul_pd(vD, mu), mu)));
+  }
+  _mm256_storeu_pd(acc, n), _mm256_storeu_pd(acc + 4, sx), _mm256_storeu_pd(acc + 8, q);
+}
+#endif
+
+void rpp_partials(Held& h, double c, const double* s1, const double* s2, int64_t wz, double* part) {
+  double acc[12] = {0.0};  // n, Σx, Σx² in 4 lanes each
+  const bool single = c < 2;
+  auto one = [&](int64_t p, double D, double hs) {
+    const double A = s1[p], Q = s2[p];
+    const double mu = single ? 0.0 : (A + hs) / c;
+    const int l = static_cast<int>(p & 3);
+    acc[l] += D;
+    acc[4 + l] += A - D * mu;
+    acc[8 + l] += Q - 2.0 * mu * A + D * mu * mu;
+  };
+  h.reset();
+  for (int64_t p0 = 0; p0 < wz;) {
+    h.advance(p0);
+    int64_t p1 = wz;
+    if (h.next < h.rows.size()) p1 = std::min<int64_t>(wz, static_cast<int64_t>(h.rows[h.next].first));
+    p1 = std::max(p1, p0 + 1);
+    const double hs = h.sum, D = c - h.count;
+    int64_t p = p0;
+#ifdef R3HF_SCAN_AVX2
+    if (cpu::have_avx2()) {
+      const int64_t a = std::min(p1, (p0 + 3) / 4 * 4), b = std::max(a, p1 - p1 % 4);
+      for (; p < a; ++p) one(p, D, hs);
+      rpp_lanes_avx2(s1, s2, a, b, D, hs, c, single, acc);
+      p = b;
+    }
+#endif
+    for (; p < p1; ++p) one(p, D, hs);
+    p0 = p1;
+  }
+  for (int k = 0; k < 3; ++k) part[k] = ((acc[4 * k] + acc[4 * k + 1]) + acc[4 * k + 2]) + acc[4 * k + 3];
+}
+
 Tensor group_position_advantages_cpu(const Tensor& rewards_in, const Tensor& mask_in, const Tensor& ids_in,
                                      int64_t n_groups, int64_t width, double gamma, c10::string_view estimator,
                                      double eps, c10::string_view scale_name) {
@@ -414,21 +468,7 @@ Tensor group_position_advantages_cpu(const Tensor& rewards_in, const Tensor& mas
       affine_group(s.h, cd, s.sum.data(), s.sq.data(), wg, Est::kGrpo, Scale::kNone, eps, 1.0, s.shift.data(),
                    s.mult.data());
       apply_group(rows, c, p_m, L, s, p_out);
-      // group_position_affine's partials over every p < W, the tables 0 past round_up(W_g, 8)
-      const int64_t wz = std::min(W, (wg + 7) / 8 * 8);
-      Held& h = s.h;
-      h.reset();
-      double n = 0.0, sx = 0.0, q = 0.0;
-      for (int64_t p = 0; p < W; ++p) {
-        h.advance(p);
-        const double A = p < wz ? s.sum[p] : 0.0, Q = p < wz ? s.sq[p] : 0.0;
-        const double mu = c < 2 ? 0.0 : (A + h.sum) / cd;
-        const double D = cd - h.count;
-        n += D;
-        sx += A - D * mu;
-        q += Q - 2.0 * mu * A + D * mu * mu;
-      }
-      part[3 * grp] = n, part[3 * grp + 1] = sx, part[3 * grp + 2] = q;
+      rpp_partials(s.h, cd, s.sum.data(), s.sq.data(), std::min(W, (wg + 7) / 8 * 8), part.data() + 3 * grp);
     }
   });
   if (!rpp) return out;

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -34,29 +35,49 @@ R3HF_CLONES static void position_apply_prefix(const float* __restrict__ G, int64
   for (int64_t t = n; t < L; ++t) out[t] = 0.f;
 }
 
-// out = m ? (out − shift)·scale : 0 over one row, in place (reinforce_pp_baseline's whitening).
-R3HF_CLONES static void shift_scale_masked(float* __restrict__ x, const bool* __restrict__ m, int64_t L, float shift,
-                                           float scale) {
-  for (int64_t t = 0; t < L; ++t) x[t] = m[t] ? (x[t] - shift) * scale : 0.f;
+#ifdef R3HF_SCAN_AVX2
+R3HF_AVX2 inline int64_t shift_scale_masked_avx2(float* x, const bool* m, int64_t L, float shift, float scale) {
+  const __m256 sh = _mm256_set1_ps(shift), sc = _mm256_set1_ps(scale);
+  int64_t t = 0;
+  for (; t + 8 <= L; t += 8)
+    _mm256_storeu_ps(x + t, _mm256_and_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + t), sh), sc), mask8(m + t)));
+  return t;
+}
+#endif
+
+// x = m ? (x − shift)·scale : 0 over one row, in place (reinforce_pp_baseline's whitening; GCC
+// leaves the scalar form branchy, ~1 ns a position).
+inline void shift_scale_masked(float* x, const bool* m, int64_t L, float shift, float scale) {
+  int64_t t = 0;
+#ifdef R3HF_SCAN_AVX2
+  if (have_avx2()) t = shift_scale_masked_avx2(x, m, L, shift, scale);
+#endif
+  for (; t < L; ++t) x[t] = m[t] ? (x[t] - shift) * scale : 0.f;
 }
 
 #ifdef R3HF_SCAN_AVX2
 // The reverse scan of kScanRows prefix rows of lengths n[k] (holes "skip"), fused with their
-// per-position sums. Per 8 positions the rows are scanned in the transposed domain exactly as
-// scan_rows8_avx2<SCAN_G> does (same fp32 ops, same bits), transposed back, stored to out[k] and
-// added to sum[t..t+8) (G² to sq) row after row: the order add_positions adds them in. A masked
-// lane holds +0.0, and adding +0.0 leaves a table cell unchanged (a cell is never −0.0: it starts
-// at +0.0). Positions at or past the longest row are neither read nor written: there every row is
-// masked and its running return is still 0, so the scan may start at the longest row's end.
+// per-position sums. Per 8 positions the rows are scanned in the transposed domain with
+// scan_rows8_avx2<SCAN_G>'s fp32 operations, transposed back, stored to out[k] and added to
+// sum[t..t+8) (G² to sq) row after row: the order add_positions adds them in. Because every masked
+// lane of a prefix row lies after its last generated token, its running return is still +0 there,
+// so (γ finite) r·0 + γ·(+0) = +0 is the value a masked step keeps anyway: the blend and the output
+// mask of the general scan are not needed, and the masks come from n in the transposed domain (no
+// mask load or transpose). With γ = 1 the γ· is dropped (1·x == x exactly). A masked lane holds
+// +0.0, and adding +0.0 leaves a table cell unchanged (a cell is never −0.0: it starts at +0.0).
+// Positions at or past the longest row are neither read nor written: the scan starts there.
 // sum/sq must be zero (or hold earlier rows' sums) on [0, round_up(max n, 8)) ∩ [0, L).
-R3HF_AVX2 inline void scan_prefix_rows8_sums(const float* const* r, const int64_t* n, int64_t L, float gamma,
-                                             float* const* out, double* sum, double* sq) {
+template <bool UnitGamma>
+R3HF_AVX2 void scan_prefix_rows8_sums_avx2(const float* const* r, const int64_t* n, int64_t L, float gamma,
+                                           float* const* out, double* sum, double* sq) {
   int64_t nmax = 0;
   for (int k = 0; k < kScanRows; ++k) nmax = std::max(nmax, n[k]);
   float run[kScanRows];
+  int32_t len[kScanRows];
   const int64_t L8 = L - L % 8;
   for (int k = 0; k < kScanRows; ++k) {  // the tail past the last whole run of 8, one row at a time
     run[k] = 0.f;
+    len[k] = static_cast<int32_t>(n[k]);
     const int64_t e = std::min(L, n[k]);
     for (int64_t t = e - 1; t >= L8; --t) out[k][t] = rtg_step(r[k][t], true, gamma, true, run[k]);
     for (int64_t t = L8; t < e; ++t) {
@@ -67,24 +88,18 @@ R3HF_AVX2 inline void scan_prefix_rows8_sums(const float* const* r, const int64_
   }
   __m256 running = _mm256_loadu_ps(run);
   const __m256 v_g = _mm256_set1_ps(gamma);
-  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  int32_t len[kScanRows];
-  for (int k = 0; k < kScanRows; ++k) len[k] = static_cast<int32_t>(n[k]);
+  const __m256i v_len = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(len));
   const int64_t start = std::min(L8, (nmax + 7) / 8 * 8);
   for (int64_t t0 = start - 8; t0 >= 0; t0 -= 8) {
-    __m256 x[kScanRows], mk[kScanRows];
-    for (int k = 0; k < kScanRows; ++k) {
-      x[k] = _mm256_loadu_ps(r[k] + t0);
-      // lane l generated <=> t0 + l < n[k]
-      mk[k] = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(len[k] - static_cast<int32_t>(t0)), iota));
-    }
+    __m256 x[kScanRows];
+    for (int k = 0; k < kScanRows; ++k) x[k] = _mm256_loadu_ps(r[k] + t0);
     transpose8(x);
-    transpose8(mk);
     for (int j = kScanRows - 1; j >= 0; --j) {
-      const __m256 xj = _mm256_and_ps(x[j], mk[j]);
-      const __m256 nr = _mm256_add_ps(xj, _mm256_mul_ps(v_g, running));
-      running = _mm256_blendv_ps(running, nr, mk[j]);
-      x[j] = _mm256_and_ps(nr, mk[j]);
+      // lane k generated <=> t0 + j < n[k]
+      const __m256 mk = _mm256_castsi256_ps(_mm256_cmpgt_epi32(v_len, _mm256_set1_epi32(static_cast<int32_t>(t0 + j))));
+      const __m256 xj = _mm256_and_ps(x[j], mk);
+      running = UnitGamma ? _mm256_add_ps(xj, running) : _mm256_add_ps(xj, _mm256_mul_ps(v_g, running));
+      x[j] = running;
     }
     transpose8(x);
     __m256d s0 = _mm256_loadu_pd(sum + t0), s1 = _mm256_loadu_pd(sum + t0 + 4);
@@ -100,6 +115,19 @@ R3HF_AVX2 inline void scan_prefix_rows8_sums(const float* const* r, const int64_
     _mm256_storeu_pd(sum + t0, s0), _mm256_storeu_pd(sum + t0 + 4, s1);
     if (sq != nullptr) _mm256_storeu_pd(sq + t0, q0), _mm256_storeu_pd(sq + t0 + 4, q1);
   }
+}
+
+// The fused scan above when it applies (AVX2, γ finite) -> true; false: the caller takes the
+// general path.
+inline bool scan_prefix_rows8_sums(const float* const* r, const int64_t* n, int64_t L, float gamma, float* const* out,
+                                   double* sum, double* sq) {
+  if (!have_avx2() || !std::isfinite(gamma)) return false;
+  if (gamma == 1.f) {
+    scan_prefix_rows8_sums_avx2<true>(r, n, L, gamma, out, sum, sq);
+  } else {
+    scan_prefix_rows8_sums_avx2<false>(r, n, L, gamma, out, sum, sq);
+  }
+  return true;
 }
 #endif
 
