@@ -470,6 +470,7 @@ Tensor group_position_advantages_cpu(const Tensor& rewards_in, const Tensor& mas
       apply_group(rows, c, p_m, L, s, p_out);
       rpp_partials(s.h, cd, s.sum.data(), s.sq.data(), std::min(W, (wg + 7) / 8 * 8), part.data() + 3 * grp);
     }
+    cpu::stream_fence();
   });
   if (!rpp) return out;
   // group_position_affine's batch moments, combined in group order: the same bits.
