@@ -269,12 +269,12 @@ std::tuple<Tensor, Tensor> group_position_affine_cpu(const Tensor& stats_in, con
 //   rloo, grpo (scale "group"/"none"): bitwise the three-op path, for any thread count.
 //   grpo, scale "batch": a first pass over the rows computes their scores (SUM_R, masked_sum as in
 //     the row pass) and batch_mult as group_position_affine does: also bitwise the three-op path.
-//   reinforce_pp_baseline: the per-group moment partials are those of group_position_affine (same
-//     tables, same order) and are combined in group order, so the batch mean and 1/std are the
-//     three-op path's bits; the output is written as x = G − float(mu) in the group pass and then
-//     whitened in place, (x − float(mean))·inv_std, where the three-op path computes
-//     (G − float(mu + mean))·inv_std: the same to rounding, not bitwise; still the same bits for
-//     any thread count.
+//   reinforce_pp_baseline: the per-group moment partials come from the same tables as in
+//     group_position_affine but are summed over p in 4 lanes (rpp_partials; the three-op loop is
+//     one serial chain), then combined in group order; the output is written as x = G − float(mu)
+//     in the group pass and whitened in place, (x − float(mean))·inv_std, where the three-op path
+//     computes (G − float(mu + mean))·inv_std: the same to rounding, not bitwise, and still the
+//     same bits for any thread count.
 struct GroupScratch {
   std::vector<float> G, shift, mult;
   std::vector<double> sum, sq;
