@@ -276,7 +276,7 @@ std::tuple<Tensor, Tensor> group_position_affine_cpu(const Tensor& stats_in, con
 //     computes (G − float(mu + mean))·inv_std: the same to rounding, not bitwise, and still the
 //     same bits for any thread count.
 struct GroupScratch {
-  std::vector<float> G, shift, mult;
+  std::vector<float> G, shift, mult, dummy;
   std::vector<double> sum, sq;
   std::vector<int64_t> len;  // per row of the group: its prefix length, or -1 when it has holes
   Held h;
@@ -310,13 +310,20 @@ int64_t group_tables(const int64_t* rows, int64_t c, const float* p_r, const boo
     for (int64_t k = 0; k < n; ++k)
       pr[k] = p_r + rows[j + k] * L, pm[k] = p_m + rows[j + k] * L, po[k] = s.G.data() + (j + k) * L;
 #ifdef R3HF_SCAN_AVX2
-    bool prefix = n == K;
+    bool prefix = true;
     for (int64_t k = 0; k < n && prefix; ++k) prefix = s.len[j + k] >= 0;
-    if (prefix && cpu::scan_prefix_rows8_sums(pr, s.len.data() + j, L, g, po, s.sum.data(), sq)) {
-      for (int64_t k = 0; k < n; ++k) {
-        const int64_t len = s.len[j + k];
-        s.h.rows.emplace_back(static_cast<double>(len), len > 0 ? static_cast<double>(po[k][len - 1]) : 0.0);
-      }
+    // A last block of fewer than K rows (groups of 4, 6, 12, ...) is padded with empty rows
+    // (n = 0): their lanes are all masked, hold +0 and add nothing; they read a real row's
+    // rewards (masked off) and write into a dummy row.
+    int64_t len[K];
+    for (int64_t k = 0; k < K; ++k) len[k] = k < n ? s.len[j + k] : 0;
+    if (prefix && n < K) {
+      s.dummy.resize(static_cast<size_t>(L));
+      for (int64_t k = n; k < K; ++k) pr[k] = pr[0], po[k] = s.dummy.data();
+    }
+    if (prefix && cpu::scan_prefix_rows8_sums(pr, len, L, g, po, s.sum.data(), sq)) {
+      for (int64_t k = 0; k < n; ++k)
+        s.h.rows.emplace_back(static_cast<double>(len[k]), len[k] > 0 ? static_cast<double>(po[k][len[k] - 1]) : 0.0);
       continue;
     }
 #endif
