@@ -7,6 +7,9 @@ issue's target: two heads at most 10 % slower than one (ratio <= 1.10). The C++ 
 needed hidden row once and project it with the one head its entry needs (R at the last generated
 token, Φ' elsewhere), so the two-head op does the same work as the one-head op.
 
+Also token_rewards on fp32 scores [64, 4096] (k3 KL, holes-free rows) with and without
+`potential=`: the C++ row kernels read Φ' and R in place, so the target is the same ratio (<= 1.10).
+
     pytest benchmarks/test_bench_potential.py --benchmark-only [--benchmark-json=out.json]
 
 The ratios are printed by the last test (`test_two_heads_over_one_head`) and stored in its
@@ -71,16 +74,45 @@ def test_fused_heads_bf16_8x2048x4096(benchmark, inputs, op, heads):
         _MEDIANS[(op, heads)] = benchmark.stats.stats.median
 
 
+TR_B, TR_S = 64, 4096
+
+
+@pytest.fixture(scope="module")
+def score_inputs():
+    gen = torch.Generator().manual_seed(25)
+    L = TR_S - PROMPT
+    return dict(scores=torch.randn(TR_B, TR_S, generator=gen), potential=torch.randn(TR_B, TR_S, generator=gen),
+                mask=torch.ones(TR_B, L, dtype=torch.bool), logprobs=-torch.rand(TR_B, L, generator=gen),
+                ref=-torch.rand(TR_B, L, generator=gen))
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_token_rewards_potential_fp32_64x4096(benchmark, score_inputs, heads):
+    """heads=2: token_rewards(potential=Φ'); heads=1: the same call without a potential."""
+    x = score_inputs
+    benchmark.group = f"potential: token_rewards fp32 [{TR_B}, {TR_S}] ({BACKEND})"
+    benchmark.extra_info.update(op="token_rewards", heads=heads, backend=BACKEND,
+                                torch_threads=torch.get_num_threads(), shape=[TR_B, TR_S])
+    pot = {} if heads == 1 else dict(potential=x["potential"])
+    fn = lambda: ops.token_rewards(x["scores"], x["mask"], PROMPT, logprobs=x["logprobs"],  # noqa: E731
+                                   ref_logprobs=x["ref"], kl_coef=0.05, kl_estimator="k3", backend=BACKEND, **pot)
+    fn()
+    benchmark.pedantic(fn, rounds=30, warmup_rounds=3, iterations=1)
+    if benchmark.stats is not None:
+        _MEDIANS[("token_rewards", heads)] = benchmark.stats.stats.median
+
+
 def test_two_heads_over_one_head(benchmark):
-    """Median time with a potential head / without, per op, from the cases above (same run)."""
+    """Median time with a potential (head) / without, per op, from the cases above (same run)."""
     benchmark.extra_info["caveat"] = "a ratio of two medians of this run; rerun on a quiet machine"
     ratios = {}
-    for op in ("gae", "group"):
+    for op in ("gae", "group", "token_rewards"):
         one, two = _MEDIANS.get((op, 1)), _MEDIANS.get((op, 2))
         if one and two:
             ratios[op] = two / one
             benchmark.extra_info[f"{op}_two_over_one"] = two / one
-            print(f"\nfused_{op}: one head {one * 1e3:.1f} ms, two heads {two * 1e3:.1f} ms, "
+            name = op if op == "token_rewards" else f"fused_{op}"
+            print(f"\n{name}: one head {one * 1e3:.1f} ms, two heads {two * 1e3:.1f} ms, "
                   f"ratio {two / one:.3f} (target <= 1.10)")
     if not ratios:
         pytest.skip("the timed cases did not run (--benchmark-disable or deselected)")

@@ -29,14 +29,17 @@
 // Argument conventions (normalised by r3hf/_validate.py before any call): masks are bool [B, L],
 // prompt_len int64 [B], ranges are None or [low, high], first is "prompt" | "zero", estimators are
 // "k1" | "k2" | "k3" | "abs". Float inputs may have any float dtype and strides; outputs are fp32.
+// potential (redistribute, token_rewards, packed_token_rewards; issue 24): Φ' shaped like scores,
+// read for every Φ; R (each row's score after its last generated token) still comes from scores.
 TORCH_LIBRARY(r3hf, m) {
   m.def("prefix_scores(Tensor hidden, Tensor weight, Tensor? bias) -> Tensor");
-  m.def("redistribute(Tensor scores, Tensor response_mask, Tensor prompt_len, str first, float beta_c) -> Tensor");
+  m.def("redistribute(Tensor scores, Tensor response_mask, Tensor prompt_len, str first, float beta_c, "
+         "Tensor? potential=None) -> Tensor");
   m.def("kl_penalty(Tensor logprobs, Tensor ref_logprobs, str estimator, float[]? clamp) -> Tensor");
   m.def(
       "token_rewards(Tensor scores, Tensor response_mask, Tensor prompt_len, Tensor? logprobs, "
       "Tensor? ref_logprobs, float kl_coef, str kl_estimator, float[]? kl_clamp, str first, float beta_c, "
-      "float[]? reward_clip) -> Tensor");
+      "float[]? reward_clip, Tensor? potential=None) -> Tensor");
   m.def(
       "gae(Tensor rewards, Tensor values, Tensor response_mask, float gamma, float lam, Tensor? bootstrap) "
       "-> (Tensor, Tensor)");
@@ -74,7 +77,7 @@ TORCH_LIBRARY(r3hf, m) {
   m.def(
       "packed_token_rewards(Tensor scores, Tensor response_mask, Tensor cu_seqlens, Tensor? logprobs, "
       "Tensor? ref_logprobs, float kl_coef, str kl_estimator, float[]? kl_clamp, str first, float beta_c, "
-      "float[]? reward_clip) -> Tensor");
+      "float[]? reward_clip, Tensor? potential=None) -> Tensor");
   m.def(
       "packed_gae(Tensor rewards, Tensor values, Tensor response_mask, Tensor cu_seqlens, float gamma, float lam, "
       "Tensor? bootstrap) -> (Tensor, Tensor)");

@@ -70,8 +70,12 @@ struct GaeOptions {
 //
 // Writes the token rewards of one row (β_c-mixed, clipped, minus the KL term, 0 where masked).
 // logprob/ref_logprob may be null when opt.use_kl is false.
+//
+// A separate potential (issue 24): s is the row of Φ' and r the row of the prefix scores, same
+// indexing; R = r[j_last + 1] is the only entry read from r (null r: R = s[j_last + 1], no potential).
 R3HF_HD void token_rewards_row(const float* s, const bool* mask, const float* logprob, const float* ref_logprob,
-                               int64_t L, const RewardOptions& opt, float* out) {
+                               int64_t L, const RewardOptions& opt, float* out, const float* r = nullptr) {
+  if (r == nullptr) r = s;
   int64_t first = -1;
   for (int64_t j = 0; j < L; ++j) {
     if (mask[j]) { first = j; break; }
@@ -84,18 +88,18 @@ R3HF_HD void token_rewards_row(const float* s, const bool* mask, const float* lo
       continue;
     }
     const float phi_in = (j == first) ? phi_1 : s[j];
-    const float phi_out = next >= 0 ? s[next] : s[j + 1];
+    const float phi_out = next >= 0 ? s[next] : r[j + 1];
     const float dense = phi_out - phi_in;
-    float r;
+    float v;
     if (opt.pure_dense) {
-      r = dense;
+      v = dense;
     } else {
-      const float sparse = next >= 0 ? 0.f : s[j + 1];
-      r = opt.beta_c * dense + opt.one_minus_beta * sparse;
+      const float sparse = next >= 0 ? 0.f : r[j + 1];
+      v = opt.beta_c * dense + opt.one_minus_beta * sparse;
     }
-    r = clamp_range(r, opt.reward_clip);
-    if (opt.use_kl) r = r - opt.kl_coef * kl_estimate(logprob[j], ref_logprob[j], opt.kl_estimator, opt.kl_clamp);
-    out[j] = r;
+    v = clamp_range(v, opt.reward_clip);
+    if (opt.use_kl) v = v - opt.kl_coef * kl_estimate(logprob[j], ref_logprob[j], opt.kl_estimator, opt.kl_clamp);
+    out[j] = v;
     next = j;
   }
 }

@@ -15,7 +15,6 @@ transcription written for this test (the test says which ran in its id).
 import ast
 import importlib
 import importlib.util
-import os
 import pathlib
 
 import numpy as np
@@ -26,15 +25,7 @@ from r3hf import ops
 
 from backends_here import runnable, supports
 from peer_batches import assert_close, response_mask
-
-
-def _import(name):
-    # CI (.ci/run, after its veRL step) sets R3HF_REQUIRE_VERL=1 so that a broken install fails
-    # instead of skipping.
-    if os.environ.get("R3HF_REQUIRE_VERL"):
-        return importlib.import_module(name)
-    return pytest.importorskip(name)
-
+from verl_harness import import_verl as _import
 
 core_algos = _import("verl.trainer.ppo.core_algos")
 AlgoConfig = _import("verl.trainer.config").AlgoConfig

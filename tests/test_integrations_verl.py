@@ -3,9 +3,6 @@
 CI installs veRL 0.9.1 into its venv in .ci/steps/40-verl.sh, so these run there.
 """
 
-import importlib
-import os
-
 import pytest
 import torch
 
@@ -13,15 +10,7 @@ from r3hf import ops
 from r3hf.integrations import verl as adapter
 
 from peer_batches import SHAPES, assert_close, logprobs, randn, response_mask
-
-
-def _import(name):
-    # CI (.ci/run, after its veRL step) sets R3HF_REQUIRE_VERL=1 so that a broken install fails
-    # instead of skipping.
-    if os.environ.get("R3HF_REQUIRE_VERL"):
-        return importlib.import_module(name)
-    return pytest.importorskip(name)
-
+from verl_harness import import_verl as _import
 
 core_algos = _import("verl.trainer.ppo.core_algos")
 

@@ -86,7 +86,7 @@ def test_potential_equal_scores_reproduces_today_exactly(beta_c):
     b = _batch(B=6, L=29, seed=5)
     kw = dict(logprobs=b["logprobs"], ref_logprobs=b["ref_logprobs"], kl_coef=0.05, beta_c=beta_c, reward_clip=3.0)
     for backend in BACKENDS:
-        if backend == "cpp" or (beta_c == "auto" and backend != "torch"):
+        if beta_c == "auto" and backend != "torch":
             continue
         base = ops.token_rewards(b["scores"], b["response_mask"], b["prompt_len"], backend=backend, **kw)
         same = ops.token_rewards(b["scores"], b["response_mask"], b["prompt_len"], potential=b["scores"],
@@ -221,7 +221,7 @@ def test_redistribute_potential_odd_shapes_every_backend(backend, L, dtype, firs
     if dtype == torch.float32 and first == "prompt":
         torch.testing.assert_close(got, _by_hand(b["scores"], b["potential"], b["response_mask"], plen), rtol=1e-5,
                                    atol=1e-5)
-    if backend == "cpp":  # the same bits as the one-score kernels on the shaped row
+    if backend == "cpp":
         pot = b["potential"].clone()
         ops.redistribute(b["scores"], b["response_mask"], b["prompt_len"], potential=pot, backend=backend)
         assert torch.equal(pot, b["potential"])  # inputs untouched
@@ -368,9 +368,8 @@ def test_inputs_not_modified():
     for backend in BACKENDS:
         ops.fused_reward_gae(b["hidden"], b["weight"], b["bias"], b["values"], b["response_mask"], b["prompt_len"],
                              potential_weight=b["potential_weight"], backend=backend)
-        if backend != "cpp":
-            ops.token_rewards(b["scores"], b["response_mask"], b["prompt_len"], potential=b["potential"],
-                              backend=backend)
+        ops.token_rewards(b["scores"], b["response_mask"], b["prompt_len"], potential=b["potential"],
+                          backend=backend)
     for k, v in keep.items():
         assert torch.equal(b[k], v), k
 
@@ -418,8 +417,23 @@ def test_gpu_two_heads_equal_unfused(dtype, backend):
         want = ref.token_rewards(b["scores"], b["response_mask"], _plen(b), b["logprobs"], b["ref_logprobs"], 0.05,
                                  "k3", potential=b["potential"])
         _close(got.cpu(), want, dtype)
+    if backend == "cpp" and _cpp_cuda():
+        # The CUDA C++ row kernel's potential (Φ' from potential, R from scores), called directly:
+        # r3hf.ops does not route potential= to it yet (OPTION_DEVICES) until this has run on a GPU.
+        ran = True
+        got = torch.ops.r3hf.token_rewards(c["scores"], c["response_mask"], _plen(b).cuda(), c["logprobs"],
+                                           c["ref_logprobs"], 0.05, "k3", None, "prompt", 1.0, None, c["potential"])
+        want = ref.token_rewards(b["scores"], b["response_mask"], _plen(b), b["logprobs"], b["ref_logprobs"], 0.05,
+                                 "k3", potential=b["potential"])
+        _close(got.cpu(), want, dtype)
     if not ran:
         pytest.skip(f"backend {backend} has no CUDA kernel with a potential head here")
+
+
+def _cpp_cuda():
+    from r3hf.backends import cpp
+
+    return cpp.build_info().get("cuda", False)
 
 
 @pytest.mark.gpu

@@ -16,20 +16,10 @@ from r3hf import ops  # noqa: E402
 from r3hf.integrations.trl import R3HFGRPOTrainer  # noqa: E402
 from r3hf.models import PotentialHead  # noqa: E402
 from test_trl_grpo import assert_same_batch, loss_mask, plain_reward, run  # noqa: E402
-from trl_grpo_harness import ForwardCounter, char_tokenizer, policy_path, reward_model, tmpdir, word_tokenizer  # noqa: E402
-from trl_grpo_harness import CHARS  # noqa: E402
+from trl_grpo_harness import ForwardCounter, char_tokenizer, reward_model, word_tokenizer  # noqa: E402
+from trl_grpo_harness import CHARS, QUIET, policy, root  # noqa: E402,F401  (fixtures: by name)
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
-
-
-@pytest.fixture(scope="module")
-def root():
-    return tmpdir()
-
-
-@pytest.fixture(scope="module")
-def policy(root):
-    return policy_path(root)
+pytestmark = QUIET
 
 
 def head_for(rm, seed=3) -> PotentialHead:

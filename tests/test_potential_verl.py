@@ -4,19 +4,17 @@ subclass, run as veRL's RewardLoopManager runs it) on `hf_prefix_scorer(model, p
 (Φ' from a twin reward model whose head IS the potential head, R from the reward model's own
 forward), and the RM's own head as the potential reproduces today's rm_scores exactly."""
 
-import numpy as np
 import pytest
 import torch
 
 from r3hf import ops
 from r3hf.models import PotentialHead, find_backbone
 
-from peer_batches import assert_close, logprobs
-from test_verl_group import _import, _manager, _rm_scores, _rollout, _tiny_rm
+from peer_batches import assert_close
+from test_verl_group import _manager, _rm_scores, _rollout, _tiny_rm
+from verl_harness import import_verl as _import, kl_in_reward
 
-ray_trainer = _import("verl.trainer.ppo.ray_trainer")
-core_algos = _import("verl.trainer.ppo.core_algos")
-from verl import DataProto  # noqa: E402
+_import("verl.trainer.ppo.ray_trainer")  # the module needs veRL itself (kl_in_reward runs its code)
 
 
 @pytest.fixture(scope="module")
@@ -106,14 +104,7 @@ def test_manager_rm_head_as_potential_is_today_and_end_to_end(verl_reward):
     # With a fitted-style head: veRL's own apply_kl_penalty on the manager's rm_scores.
     shaped, _ = _rm_scores(_manager(verl_reward, verl_reward.hf_prefix_scorer(rm, potential=_head())), data)
     assert not torch.allclose(shaped, base)
-    gen = torch.Generator().manual_seed(5)
-    B, L = shaped.shape
-    batch = DataProto.from_dict(
-        tensors=dict(token_level_scores=shaped, response_mask=data.batch["response_mask"],
-                     old_log_probs=logprobs(B, L, gen=gen), ref_log_prob=logprobs(B, L, gen=gen)),
-        non_tensors={"uid": np.array(["x", "x", "y", "y"], dtype=object)},
-    )
-    batch, _ = ray_trainer.apply_kl_penalty(batch, core_algos.FixedKLController(kl_coef=0.05), kl_penalty="kl")
+    batch = kl_in_reward(shaped, data.batch["response_mask"], ["x", "x", "y", "y"], kl_coef=0.05)
     kl = ops.kl_penalty(batch.batch["old_log_probs"], batch.batch["ref_log_prob"]) * data.batch["response_mask"]
     assert_close(batch.batch["token_level_rewards"], shaped - 0.05 * kl, "token_level_rewards")
 

@@ -28,26 +28,14 @@ from trl_grpo_harness import (  # noqa: E402
     char_tokenizer,
     deterministic_rollout,
     grpo_config,
-    policy_path,
     prompt_dataset,
     recording,
     reward_model,
-    tmpdir,
     word_tokenizer,
 )
-from trl_grpo_harness import CHARS  # noqa: E402
+from trl_grpo_harness import CHARS, QUIET, policy, root  # noqa: E402,F401  (fixtures: by name)
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
-
-
-@pytest.fixture(scope="module")
-def root():
-    return tmpdir()
-
-
-@pytest.fixture(scope="module")
-def policy(root):
-    return policy_path(root)
+pytestmark = QUIET
 
 
 def plain_reward(completions, **kwargs):

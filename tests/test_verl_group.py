@@ -5,8 +5,6 @@ Runs against the real veRL (CI installs it in .ci/steps/40-verl.sh; .ci/run sets
 R3HF_REQUIRE_VERL=1 so that a broken install fails instead of skipping).
 """
 
-import importlib
-import os
 import warnings
 
 import numpy as np
@@ -18,13 +16,7 @@ from r3hf.integrations.verl import _estimators as est
 from r3hf.integrations import verl as adapter
 
 from peer_batches import assert_close, logprobs, randn, response_mask
-
-
-def _import(name):
-    if os.environ.get("R3HF_REQUIRE_VERL"):
-        return importlib.import_module(name)
-    return pytest.importorskip(name)
-
+from verl_harness import import_verl as _import, kl_in_reward
 
 core_algos = _import("verl.trainer.ppo.core_algos")
 ray_trainer = _import("verl.trainer.ppo.ray_trainer")
@@ -455,14 +447,7 @@ def test_dense_end_to_end_through_verl(verl_reward):
     rm = _tiny_rm()
     data, n_p, n_r = _rollout("right", holes=True, seed=2)
     rm_scores, _ = _rm_scores(_manager(verl_reward, verl_reward.hf_prefix_scorer(rm)), data)
-    gen = torch.Generator().manual_seed(5)
-    B, L = rm_scores.shape
-    batch = DataProto.from_dict(
-        tensors=dict(token_level_scores=rm_scores, response_mask=data.batch["response_mask"],
-                     old_log_probs=logprobs(B, L, gen=gen), ref_log_prob=logprobs(B, L, gen=gen)),
-        non_tensors={"uid": np.array(["x", "x", "y", "y"], dtype=object)},
-    )
-    batch, _ = ray_trainer.apply_kl_penalty(batch, core_algos.FixedKLController(kl_coef=0.05), kl_penalty="kl")
+    batch = kl_in_reward(rm_scores, data.batch["response_mask"], ["x", "x", "y", "y"], kl_coef=0.05)
     adv, _ = _advantage(batch, "r3hf_grpo", AlgoConfig())
     mask = data.batch["response_mask"] != 0
     want = ops.group_advantages(batch.batch["token_level_rewards"], mask, torch.tensor([0, 0, 1, 1]), "grpo")

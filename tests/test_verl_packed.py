@@ -9,9 +9,6 @@ engine runs it: position ids restart per sequence, no attention mask) and agains
 CI installs veRL 0.9.1 (.ci/steps/40-verl.sh).
 """
 
-import importlib
-import os
-
 import pytest
 import torch
 
@@ -19,13 +16,7 @@ from r3hf.integrations import verl as padded_adapter
 from r3hf.integrations.verl import packed as adapter
 
 from peer_batches import assert_close, logprobs, randn
-
-
-def _import(name):
-    if os.environ.get("R3HF_REQUIRE_VERL"):
-        return importlib.import_module(name)
-    return pytest.importorskip(name)
-
+from verl_harness import import_verl as _import
 
 padding = _import("verl.workers.utils.padding")
 attention_utils = _import("verl.utils.attention_utils")

@@ -8,7 +8,11 @@ import os
 import tempfile
 import warnings
 
+import pytest
 import torch
+
+# The TRL GRPO test modules' `pytestmark`: TRL and transformers warn on every tiny CPU run.
+QUIET = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
 
 WORDS = ["<pad>", "<eos>", "the", "cat", "dog", "is", "good", "bad", "very", "a", "sat", "on", "mat", "and", "not",
          "it", "was"]
@@ -148,3 +152,15 @@ class ForwardCounter:
 
 def tmpdir():
     return tempfile.mkdtemp(prefix="r3hf-grpo-")
+
+
+# Module-scoped fixtures shared by the TRL GRPO test modules (import them by name): one temporary
+# folder and one saved tiny policy per module.
+@pytest.fixture(scope="module")
+def root():
+    return tmpdir()
+
+
+@pytest.fixture(scope="module")
+def policy(root):
+    return policy_path(root)

@@ -15,6 +15,7 @@
 # A keeps its wheels (CUDA torch: ~3 GB) in $HOME/.cache/r3hf-ci/wheels for later runs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. .ci/lib.sh
 root=$PWD
 start=$(date +%s)
 work=$(mktemp -d)
@@ -57,10 +58,7 @@ assert torch.__version__.split('+')[0] == '2.11.0' and triton.__version__ == '3.
 (cd "$work/src" && R3HF_NO_CUDA=1 MAX_JOBS=${MAX_JOBS:-2} \
   "$A/pip" install -q --no-build-isolation ".[hf]") > "$work/build.log" 2>&1 || { tail -50 "$work/build.log"; exit 1; }
 "$A/pip" list --format=freeze > "$work/after.txt"
-moved=$(comm -23 <(sort "$work/before.txt") <(sort "$work/after.txt"))
-added=$(comm -13 <(sort "$work/before.txt") <(sort "$work/after.txt") | cut -d= -f1 | tr '\n' ' ')
-[ -z "$moved" ] || { echo "pip install r3hf[hf] moved packages of veRL's stack:"; echo "$moved"; exit 1; }
-[ "$added" = "r3hf " ] || { echo "pip install r3hf[hf] into veRL's stack added: $added (want r3hf)"; exit 1; }
+freeze_unchanged "$work/before.txt" "$work/after.txt" "r3hf[hf]" "veRL's stack"
 tick "r3hf built and installed into veRL's stack; nothing else moved"
 
 "$A/pip" install -q hypothesis pytest-benchmark  # test tools, after the comparison

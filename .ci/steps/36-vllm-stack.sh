@@ -9,6 +9,7 @@
 # The wheels (~8 GB: vllm's CUDA 13 stack) are kept in $HOME/.cache/r3hf-ci/wheels for later runs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. .ci/lib.sh
 start=$(date +%s)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -46,10 +47,7 @@ assert torch.__version__.split('+')[0] == '2.14.0', torch.__version__"
 (cd "$work/src" && R3HF_NO_CUDA=1 MAX_JOBS=${MAX_JOBS:-2} \
   "$C/pip" install -q --no-build-isolation .) > "$work/build.log" 2>&1 || { tail -50 "$work/build.log"; exit 1; }
 "$C/pip" list --format=freeze > "$work/after.txt"
-moved=$(comm -23 <(sort "$work/before.txt") <(sort "$work/after.txt"))
-added=$(comm -13 <(sort "$work/before.txt") <(sort "$work/after.txt") | cut -d= -f1 | tr '\n' ' ')
-[ -z "$moved" ] || { echo "pip install r3hf moved packages of vllm's stack:"; echo "$moved"; exit 1; }
-[ "$added" = "r3hf " ] || { echo "pip install r3hf into vllm's stack added: $added (want r3hf)"; exit 1; }
+freeze_unchanged "$work/before.txt" "$work/after.txt" "r3hf" "vllm's stack"
 tick "r3hf built and installed into vllm's stack; nothing else moved"
 
 "$C/pip" install -q pytest hypothesis  # test tools, after the comparison

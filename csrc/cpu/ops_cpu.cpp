@@ -46,12 +46,21 @@ Tensor prefix_scores_cpu(const Tensor& hidden, const Tensor& weight, const c10::
 
 // contiguous_row_rewards: csrc/cpu/rewards_row.h.
 
+// potential (issue 24): Φ' [B, S] like scores. The row kernels then read Φ' from it and R (each
+// row's scores[last + 1]) from scores, in place: neither is copied when already contiguous fp32.
 Tensor token_rewards_impl(const Tensor& scores_in, const Tensor& mask_in, const Tensor& prompt_len_in,
                           const c10::optional<Tensor>& logprobs_in, const c10::optional<Tensor>& ref_in,
-                          const RewardOptions& opt) {
+                          const RewardOptions& opt, const c10::optional<Tensor>& potential_in) {
   check_cpu(scores_in, "scores");
   TORCH_CHECK_VALUE(scores_in.dim() == 2 && mask_in.dim() == 2, "scores and response_mask must be 2-D");
   const Tensor scores = f32(scores_in), mask = as_bool(mask_in), prompt_len = as_long(prompt_len_in);
+  Tensor potential;
+  if (potential_in.has_value()) {
+    check_cpu(*potential_in, "potential");
+    TORCH_CHECK_VALUE(potential_in->sizes() == scores_in.sizes(), "potential must have the shape of scores = ",
+                      scores_in.sizes(), ", got ", potential_in->sizes());
+    potential = f32(*potential_in);
+  }
   const int64_t B = scores.size(0), S = scores.size(1), L = mask.size(1);
   TORCH_CHECK_VALUE(mask.size(0) == B && prompt_len.numel() == B, "response_mask/prompt_len must have B = ", B,
                     " rows");
@@ -64,6 +73,8 @@ Tensor token_rewards_impl(const Tensor& scores_in, const Tensor& mask_in, const 
   }
   Tensor out = at::empty({B, L}, scores.options());
   const float* p_scores = scores.data_ptr<float>();
+  // Φ: the scores themselves, or the potential; R is always read from p_scores (p_r, null without one).
+  const float* p_phi = potential.defined() ? potential.data_ptr<float>() : p_scores;
   const bool* p_mask = mask.data_ptr<bool>();
   const int64_t* p_len = prompt_len.data_ptr<int64_t>();
   const float* p_lp = opt.use_kl ? lp.data_ptr<float>() : nullptr;
@@ -75,30 +86,33 @@ Tensor token_rewards_impl(const Tensor& scores_in, const Tensor& mask_in, const 
     for (int64_t b = begin; b < end; ++b) {
       const float* lp_row = p_lp ? p_lp + b * L : nullptr;
       const float* ref_row = p_ref ? p_ref + b * L : nullptr;
-      // s[k] = scores[prompt_len − 1 + k], read in place (validated: prompt_len + L <= S).
-      if (contiguous_row_rewards(p_scores + b * S + p_len[b] - 1, p_mask + b * L, lp_row, ref_row, L, opt,
-                                 p_out + b * L))
+      // s[k] = Φ[prompt_len − 1 + k], read in place (validated: prompt_len + L <= S); R at k = last + 1
+      // from the scores row, same offset (last + 1 >= 1).
+      const float* r_row = potential.defined() ? p_scores + b * S + p_len[b] - 1 : nullptr;
+      if (contiguous_row_rewards(p_phi + b * S + p_len[b] - 1, p_mask + b * L, lp_row, ref_row, L, opt,
+                                 p_out + b * L, r_row))
         continue;
       s.resize(L + 1);
-      load_row_scores(p_scores + b * S, S, p_len[b], L, s.data());
-      token_rewards_row(s.data(), p_mask + b * L, lp_row, ref_row, L, opt, p_out + b * L);
+      load_row_scores(p_phi + b * S, S, p_len[b], L, s.data());
+      token_rewards_row(s.data(), p_mask + b * L, lp_row, ref_row, L, opt, p_out + b * L, r_row);
     }
   });
   return out;
 }
 
 Tensor redistribute_cpu(const Tensor& scores, const Tensor& response_mask, const Tensor& prompt_len,
-                        c10::string_view first, double beta_c) {
+                        c10::string_view first, double beta_c, const c10::optional<Tensor>& potential) {
   const RewardOptions opt = reward_options(first, beta_c, 0.0, "k1", c10::nullopt, c10::nullopt);
-  return token_rewards_impl(scores, response_mask, prompt_len, c10::nullopt, c10::nullopt, opt);
+  return token_rewards_impl(scores, response_mask, prompt_len, c10::nullopt, c10::nullopt, opt, potential);
 }
 
 Tensor token_rewards_cpu(const Tensor& scores, const Tensor& response_mask, const Tensor& prompt_len,
                          const c10::optional<Tensor>& logprobs, const c10::optional<Tensor>& ref_logprobs,
                          double kl_coef, c10::string_view kl_estimator, OptRange kl_clamp,
-                         c10::string_view first, double beta_c, OptRange reward_clip) {
+                         c10::string_view first, double beta_c, OptRange reward_clip,
+                         const c10::optional<Tensor>& potential) {
   const RewardOptions opt = reward_options(first, beta_c, kl_coef, kl_estimator, kl_clamp, reward_clip);
-  return token_rewards_impl(scores, response_mask, prompt_len, logprobs, ref_logprobs, opt);
+  return token_rewards_impl(scores, response_mask, prompt_len, logprobs, ref_logprobs, opt, potential);
 }
 
 // Elementwise, so composed of ATen's vectorised CPU kernels in exactly the reference's order (same

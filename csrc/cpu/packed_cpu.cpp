@@ -54,13 +54,21 @@ std::pair<Tensor, Tensor> kl_inputs(const RewardOptions& opt, const c10::optiona
 Tensor packed_token_rewards_cpu(const Tensor& scores_in, const Tensor& mask_in, const Tensor& cu_in,
                                 const c10::optional<Tensor>& logprobs_in, const c10::optional<Tensor>& ref_in,
                                 double kl_coef, c10::string_view kl_estimator, OptRange kl_clamp,
-                                c10::string_view first, double beta_c, OptRange reward_clip) {
+                                c10::string_view first, double beta_c, OptRange reward_clip,
+                                const c10::optional<Tensor>& potential_in) {
   check_cpu(scores_in, "scores");
   const RewardOptions opt = reward_options(first, beta_c, kl_coef, kl_estimator, kl_clamp, reward_clip);
   const int64_t T = scores_in.numel();
   check_stream(scores_in, T, "scores");
   check_stream(mask_in, T, "response_mask");
   const Tensor cu = packed_offsets(cu_in, T), scores = f32(scores_in), mask = as_bool(mask_in);
+  // potential (issue 24): Φ' [T]; Φ is read from it and R from scores, in place (as the padded op).
+  Tensor potential;
+  if (potential_in.has_value()) {
+    check_cpu(*potential_in, "potential");
+    check_stream(*potential_in, T, "potential");
+    potential = f32(*potential_in);
+  }
   const auto [lp, ref] = kl_inputs(opt, logprobs_in, ref_in, T);
   const int64_t N = cu.numel() - 1;
   const int64_t* p_cu = cu.data_ptr<int64_t>();
@@ -68,29 +76,38 @@ Tensor packed_token_rewards_cpu(const Tensor& scores_in, const Tensor& mask_in, 
   check_first_prompt(p_cu, N, p_m, opt.first_prompt);
   Tensor out = at::empty({T}, scores.options());
   const float* p_scores = scores.data_ptr<float>();
+  const float* p_phi = potential.defined() ? potential.data_ptr<float>() : p_scores;
   const float* p_lp = lp.defined() ? lp.data_ptr<float>() : nullptr;
   const float* p_ref = ref.defined() ? ref.data_ptr<float>() : nullptr;
   float* p_out = out.data_ptr<float>();
   at::parallel_for(0, N, seq_grain(T, N, 1), [&](int64_t begin, int64_t end) {
-    std::vector<float> buf;
+    std::vector<float> buf, buf_r;
     for (int64_t i = begin; i < end; ++i) {
       const int64_t c0 = p_cu[i], c1 = p_cu[i + 1], s0 = first_generated(p_m, c0, c1), L = c1 - s0;
       zero(p_out + c0, s0 - c0);
       if (L == 0) continue;
       const float* lp_row = p_lp ? p_lp + s0 : nullptr;
       const float* ref_row = p_ref ? p_ref + s0 : nullptr;
-      // The row's s[k] = scores[s0 − 1 + k], k in [0, L]: in place when s0 − 1 is a prompt token of
+      // The row's s[k] = Φ[s0 − 1 + k], k in [0, L] (Φ: the scores, or the potential, whose row r
+      // of the scores is then read at last + 1 only): in place when s0 − 1 is a prompt token of
       // this sequence. Without a prompt token (first="zero" only, see check_first_prompt) s[0] = 0
-      // comes from a copy, so the previous sequence's score is never read (nor pointed at).
-      const float* s = p_scores + s0 - 1;
+      // comes from a copy, so the previous sequence's entries are never read (nor pointed at).
+      const float* s = p_phi + s0 - 1;
+      const float* r = potential.defined() ? p_scores + s0 - 1 : nullptr;
       if (s0 == c0) {
         buf.resize(L + 1);
         buf[0] = 0.f;
-        std::copy(p_scores + s0, p_scores + c1, buf.begin() + 1);
+        std::copy(p_phi + s0, p_phi + c1, buf.begin() + 1);
         s = buf.data();
+        if (r != nullptr) {
+          buf_r.resize(L + 1);
+          buf_r[0] = 0.f;
+          std::copy(p_scores + s0, p_scores + c1, buf_r.begin() + 1);
+          r = buf_r.data();
+        }
       }
-      if (!contiguous_row_rewards(s, p_m + s0, lp_row, ref_row, L, opt, p_out + s0))
-        token_rewards_row(s, p_m + s0, lp_row, ref_row, L, opt, p_out + s0);
+      if (!contiguous_row_rewards(s, p_m + s0, lp_row, ref_row, L, opt, p_out + s0, r))
+        token_rewards_row(s, p_m + s0, lp_row, ref_row, L, opt, p_out + s0, r);
     }
   });
   return out;

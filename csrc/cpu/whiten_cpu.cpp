@@ -16,6 +16,8 @@
 #include <cmath>
 #include <vector>
 
+#include "../op_args.h"
+
 namespace r3hf {
 namespace {
 
@@ -27,8 +29,6 @@ void check_inputs(const Tensor& x, const Tensor& mask) {
   TORCH_CHECK_VALUE(x.device().is_cpu(), "x must be a CPU tensor for the CPU kernel, got ", x.device());
   TORCH_CHECK_VALUE(x.sizes() == mask.sizes(), "mask must have the shape of x");
 }
-
-Tensor as_bool(const Tensor& t) { return (t.scalar_type() == at::kBool ? t : t.ne(0)).contiguous(); }
 
 // Σ over the blocks of f(i) for the masked i, each block in order, blocks in order.
 template <typename F>

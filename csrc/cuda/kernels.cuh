@@ -174,6 +174,9 @@ struct RowArgs {
   const float* p_s;
   int64_t s_stride;
   const int64_t* o_s_offset;  // per-row offset (prompt_len − 1 for scores, 0 for the fused buffer)
+  // A separate potential (issue 24): p_s holds Φ' and p_r the scores (same layout), read only for
+  // R after the last generated token. Null: R comes from p_s.
+  const float* p_r;
   const int64_t* o_stats;     // [B, 2] first/last generated token
   const float* p_logprob;
   const float* p_ref;
@@ -196,6 +199,7 @@ __global__ void __launch_bounds__(kThreads) rewards_gae_kernel(RowArgs args) {
   const bool* m_row = args.m_mask + i_b * L;
   const int64_t first = args.o_stats[2 * i_b];
   const float* p_srow = args.p_s ? args.p_s + i_b * args.s_stride + args.o_s_offset[i_b] : nullptr;
+  const float* p_rrow = args.p_r ? args.p_r + i_b * args.s_stride + args.o_s_offset[i_b] : p_srow;
   const float boot = args.p_bootstrap ? args.p_bootstrap[i_b] : 0.f;
   int64_t b_next_carry = L;  // the first generated token after the current tile (L: none)
   float b_adv_carry = 0.f;   // the running advantage entering the current tile
@@ -226,12 +230,12 @@ __global__ void __launch_bounds__(kThreads) rewards_gae_kernel(RowArgs args) {
       if (p_srow != nullptr) {
         const RewardOptions& o = args.ropt;
         const float phi_in = (t == first) ? (o.first_prompt ? p_srow[0] : 0.f) : p_srow[t];
-        const float phi_out = b_next < L ? p_srow[b_next] : p_srow[t + 1];
+        const float phi_out = b_next < L ? p_srow[b_next] : p_rrow[t + 1];
         const float dense = phi_out - phi_in;
         if (o.pure_dense) {
           r = dense;
         } else {
-          const float sparse = b_next < L ? 0.f : p_srow[t + 1];
+          const float sparse = b_next < L ? 0.f : p_rrow[t + 1];
           r = o.beta_c * dense + o.one_minus_beta * sparse;
         }
         r = clamp_range(r, o.reward_clip);

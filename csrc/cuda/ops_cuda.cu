@@ -73,9 +73,18 @@ Tensor prefix_scores_cuda(const Tensor& hidden, const Tensor& weight, const c10:
 
 Tensor token_rewards_impl(const Tensor& scores_in, const Tensor& mask_in, const Tensor& prompt_len,
                           const c10::optional<Tensor>& logprobs, const c10::optional<Tensor>& ref,
-                          const RewardOptions& opt) {
+                          const RewardOptions& opt, const c10::optional<Tensor>& potential_in) {
   c10::cuda::CUDAGuard guard(scores_in.device());
   const Tensor scores = f32(scores_in), mask = as_bool(mask_in);
+  // potential (issue 24): Φ' like scores; the row kernel reads Φ from it and R from scores.
+  Tensor potential;
+  if (potential_in.has_value()) {
+    TORCH_CHECK_VALUE(potential_in->device() == scores_in.device(), "potential must be on ", scores_in.device(),
+                      " like scores, got ", potential_in->device());
+    TORCH_CHECK_VALUE(potential_in->sizes() == scores_in.sizes(), "potential must have the shape of scores = ",
+                      scores_in.sizes(), ", got ", potential_in->sizes());
+    potential = f32(*potential_in);
+  }
   const int64_t B = scores.size(0), S = scores.size(1), L = mask.size(1);
   const Tensor offset = (prompt_len.to(at::kLong) - 1).contiguous();
   Tensor lp, rf;
@@ -86,7 +95,8 @@ Tensor token_rewards_impl(const Tensor& scores_in, const Tensor& mask_in, const 
   const Tensor stats = row_stats(mask);
   Tensor out = at::empty({B, L}, scores.options());
   cuda::RowArgs args{};
-  args.p_s = scores.data_ptr<float>();
+  args.p_s = potential.defined() ? potential.data_ptr<float>() : scores.data_ptr<float>();
+  args.p_r = potential.defined() ? scores.data_ptr<float>() : nullptr;
   args.s_stride = S;
   args.o_s_offset = offset.data_ptr<int64_t>();
   args.o_stats = stats.data_ptr<int64_t>();
@@ -101,17 +111,17 @@ Tensor token_rewards_impl(const Tensor& scores_in, const Tensor& mask_in, const 
 }
 
 Tensor redistribute_cuda(const Tensor& scores, const Tensor& mask, const Tensor& prompt_len, c10::string_view first,
-                         double beta_c) {
+                         double beta_c, const c10::optional<Tensor>& potential) {
   return token_rewards_impl(scores, mask, prompt_len, c10::nullopt, c10::nullopt,
-                            reward_options(first, beta_c, 0.0, "k1", c10::nullopt, c10::nullopt));
+                            reward_options(first, beta_c, 0.0, "k1", c10::nullopt, c10::nullopt), potential);
 }
 
 Tensor token_rewards_cuda(const Tensor& scores, const Tensor& mask, const Tensor& prompt_len,
                           const c10::optional<Tensor>& logprobs, const c10::optional<Tensor>& ref, double kl_coef,
                           c10::string_view est, OptRange kl_clamp, c10::string_view first, double beta_c,
-                          OptRange reward_clip) {
+                          OptRange reward_clip, const c10::optional<Tensor>& potential) {
   return token_rewards_impl(scores, mask, prompt_len, logprobs, ref,
-                            reward_options(first, beta_c, kl_coef, est, kl_clamp, reward_clip));
+                            reward_options(first, beta_c, kl_coef, est, kl_clamp, reward_clip), potential);
 }
 
 Tensor kl_penalty_cuda(const Tensor& logprobs, const Tensor& ref, c10::string_view est, OptRange clamp) {

@@ -36,9 +36,11 @@ for _op in ("group_advantages", "fused_reward_group_advantages"):
 for _op in ("fused_reward_gae", "fused_reward_group_advantages"):
     OPTIONS[_op] += ("potential_weight", "potential_bias")
 
-# A separate potential on the reward ops (issue 24), CPU padded and packed: the row kernels read one
-# score row in which every position holds Φ' except each row's last generated token, which holds R
-# (`_shaped`) -- the layout the fused two-head kernels build (csrc/cpu/cpu_common.h, Heads).
+# A separate potential on the reward ops (issue 24), CPU padded and packed: the row kernels take
+# `potential` next to `scores` and read Φ' from the one and R (each row's score after its last
+# generated token) from the other, in place (csrc/r3hf_math.h token_rewards_row, cpu/rewards_row.h).
+# The CUDA C++ op has the same argument (compile-checked only; no GPU has run it), so CUDA tensors
+# with a potential go to Triton or torch.
 for _op in ("redistribute", "token_rewards"):
     OPTIONS[_op] += ("potential",)
 OPTION_DEVICES["potential"] = ("cpu",)
@@ -143,37 +145,11 @@ def prefix_scores(hidden, weight, bias, *, cu_seqlens=None):
     return torch.ops.r3hf.prefix_scores(hidden, weight, bias)
 
 
-def _shaped(scores, potential, response_mask, prompt_len, cu_seqlens):
-    """Φ' (float32, a new tensor) with R = scores at each row's last generated token: what the
-    reference's rule reads (it never reads Φ' there nor R anywhere else), so the unchanged row
-    kernels give token_rewards(scores, potential=Φ'). Rows without a generated token keep Φ'."""
-    out = potential.float().clone()
-    mask = response_mask != 0
-    if cu_seqlens is not None:  # packed: scores, potential, mask [T]
-        T = mask.numel()
-        seq = torch.bucketize(torch.arange(T, device=mask.device), cu_seqlens[1:], right=True)
-        pos = torch.where(mask, torch.arange(T, device=mask.device), -1)
-        last = torch.full((cu_seqlens.numel() - 1,), -1, dtype=torch.long, device=mask.device)
-        last = last.scatter_reduce(0, seq, pos, "amax")
-        last = last[last >= 0]
-        out[last] = scores[last].float()
-        return out
-    B, L = mask.shape
-    has = mask.any(1)
-    j = (L - 1 - mask.flip(1).to(torch.int64).argmax(1))
-    rows = torch.arange(B, device=mask.device)[has]
-    cols = (prompt_len.to(mask.device).reshape(-1).expand(B) + j)[has]
-    out[rows, cols] = scores[rows, cols].float()
-    return out
-
-
 def redistribute(scores, response_mask, prompt_len, first="prompt", beta_c=1.0, *, cu_seqlens=None, potential=None):
-    if potential is not None:
-        scores = _shaped(scores, potential, response_mask, prompt_len, cu_seqlens)
     if cu_seqlens is not None:
         return torch.ops.r3hf.packed_token_rewards(
-            scores, response_mask, cu_seqlens, None, None, 0.0, "k1", None, first, float(beta_c), None)
-    return torch.ops.r3hf.redistribute(scores, response_mask, prompt_len, first, float(beta_c))
+            scores, response_mask, cu_seqlens, None, None, 0.0, "k1", None, first, float(beta_c), None, potential)
+    return torch.ops.r3hf.redistribute(scores, response_mask, prompt_len, first, float(beta_c), potential)
 
 
 def kl_penalty(logprobs, ref_logprobs, estimator="k1", clamp=None, *, cu_seqlens=None):
@@ -185,16 +161,14 @@ def token_rewards(
     scores, response_mask, prompt_len, logprobs=None, ref_logprobs=None, kl_coef=0.0, kl_estimator="k1",
     kl_clamp=None, first="prompt", beta_c=1.0, reward_clip=None, *, cu_seqlens=None, potential=None,
 ):
-    if potential is not None:
-        scores = _shaped(scores, potential, response_mask, prompt_len, cu_seqlens)
     if cu_seqlens is not None:
         return torch.ops.r3hf.packed_token_rewards(
             scores, response_mask, cu_seqlens, logprobs, ref_logprobs, float(kl_coef), kl_estimator,
-            _range(kl_clamp), first, float(beta_c), _range(reward_clip),
+            _range(kl_clamp), first, float(beta_c), _range(reward_clip), potential,
         )
     return torch.ops.r3hf.token_rewards(
         scores, response_mask, prompt_len, logprobs, ref_logprobs, float(kl_coef), kl_estimator, _range(kl_clamp),
-        first, float(beta_c), _range(reward_clip),
+        first, float(beta_c), _range(reward_clip), potential,
     )
 
 
@@ -367,7 +341,7 @@ if _C is not None:
         return _f32(hidden, hidden.shape[0], hidden.shape[1])
 
     @torch.library.register_fake("r3hf::redistribute")
-    def _(scores, response_mask, prompt_len, first, beta_c):
+    def _(scores, response_mask, prompt_len, first, beta_c, potential=None):
         return _f32(scores, *response_mask.shape)
 
     @torch.library.register_fake("r3hf::kl_penalty")
@@ -376,7 +350,7 @@ if _C is not None:
 
     @torch.library.register_fake("r3hf::token_rewards")
     def _(scores, response_mask, prompt_len, logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp, first,
-          beta_c, reward_clip):
+          beta_c, reward_clip, potential=None):
         return _f32(scores, *response_mask.shape)
 
     @torch.library.register_fake("r3hf::gae")
@@ -426,7 +400,7 @@ if _C is not None:
 
     @torch.library.register_fake("r3hf::packed_token_rewards")
     def _(scores, response_mask, cu_seqlens, logprobs, ref_logprobs, kl_coef, kl_estimator, kl_clamp, first,
-          beta_c, reward_clip):
+          beta_c, reward_clip, potential=None):
         return _T(scores, response_mask)
 
     @torch.library.register_fake("r3hf::packed_gae")
