@@ -95,7 +95,23 @@ def extensions():
         ext = CUDAExtension("r3hf._C", cpp + cu, **kwargs)
     else:
         ext = CppExtension("r3hf._C", cpp, **kwargs)
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+    return [ext], {"build_ext": _keep_objects(BuildExtension.with_options(use_ninja=True))}
+
+
+def _keep_objects(build_ext):
+    """build_ext with its object files always in build/temp.<platform>: `pip install -e` would
+    compile into a temporary directory and drop them. ninja then recompiles only what changed
+    (sources, headers, flags, torch), and a wheel built from this tree after `make setup`, against
+    the same torch, links the objects `make setup` compiled (CI's 30-wheel.sh)."""
+    import sys
+    import sysconfig
+
+    class KeepObjects(build_ext):
+        def finalize_options(self):
+            super().finalize_options()
+            self.build_temp = str(ROOT / "build" / f"temp.{sysconfig.get_platform()}-{sys.implementation.cache_tag}")
+
+    return KeepObjects
 
 
 pkgs, package_dir = packages()

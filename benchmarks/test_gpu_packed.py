@@ -56,7 +56,8 @@ def run(benchmark, fn, reps=REPS, **info):
             fn()
         sync()
 
-    benchmark.pedantic(call, rounds=ROUNDS, warmup_rounds=1, iterations=1)
+    # dry run: no warm-up (nothing to compile under the interpreter; one call checks the plumbing)
+    benchmark.pedantic(call, rounds=ROUNDS, warmup_rounds=0 if DRY else 1, iterations=1)
 
 
 def lengths(dist: str, N: int, seed: int) -> torch.Tensor:

@@ -55,7 +55,9 @@ def run(benchmark, fn, rounds=ROUNDS, reps=1, **info):
             fn()
         sync()
 
-    benchmark.pedantic(call, rounds=rounds, warmup_rounds=1, iterations=1)
+    # dry run (the interpreter, on CPU): one call checks the plumbing; a warm-up or more rounds
+    # only repeat it, and its times say nothing.
+    benchmark.pedantic(call, rounds=1 if DRY else rounds, warmup_rounds=0 if DRY else 1, iterations=1)
 
 
 # --- baselines ----------------------------------------------------------------------------

@@ -258,6 +258,10 @@ def test_report_metrics_paired_verdicts_and_table():
     assert "WORSE" in text and "11.0*" in text and "rloo" in text
     one = {"ppo/prefix/sparse": _runs([rising], [0.4]), "ppo/prefix/r3hf": _runs([fast], [0.8])}
     assert "single seed" in report.summarise(one)["verdicts"][0]
+    # three seeds give a verdict, marked as indicative (a 2-SE interval covers ~82 % at 2 dof)
+    assert all("only 3 seeds: indicative" in v for v in s["verdicts"])
+    twelve = {k: [dict(r, seed=i) for i in range(4) for r in rs] for k, rs in runs.items()}
+    assert not any("indicative" in v for v in report.summarise(twelve)["verdicts"])
 
 
 def test_length_drift_flag_paired_against_sparse():
@@ -361,7 +365,10 @@ def test_r3hf_demo_quick_writes_outputs_that_parse(tmp_path):
 
     out = tmp_path / "demo"
     env = {**os.environ, "TQDM_DISABLE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "r3hf", "demo", "--quick", "--out", str(out)],
+    # The console script beside this Python, as a user runs it (`python -m r3hf` is run below).
+    script = Path(sys.executable).parent / "r3hf"
+    assert script.exists(), f"no `r3hf` console script beside {sys.executable}: is r3hf installed there?"
+    proc = subprocess.run([str(script), "demo", "--quick", "--out", str(out)],
                           capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "AUC of GT" in proc.stdout and "sparse" in proc.stdout and "recommended" in proc.stdout
@@ -390,14 +397,17 @@ def test_r3hf_demo_quick_writes_outputs_that_parse(tmp_path):
         assert all(0.0 <= x <= 1.0 for x in row["truncation_rate_per_step"])
         assert len(result["runs"][name][0]["first_step"]["advantages_row0"]) == result["runs"][name][0]["first_step"]["lengths"][0]
     # the fixed-seed run matches the committed reference (r3hf/demo/reference.py's tolerances) where
-    # the stack is the reference's; CI's 50-demo-quick.sh checks it on the main stack unconditionally.
+    # the stack is the reference's; with R3HF_REQUIRE_DEMO_REFERENCE=1 (CI's main suite, .ci/run)
+    # on any stack, and the reference file must be there.
     from r3hf.demo import reference
 
     ref_path = Path(__file__).parent / "data" / "demo_quick_reference.json"
+    required = bool(os.environ.get("R3HF_REQUIRE_DEMO_REFERENCE"))
+    assert ref_path.exists() or not required, f"R3HF_REQUIRE_DEMO_REFERENCE=1 but {ref_path} is missing"
     if ref_path.exists():  # the floors step copies tests/*.py without tests/data
         ref = json.loads(ref_path.read_text())
         same_stack = all(result["versions"].get(k) == ref["versions"].get(k) for k in ("torch", "transformers", "trl"))
-        if same_stack:
+        if same_stack or required:
             assert reference.compare(result, ref) == []
     # the saved reward model works with `r3hf explain` and `r3hf diagnose`
     html_out = tmp_path / "x.html"

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Packaging check: `python -m build` makes an sdist (carrying csrc/) and a wheel with the compiled
-# CPU extension; the wheel is installed (with its dependencies) into a fresh venv holding torch alone,
-# which may gain triton and nothing else, and tested there, away from the source tree: an import
+# CPU extension, both from the tree. After `make setup` (CI), the wheel's build_ext links the objects
+# `make setup` compiled against the same torch with the same flags (setup.py keeps them in
+# build/temp.*; ninja finds nothing to recompile), so CI compiles the CPU extension once for its
+# torch; 35-floors.sh and 36-vllm-stack.sh compile it from scratch for theirs. The wheel is
+# installed (with its dependencies) into a fresh venv holding torch alone, which may gain triton
+# and nothing else, and tested there, away from the source tree: an import
 # smoke test, every op on every backend (tests/torch_only_check.py: torch alone, no pytest), then
 # the C++ backend tests and the foreign-torch fallback against the wheel.
 set -euo pipefail
@@ -14,6 +18,7 @@ trap 'rm -rf "$work"' EXIT
 "$PY" -m pip install -q build
 MAX_JOBS=${MAX_JOBS:-2} "$PY" -m build --no-isolation --sdist --wheel --outdir "$work/dist" . > "$work/build.log" 2>&1 \
   || { tail -50 "$work/build.log"; exit 1; }
+grep -q "ninja: no work to do" "$work/build.log" && echo "wheel: the extension linked from make setup's objects (nothing recompiled)"
 sdist=$(ls "$work"/dist/r3hf-*.tar.gz)
 wheel=$(ls "$work"/dist/r3hf-*.whl)
 echo "built $(basename "$sdist") and $(basename "$wheel")"

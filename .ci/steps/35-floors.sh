@@ -79,7 +79,11 @@ R3HF_REQUIRE_VERL=1 "$A/python" -m pytest -q -p no:cacheprovider -m "not slow" \
   test_cpp_backend.py test_cpp_foreign_torch.py test_autograd.py test_compile.py \
   test_integrations_verl.py test_verl_group.py
 tick "ops and veRL adapter tests"
-"$A/python" -m pytest -q -p no:cacheprovider -m "not slow" test_triton_backend.py -k "kl or gae"
+# Every KL / GAE / fused test at T = 1 and 47 (each option's code path), and at T = 300 (R3HF_TRITON_CHUNK=16:
+# 19 chunks, past BLOCK_C = 16 chunk summaries per carry step) the two GAE scan paths and two fused
+# option sets; the main suite runs every T = 300 case on its Triton.
+"$A/python" -m pytest -q -p no:cacheprovider -m "not slow" test_triton_backend.py \
+  -k "(kl or gae) and not 300 or test_fused_reward_gae[1-300] or test_fused_reward_gae[2-300]"
 tick "Triton 3.6 interpreter tests"
 # A real foreign torch: the wheel built against CI's torch, imported under torch 2.11.
 "$A/pip" install -q --no-deps --target "$work/foreign" "$wheel213"

@@ -64,6 +64,10 @@ print('extension:', info['detail'])"
 "$C/python" -m pytest -q -p no:cacheprovider -m "not slow" \
   test_cpp_backend.py test_cpp_foreign_torch.py test_autograd.py test_compile.py
 tick "C++, gradient and compile tests"
-"$C/python" -m pytest -q -p no:cacheprovider -m "not slow" test_triton_backend.py -k "kl or gae"
+# Every KL / GAE / fused test at T = 1 and 47 (each option's code path), and at T = 300 (R3HF_TRITON_CHUNK=16:
+# 19 chunks, past BLOCK_C = 16 chunk summaries per carry step) the two GAE scan paths and two fused
+# option sets; the main suite runs every T = 300 case on its Triton.
+"$C/python" -m pytest -q -p no:cacheprovider -m "not slow" test_triton_backend.py \
+  -k "(kl or gae) and not 300 or test_fused_reward_gae[1-300] or test_fused_reward_gae[2-300]"
 tick "Triton interpreter tests"
 echo "vllm stack step done in $(( $(date +%s) - start ))s"

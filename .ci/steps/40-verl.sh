@@ -35,9 +35,5 @@ echo "veRL installed in $(( $(date +%s) - start ))s"
 # R3HF_REQUIRE_OPENRLHF=1 (fail, not skip): tests/test_integrations_verl.py, test_group_verl.py,
 # test_verl_packed.py, test_verl_group.py, test_integrations_docs_peers.py::test_verl_example and
 # test_ray_launchers.py (a local Ray, num_cpus=1: the launchers register / patch in the actors).
-# Here only what needs another version than the venv's.
-# tests/test_group_verl.py against the newest OpenRLHF 0.11.x's get_cumulative_returns too (its
-# source in a target dir first on PYTHONPATH; the venv keeps 0.11.0).
-"${PIP[@]}" install -q --no-deps --target "$work/openrlhf-0.11.2" "openrlhf==0.11.2"
-PYTHONPATH="$work/openrlhf-0.11.2${PYTHONPATH:+:$PYTHONPATH}" R3HF_REQUIRE_VERL=1 "$VENV/bin/python" -m pytest -q \
-  -p no:cacheprovider tests/test_group_verl.py
+# test_group_verl.py's comparison with the newest OpenRLHF 0.11.x's get_cumulative_returns runs in
+# 41-openrlhf.sh, with the other tests against 0.11.2 (one install, one pytest run).

@@ -30,9 +30,12 @@ fi
 
 # The newest OpenRLHF 0.11.x (0.11.2 casts bf16 rewards to fp32 before its length penalties; the
 # adapter follows the installed version): its source in a separate target dir, first on
-# PYTHONPATH, so the venv keeps 0.11.0. The same adapter tests run against it.
+# PYTHONPATH, so the venv keeps 0.11.0. The same adapter tests run against it, and
+# tests/test_group_verl.py's comparison with its get_cumulative_returns (the rest of that file is
+# veRL against r3hf, which OpenRLHF's version does not touch: the main suite runs it).
 new="$work/openrlhf-0.11.2"
 "${PIP[@]}" install -q --no-deps --target "$new" "openrlhf==0.11.2"
-PYTHONPATH="$new${PYTHONPATH:+:$PYTHONPATH}" R3HF_REQUIRE_OPENRLHF=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
+PYTHONPATH="$new${PYTHONPATH:+:$PYTHONPATH}" R3HF_REQUIRE_OPENRLHF=1 R3HF_REQUIRE_VERL=1 "$VENV/bin/python" -m pytest -q \
+  -p no:cacheprovider \
   tests/test_openrlhf_group.py tests/test_integrations_openrlhf.py tests/test_openrlhf_packed.py \
-  tests/test_openrlhf_versions.py
+  tests/test_openrlhf_versions.py tests/test_group_verl.py::test_reward_to_go_discount_equals_openrlhf

@@ -21,6 +21,7 @@
 #include "../group_math.h"
 #include "../op_args.h"
 #include "cpu_common.h"
+#include "group_position_rows.h"
 #include "group_rows.h"
 
 namespace r3hf {
@@ -254,24 +255,188 @@ std::tuple<Tensor, Tensor> group_position_affine_cpu(const Tensor& stats_in, con
   return {shift, mult};
 }
 
-// --- steps 1p, 2p and 3p in one pass per group (rloo; grpo with scale "group" or "none") --------
-// Without `group=` these estimators' per-position statistics depend on the group's own rows only.
-// So one task per group scans its rows into the thread's scratch G [c, L] (kept in L2: 128 KiB for
-// 8 rows of 4096), adds them to the group's tables [W] (64 KiB), computes the group's shift/scale
-// [W] with affine_group and writes A = m·(G − shift[p])·scale[p] from the scratch: rewards and mask
-// are read once from memory and the advantages written once, and no [n_groups, W] table is ever
-// materialised. Every value goes through the same operations in the same order as the three-op
-// path (group_position_row_pass, group_position_affine, group_position_finish), so the results are
-// bitwise those of that path, for any thread count.
+// --- steps 1p, 2p and 3p in one pass per group (no `group=`, padded) ----------------------------
+// Without `group=` a group's per-position statistics depend on its own rows only. So one task per
+// group scans its rows into the thread's scratch G [c, L] (kept in L2: 128 KiB for 8 rows of 4096)
+// while adding them to the group's tables [W] (64 KiB), computes the group's shift/scale with
+// affine_group and writes A = m·(G − shift[p])·scale[p] from the scratch: rewards and mask are read
+// once from memory, the advantages written once, and no [n_groups, W] table is materialised.
+// Rows without holes (trailing padding) take group_position_rows.h's fast forms: the scan fused
+// with the vertical per-position adds, no read of the padding, and an apply without the mask. Each
+// table cell still gets the same adds in the same (row) order as in the three-op path
+// (group_position_row_pass, group_position_affine, group_position_finish), and the tables are only
+// filled and read up to the group's longest row (no position past it is ever looked up).
+//   rloo, grpo (scale "group"/"none"): bitwise the three-op path, for any thread count.
+//   grpo, scale "batch": a first pass over the rows computes their scores (SUM_R, masked_sum as in
+//     the row pass) and batch_mult as group_position_affine does: also bitwise the three-op path.
+//   reinforce_pp_baseline: the per-group moment partials come from the same tables as in
+//     group_position_affine but are summed over p in 4 lanes (rpp_partials; the three-op loop is
+//     one serial chain), then combined in group order; the output is written as x = G − float(mu)
+//     in the group pass and whitened in place, (x − float(mean))·inv_std, where the three-op path
+//     computes (G − float(mu + mean))·inv_std: the same to rounding, not bitwise, and still the
+//     same bits for any thread count.
+struct GroupScratch {
+  std::vector<float> G, shift, mult, dummy;
+  std::vector<double> sum, sq;
+  std::vector<int64_t> len;  // per row of the group: its prefix length, or -1 when it has holes
+  Held h;
+};
+
+// Scans the c rows rows[0..c) of one group (row order) into s.G [c, L], adds them into s.sum (and
+// s.sq when `squares`) and fills s.h with the rows' (n_i, last_i) sorted by n_i. -> the group's
+// longest generated count W_g; the tables are valid (zero past the rows) on [0, round_up(W_g, 8)) ∩ [0, W).
+int64_t group_tables(const int64_t* rows, int64_t c, const float* p_r, const bool* p_m, int64_t L, int64_t W,
+                     float g, bool squares, GroupScratch& s) {
+  constexpr int K = cpu::kScanRows;
+  s.G.resize(static_cast<size_t>(c * L));
+  s.len.resize(static_cast<size_t>(c));
+  int64_t wg = 0;
+  for (int64_t j = 0; j < c; ++j) {
+    const bool* m = p_m + rows[j] * L;
+    const int64_t n = cpu::prefix_length(m, L);
+    s.len[j] = n;
+    wg = std::max(wg, n >= 0 ? n : cpu::generated(m, L));
+  }
+  const int64_t wz = std::min(W, (wg + 7) / 8 * 8);
+  std::fill(s.sum.begin(), s.sum.begin() + wz, 0.0);
+  if (squares) std::fill(s.sq.begin(), s.sq.begin() + wz, 0.0);
+  double* sq = squares ? s.sq.data() : nullptr;
+  s.h.rows.clear();
+  for (int64_t j = 0; j < c; j += K) {
+    const int64_t n = std::min<int64_t>(K, c - j);
+    const float* pr[K];
+    const bool* pm[K];
+    float* po[K];
+    for (int64_t k = 0; k < n; ++k)
+      pr[k] = p_r + rows[j + k] * L, pm[k] = p_m + rows[j + k] * L, po[k] = s.G.data() + (j + k) * L;
+#ifdef R3HF_SCAN_AVX2
+    bool prefix = true;
+    for (int64_t k = 0; k < n && prefix; ++k) prefix = s.len[j + k] >= 0;
+    // A last block of fewer than K rows (groups of 4, 6, 12, ...) is padded with empty rows
+    // (n = 0): their lanes are all masked, hold +0 and add nothing; they read a real row's
+    // rewards (masked off) and write into a dummy row.
+    int64_t len[K];
+    for (int64_t k = 0; k < K; ++k) len[k] = k < n ? s.len[j + k] : 0;
+    if (prefix && n < K) {
+      s.dummy.resize(static_cast<size_t>(L));
+      for (int64_t k = n; k < K; ++k) pr[k] = pr[0], po[k] = s.dummy.data();
+    }
+    if (prefix && cpu::scan_prefix_rows8_sums(pr, len, L, g, po, s.sum.data(), sq)) {
+      for (int64_t k = 0; k < n; ++k)
+        s.h.rows.emplace_back(static_cast<double>(len[k]), len[k] > 0 ? static_cast<double>(po[k][len[k] - 1]) : 0.0);
+      continue;
+    }
+#endif
+    if (n == K) {
+      cpu::scan_rows8(pr, pm, L, g, cpu::SCAN_G, nullptr, nullptr, po);
+    } else {
+      for (int64_t k = 0; k < n; ++k) reward_to_go_row(pr[k], pm[k], L, g, true, po[k]);
+    }
+    for (int64_t k = 0; k < n; ++k) {
+      int64_t count = 0;
+      const double last = cpu::add_positions(po[k], pm[k], L, s.sum.data(), sq, &count);
+      s.h.rows.emplace_back(static_cast<double>(count), last);
+    }
+  }
+  sort_rows(s.h);
+  return wg;
+}
+
+// A = m·(G − shift[p])·mult[p] of the group's rows from the scratch.
+void apply_group(const int64_t* rows, int64_t c, const bool* p_m, int64_t L, const GroupScratch& s,
+                 float* p_out) {
+  for (int64_t j = 0; j < c; ++j) {
+    const float* G = s.G.data() + j * L;
+    float* o = p_out + rows[j] * L;
+    if (s.len[j] >= 0) {
+      cpu::position_apply_prefix(G, s.len[j], L, s.shift.data(), s.mult.data(), o);
+    } else {
+      cpu::position_apply(G, p_m + rows[j] * L, L, s.shift.data(), s.mult.data(), o);
+    }
+  }
+}
+
+// grpo's scale="batch": 1/(std + eps) of the rows' scores Σ m·r (unbiased, 1 for < 2 rows), the
+// scores summed by the row pass's masked_sum and reduced in row order as group_position_affine does.
+double score_batch_mult(const float* p_r, const bool* p_m, int64_t B, int64_t L, double eps) {
+  std::vector<double> score(static_cast<size_t>(B));
+  at::parallel_for(0, B, cpu::grain(L), [&](int64_t b0, int64_t b1) {
+    for (int64_t i = b0; i < b1; ++i) {
+      double n = 0.0;
+      cpu::masked_sum(p_r + i * L, p_m + i * L, L, n, score[i]);
+    }
+  });
+  double mean = 0.0, m2 = 0.0;
+  for (int64_t i = 0; i < B; ++i) mean += score[i];
+  mean = B > 0 ? mean / static_cast<double>(B) : 0.0;
+  for (int64_t i = 0; i < B; ++i) {
+    const double d = score[i] - mean;
+    m2 += d * d;
+  }
+  const double sd = B >= 2 ? std::sqrt(m2 / static_cast<double>(B - 1)) : 1.0;
+  return 1.0 / (sd + eps);
+}
+
+// reinforce_pp_baseline's moments of one group, (N_g, Σx, Σx²) of x = G − mu over its generated
+// tokens, from its tables s1/s2 [wz] (0 past the rows) and h.rows sorted by n_i: D = the rows still
+// generating at p, the sums over p in 4 lanes (lane p mod 4, each lane in increasing p, combined in
+// lane order), so the bits are the same with or without AVX2 and for any thread count. (Positions
+// past the tables add exact zeros: no row is generating there.)
+#ifdef R3HF_SCAN_AVX2
+R3HF_AVX2 void rpp_lanes_avx2(const double* s1, const double* s2, int64_t p0, int64_t p1, double D, double hs,
+                              double c, bool single, double* acc) {
+  __m256d n = _mm256_loadu_pd(acc), sx = _mm256_loadu_pd(acc + 4), q = _mm256_loadu_pd(acc + 8);
+  const __m256d vD = _mm256_set1_pd(D), vhs = _mm256_set1_pd(hs), vc = _mm256_set1_pd(c), two = _mm256_set1_pd(2.0);
+  for (int64_t p = p0; p < p1; p += 4) {
+    const __m256d A = _mm256_loadu_pd(s1 + p), Q = _mm256_loadu_pd(s2 + p);
+    const __m256d mu = single ? _mm256_setzero_pd() : _mm256_div_pd(_mm256_add_pd(A, vhs), vc);
+    n = _mm256_add_pd(n, vD);
+    sx = _mm256_add_pd(sx, _mm256_sub_pd(A, _mm256_mul_pd(vD, mu)));
+    const __m256d t = _mm256_sub_pd(Q, _mm256_mul_pd(_mm256_mul_pd(two, mu), A));
+    q = _mm256_add_pd(q, _mm256_add_pd(t, _mm256_mul_pd(_mm256_mul_pd(vD, mu), mu)));
+  }
+  _mm256_storeu_pd(acc, n), _mm256_storeu_pd(acc + 4, sx), _mm256_storeu_pd(acc + 8, q);
+}
+#endif
+
+void rpp_partials(Held& h, double c, const double* s1, const double* s2, int64_t wz, double* part) {
+  double acc[12] = {0.0};  // n, Σx, Σx² in 4 lanes each
+  const bool single = c < 2;
+  auto one = [&](int64_t p, double D, double hs) {
+    const double A = s1[p], Q = s2[p];
+    const double mu = single ? 0.0 : (A + hs) / c;
+    const int l = static_cast<int>(p & 3);
+    acc[l] += D;
+    acc[4 + l] += A - D * mu;
+    acc[8 + l] += Q - 2.0 * mu * A + D * mu * mu;
+  };
+  h.reset();
+  for (int64_t p0 = 0; p0 < wz;) {
+    h.advance(p0);
+    int64_t p1 = wz;
+    if (h.next < h.rows.size()) p1 = std::min<int64_t>(wz, static_cast<int64_t>(h.rows[h.next].first));
+    p1 = std::max(p1, p0 + 1);
+    const double hs = h.sum, D = c - h.count;
+    int64_t p = p0;
+#ifdef R3HF_SCAN_AVX2
+    if (cpu::have_avx2()) {
+      const int64_t a = std::min(p1, (p0 + 3) / 4 * 4), b = std::max(a, p1 - p1 % 4);
+      for (; p < a; ++p) one(p, D, hs);
+      rpp_lanes_avx2(s1, s2, a, b, D, hs, c, single, acc);
+      p = b;
+    }
+#endif
+    for (; p < p1; ++p) one(p, D, hs);
+    p0 = p1;
+  }
+  for (int k = 0; k < 3; ++k) part[k] = ((acc[4 * k] + acc[4 * k + 1]) + acc[4 * k + 2]) + acc[4 * k + 3];
+}
+
 Tensor group_position_advantages_cpu(const Tensor& rewards_in, const Tensor& mask_in, const Tensor& ids_in,
                                      int64_t n_groups, int64_t width, double gamma, c10::string_view estimator,
                                      double eps, c10::string_view scale_name) {
   const Est est = parse_position_estimator(estimator);
   const Scale sc = parse_scale(scale_name);
-  TORCH_CHECK_VALUE(est == Est::kRloo || (est == Est::kGrpo && sc != Scale::kBatch),
-                    "group_position_advantages: estimator 'rloo', or 'grpo' with scale 'group' or 'none' (the "
-                    "others need batch-wide statistics), got '", std::string(estimator), "' with scale '",
-                    std::string(scale_name), "'");
   TORCH_CHECK_VALUE(rewards_in.device().is_cpu(), "rewards must be a CPU tensor");
   TORCH_CHECK_VALUE(rewards_in.dim() == 2 && rewards_in.sizes() == mask_in.sizes(),
                     "rewards and response_mask must both be [B, L], got ", rewards_in.sizes(), " and ",
@@ -288,45 +453,42 @@ Tensor group_position_advantages_cpu(const Tensor& rewards_in, const Tensor& mas
   const bool* p_m = mask.data_ptr<bool>();
   float* p_out = out.data_ptr<float>();
   const float g = static_cast<float>(gamma);
-  const bool squares = est == Est::kGrpo && sc == Scale::kGroup;
-  constexpr int K = cpu::kScanRows;
+  const bool rpp = est == Est::kReinforcePpBaseline;
+  const bool squares = rpp || (est == Est::kGrpo && sc == Scale::kGroup);
+  const double batch_mult = est == Est::kGrpo && sc == Scale::kBatch ? score_batch_mult(p_r, p_m, B, L, eps) : 1.0;
+  std::vector<double> part(rpp ? 3 * n_groups : 0, 0.0);  // reinforce_pp_baseline: (N_g, Σx, Σx²) per group
   at::parallel_for(0, n_groups, 1, [&](int64_t g0, int64_t g1) {
-    thread_local std::vector<float> G, shift, mult;
-    thread_local std::vector<double> sum, sq;
-    sum.resize(W), sq.resize(W), shift.resize(W), mult.resize(W);
-    Held h;
+    thread_local GroupScratch s;
+    s.sum.resize(W), s.sq.resize(W), s.shift.resize(W), s.mult.resize(W);
     for (int64_t grp = g0; grp < g1; ++grp) {
       const int64_t* rows = groups.order.data() + groups.offsets[grp];
       const int64_t c = groups.offsets[grp + 1] - groups.offsets[grp];
       if (c == 0) continue;
-      G.resize(static_cast<size_t>(c * L));
-      std::fill(sum.begin(), sum.end(), 0.0);
-      if (squares) std::fill(sq.begin(), sq.end(), 0.0);
-      h.rows.clear();
-      for (int64_t j = 0; j < c; j += K) {
-        const int64_t n = std::min<int64_t>(K, c - j);
-        const float* pr[K];
-        const bool* pm[K];
-        float* po[K];
-        for (int64_t k = 0; k < n; ++k)
-          pr[k] = p_r + rows[j + k] * L, pm[k] = p_m + rows[j + k] * L, po[k] = G.data() + (j + k) * L;
-        if (n == K) {
-          cpu::scan_rows8(pr, pm, L, g, cpu::SCAN_G, nullptr, nullptr, po);
-        } else {
-          for (int64_t k = 0; k < n; ++k) reward_to_go_row(pr[k], pm[k], L, g, true, po[k]);
-        }
-        for (int64_t k = 0; k < n; ++k) {
-          int64_t count = 0;
-          const double last = cpu::add_positions(po[k], pm[k], L, sum.data(), squares ? sq.data() : nullptr, &count);
-          h.rows.emplace_back(static_cast<double>(count), last);
-        }
+      const int64_t wg = group_tables(rows, c, p_r, p_m, L, W, g, squares, s);
+      const double cd = static_cast<double>(c);
+      if (!rpp) {
+        affine_group(s.h, cd, s.sum.data(), s.sq.data(), wg, est, sc, eps, batch_mult, s.shift.data(), s.mult.data());
+        apply_group(rows, c, p_m, L, s, p_out);
+        continue;
       }
-      sort_rows(h);
-      affine_group(h, static_cast<double>(c), sum.data(), sq.data(), W, est, sc, eps, 1.0, shift.data(),
-                   mult.data());
-      for (int64_t j = 0; j < c; ++j)
-        cpu::position_apply(G.data() + j * L, p_m + rows[j] * L, L, shift.data(), mult.data(), p_out + rows[j] * L);
+      // reinforce_pp_baseline: shift = float(mu), mult = 1 (grpo without a scale), x = G − mu
+      affine_group(s.h, cd, s.sum.data(), s.sq.data(), wg, Est::kGrpo, Scale::kNone, eps, 1.0, s.shift.data(),
+                   s.mult.data());
+      apply_group(rows, c, p_m, L, s, p_out);
+      rpp_partials(s.h, cd, s.sum.data(), s.sq.data(), std::min(W, (wg + 7) / 8 * 8), part.data() + 3 * grp);
     }
+    cpu::stream_fence();
+  });
+  if (!rpp) return out;
+  // group_position_affine's batch moments, combined in group order: the same bits.
+  double N = 0.0, SX = 0.0, Qt = 0.0;
+  for (int64_t grp = 0; grp < n_groups; ++grp) N += part[3 * grp], SX += part[3 * grp + 1], Qt += part[3 * grp + 2];
+  const double mean = SX / std::max(N, 1.0);
+  const double m2 = std::max(0.0, Qt - SX * mean);
+  const float inv_std = static_cast<float>(1.0 / std::sqrt(m2 / std::max(N - 1.0, 1.0) + eps));
+  const float mean_f = static_cast<float>(mean);
+  at::parallel_for(0, B, cpu::grain(L), [&](int64_t b0, int64_t b1) {
+    for (int64_t i = b0; i < b1; ++i) cpu::shift_scale_masked(p_out + i * L, p_m + i * L, L, mean_f, inv_std);
   });
   return out;
 }

@@ -311,8 +311,9 @@ def group_advantages(rewards, response_mask, index, estimator="grpo", gamma=1.0,
     from r3hf import _group_stats
 
     if (baseline == "position" and group is None and cu_seqlens is None
-            and (estimator == "rloo" or (estimator == "grpo" and scale != "batch"))):
-        # The group's own rows decide its statistics: one pass per group (bitwise the three-op path).
+            and estimator in ("rloo", "grpo", "reinforce_pp_baseline")):
+        # One pass per group (rloo, grpo: bitwise the three-op path; reinforce_pp_baseline: a whitening
+        # pass follows, the same to rounding; group_position_affine.cpp).
         pos = _group_stats.position_layout(index, response_mask, estimator, scale)
         return torch.ops.r3hf.group_position_advantages(rewards, response_mask, pos.ids, pos.n_groups, pos.width,
                                                         float(gamma), estimator, float(eps), scale)

@@ -33,8 +33,8 @@ def measure(fn, device: torch.device, min_time: float = 0.3, max_runs: int = 30,
     return {"median_s": statistics.median(times), "min_s": min(times), "runs": len(times)}
 
 
-def run_case(case: Case, device: torch.device, min_time: float) -> dict:
-    results = {name: measure(fn, device, min_time) for name, fn in case.providers.items()}
+def run_case(case: Case, device: torch.device, min_time: float, min_runs: int = 3) -> dict:
+    results = {name: measure(fn, device, min_time, min_runs=min_runs) for name, fn in case.providers.items()}
     base = results[case.baseline]["median_s"]
     for name, r in results.items():
         r["speedup_vs_baseline"] = base / r["median_s"]
@@ -76,7 +76,9 @@ def machine() -> dict:
 
 
 def run(size: str = "quick", device: str = "cpu", groups=("gae", "rewards", "fused"), min_time: float = 0.3,
-        out_dir: str | None = None, progress=print) -> dict:
+        out_dir: str | None = None, progress=print, min_runs: int = 3) -> dict:
+    """Every case of `groups` at `size`; each provider timed after a warm-up call for at least
+    `min_runs` calls and `min_time` seconds (at most 30 calls)."""
     dev = torch.device(device)
     report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "size": size, "device": device,
               "machine": machine(), "cases": []}
@@ -85,7 +87,7 @@ def run(size: str = "quick", device: str = "cpu", groups=("gae", "rewards", "fus
     report["backends"] = {k: v for k, v in ops.backends().items() if k in ("ops", "why_not")}
     for case in build(size, dev, groups):
         progress(f"  {case.name} ...")
-        report["cases"].append(run_case(case, dev, min_time))
+        report["cases"].append(run_case(case, dev, min_time, min_runs))
         del case
     if "memory" in groups:
         from . import memory

@@ -112,6 +112,11 @@ def make_trainer(policy, rm, prompts: torch.Tensor, *, estimator: str = "rloo", 
                       processing_class=trl_tokenizer(), reward_processing_classes=[trl_tokenizer()],
                       rollout_func=rollout_func, estimator=estimator, baseline=baseline, beta_c=beta_c,
                       kl_in_reward=kl_coef, **({"potential": potential} if potential is not None else {}))
+    # disable_tqdm makes TRL print every step's log dict to stdout: 40 lines per run drown the
+    # demo's own progress lines; trainer.state.log_history keeps every logged value.
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
     if kl_coef > 0:
         ref = copy.deepcopy(policy).eval()
         for p in ref.parameters():
