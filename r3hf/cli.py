@@ -19,7 +19,7 @@ def _demo(args) -> int:
     from .demo import run
 
     run(seeds=args.seeds, steps=args.steps, out=args.out, device=args.device, quick=args.quick, full=args.full,
-        threads=args.threads, critic_init=args.critic_init, workers=args.workers)
+        threads=args.threads, critic_init=args.critic_init, workers=args.workers, trl=args.trl)
     return 0
 
 
@@ -76,6 +76,9 @@ def main(argv=None) -> int:
     demo.add_argument("--full", action="store_true",
                       help="the wider grid: 40 steps of 64, more data, three reward models and all rewards "
                            "(sparse, r3hf, auto) as arms, 12 seeds")
+    demo.add_argument("--trl", action="store_true",
+                      help="also run the critic-free arm in TRL's GRPOTrainer loop (R3HFGRPOTrainer; rewards sparse, "
+                           "position, recommended), as --full does; about 2 more minutes on 2 cores at the default size")
     demo.add_argument("--seeds", type=int, default=None, help="seeds per arm (default 12; 1 with --quick)")
     demo.add_argument("--steps", type=int, default=None, help="steps per run (default 24; 5 with --quick, 40 with --full)")
     demo.add_argument("--workers", type=int, default=None, help="processes running arms in parallel (default 2)")

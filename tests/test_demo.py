@@ -460,3 +460,27 @@ def test_goal_lines_say_what_was_reached():
     assert "target ≥ +0.04 at 2 SE: NOT met" in lines[1]
     worse = report.goal_lines([cmp("rloo/full/recommended", 0.03, 0.02, -0.05, 0.01, "worse", "SHORTER")])[0]
     assert "NOT met: worse" in worse and "NOT met: SHORTER" in worse and "AUC +0.030 ± 0.040 (target ≥ +0.02 at 2 SE: NOT met)" in worse
+
+
+def test_trl_flag_adds_the_trl_arm_to_any_preset(monkeypatch):
+    import importlib
+
+    import r3hf.demo
+    from r3hf import cli
+
+    demo_run = importlib.import_module("r3hf.demo.run")  # the module (r3hf.demo.run is also the function)
+    default = demo_run.resolve_settings()
+    assert default.trl_rewards == () and default.seeds == 12
+    with_trl = demo_run.resolve_settings(trl=True)
+    assert with_trl.trl_rewards == demo_run.DemoSettings.full().trl_rewards
+    assert (with_trl.seeds, with_trl.steps, with_trl.rewards) == (default.seeds, default.steps, default.rewards)
+    assert demo_run.resolve_settings(quick=True, trl=True).trl_rewards == with_trl.trl_rewards
+    assert demo_run.resolve_settings(full=True, trl=True).trl_rewards == demo_run.DemoSettings.full().trl_rewards
+    with pytest.raises(ValueError, match="--quick or --full"):
+        demo_run.resolve_settings(quick=True, full=True)
+    with pytest.raises(ValueError, match="at least 1"):
+        demo_run.resolve_settings(seeds=0)
+    seen = {}
+    monkeypatch.setattr(r3hf.demo, "run", lambda **kw: seen.update(kw))
+    assert cli.main(["demo", "--trl", "--seeds", "3"]) == 0
+    assert seen["trl"] is True and seen["seeds"] == 3 and seen["full"] is False

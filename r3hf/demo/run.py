@@ -264,10 +264,9 @@ def _train_rms(settings, train_pairs, device, echo):
     return {k: rms[k] for k in wanted}, logs
 
 
-def run(*, seeds: int | None = None, steps: int | None = None, out="r3hf-demo", device: str = "cpu",
-        quick: bool = False, full: bool = False, threads: int | None = 1, critic_init: str | None = None,
-        workers: int | None = None, echo=print) -> dict:
-    """Run the whole study and write plots, JSON and heatmap into `out`. Returns the JSON dict."""
+def resolve_settings(*, quick: bool = False, full: bool = False, seeds: int | None = None, steps: int | None = None,
+                     critic_init: str | None = None, workers: int | None = None, trl: bool = False) -> DemoSettings:
+    """The study's settings from `r3hf demo`'s flags (None: the preset's value)."""
     if quick and full:
         raise ValueError("choose --quick or --full, not both")
     settings = DemoSettings.quick() if quick else DemoSettings.full() if full else DemoSettings()
@@ -279,8 +278,19 @@ def run(*, seeds: int | None = None, steps: int | None = None, out="r3hf-demo", 
         settings.critic_init = critic_init
     if workers is not None:
         settings.workers = workers
+    if trl and not settings.trl_rewards:  # the critic-free arm in TRL's loop too (--full has it already)
+        settings.trl_rewards = DemoSettings.full().trl_rewards
     if settings.seeds < 1 or settings.steps < 1 or settings.workers < 1:
         raise ValueError("--seeds, --steps and --workers must be at least 1")
+    return settings
+
+
+def run(*, seeds: int | None = None, steps: int | None = None, out="r3hf-demo", device: str = "cpu",
+        quick: bool = False, full: bool = False, threads: int | None = 1, critic_init: str | None = None,
+        workers: int | None = None, trl: bool = False, echo=print) -> dict:
+    """Run the whole study and write plots, JSON and heatmap into `out`. Returns the JSON dict."""
+    settings = resolve_settings(quick=quick, full=full, seeds=seeds, steps=steps, critic_init=critic_init,
+                                workers=workers, trl=trl)
     if torch.device(device).type != "cpu":
         settings.workers = 1  # one process per accelerator
     if threads:
