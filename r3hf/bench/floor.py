@@ -47,6 +47,14 @@ def probe(B: int, T: int, device):
     return lambda: torch.mul(x, 2, out=y)
 
 
+def _minor_faults() -> int:
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def _time(fn, device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -70,13 +78,21 @@ def fractions(B: int = 1024, T: int = 4096, G: int = 8, device="cpu", backend: s
     for est, baseline in settings:
         op = lambda est=est, baseline=baseline: ops.group_advantages(r, m, G, est, baseline=baseline, backend=backend)
         op(), pr()  # warm-up
-        t_op, t_pr = [], []
+        t_op, t_pr, faults = [], [], []
         for _ in range(rounds):
             t_pr.append(_time(pr, dev))
+            f0 = _minor_faults()
             t_op.append(_time(op, dev))
+            faults.append(_minor_faults() - f0)
         row = {"estimator": est, "baseline": baseline, "B": B, "T": T, "G": G, "backend": backend,
                "op_best_ms": min(t_op) * 1e3, "op_median_ms": statistics.median(t_op) * 1e3,
-               "probe_best_ms": min(t_pr) * 1e3, "probe_median_ms": statistics.median(t_pr) * 1e3}
+               "probe_best_ms": min(t_pr) * 1e3, "probe_median_ms": statistics.median(t_pr) * 1e3,
+               # The op returns a new [B, T] tensor; when the allocator hands back fresh pages (glibc
+               # mmaps large blocks at times) the first write faults every 4 KiB page in, which the
+               # probe, writing into a kept tensor, never pays: counted so slow rounds can be told apart.
+               "op_rounds_with_page_faults": sum(f >= B * T * 4 // 8192 for f in faults),
+               "op_median_ms_without_page_faults": _median_or_nan(
+                   [t * 1e3 for t, f in zip(t_op, faults) if f < B * T * 4 // 8192])}
         for k in ("best", "median"):
             bw = probe_bytes / (row[f"probe_{k}_ms"] / 1e3)
             row[f"probe_{k}_GBps"] = bw / 1e9
@@ -88,13 +104,17 @@ def fractions(B: int = 1024, T: int = 4096, G: int = 8, device="cpu", backend: s
     return out
 
 
+def _median_or_nan(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
 def table(rows: list[dict]) -> str:
     lines = [f"{'estimator':22} {'baseline':8} {'op best':>9} {'op med':>9} {'floor':>7} {'frac best':>9}"
-             f" {'frac med':>9} {'probe GB/s':>10}"]
+             f" {'frac med':>9} {'probe GB/s':>10} {'faulted rounds':>14}"]
     for r in rows:
         lines.append(f"{r['estimator']:22} {r['baseline']:8} {r['op_best_ms']:8.2f}m {r['op_median_ms']:8.2f}m"
                      f" {r['floor_best_ms']:6.2f}m {r['fraction_best']:9.2f} {r['fraction_median']:9.2f}"
-                     f" {r['probe_best_GBps']:10.1f}")
+                     f" {r['probe_best_GBps']:10.1f} {r['op_rounds_with_page_faults']:>14}")
     return "\n".join(lines)
 
 
