@@ -484,3 +484,15 @@ def test_trl_flag_adds_the_trl_arm_to_any_preset(monkeypatch):
     monkeypatch.setattr(r3hf.demo, "run", lambda **kw: seen.update(kw))
     assert cli.main(["demo", "--trl", "--seeds", "3"]) == 0
     assert seen["trl"] is True and seen["seeds"] == 3 and seen["full"] is False
+
+
+def test_versions_keep_the_start_commit_and_flag_a_moved_head(monkeypatch):
+    import importlib
+
+    demo_run = importlib.import_module("r3hf.demo.run")
+    start = {"python": "3", "r3hf_commit": "a" * 40}
+    monkeypatch.setattr(demo_run, "package_versions", lambda: {"python": "3", "r3hf_commit": "a" * 40})
+    assert demo_run._with_end_commit(start) == start
+    monkeypatch.setattr(demo_run, "package_versions", lambda: {"python": "3", "r3hf_commit": "b" * 40})
+    assert demo_run._with_end_commit(start) == {**start, "r3hf_commit_at_end": "b" * 40}
+    assert start == {"python": "3", "r3hf_commit": "a" * 40}  # the start record is not modified

@@ -291,6 +291,7 @@ def run(*, seeds: int | None = None, steps: int | None = None, out="r3hf-demo", 
     """Run the whole study and write plots, JSON and heatmap into `out`. Returns the JSON dict."""
     settings = resolve_settings(quick=quick, full=full, seeds=seeds, steps=steps, critic_init=critic_init,
                                 workers=workers, trl=trl)
+    versions = package_versions()  # at the start: the code that produced the numbers
     if torch.device(device).type != "cpu":
         settings.workers = 1  # one process per accelerator
     if threads:
@@ -398,7 +399,7 @@ def run(*, seeds: int | None = None, steps: int | None = None, out="r3hf-demo", 
         "machine": _machine(device),
         "settings": asdict(settings),
         "ppo_config": asdict(PPOConfig(ppo_epochs=settings.ppo_epochs, num_minibatches=settings.num_minibatches)),
-        "versions": package_versions(),
+        "versions": _with_end_commit(versions),
         "task": {
             "vocab": list(task.VOCAB), "prompt_len": task.PROMPT_LEN, "max_response_len": task.RESPONSE_LEN,
             "filler_cost": task.FILLER_COST, "truncation_cost": task.TRUNCATION_COST,
@@ -445,6 +446,13 @@ def run(*, seeds: int | None = None, steps: int | None = None, out="r3hf-demo", 
 
 
 VERSIONED = ("torch", "transformers", "tokenizers", "trl", "datasets", "accelerate", "numpy", "triton", "matplotlib")
+
+
+def _with_end_commit(versions: dict) -> dict:
+    """`versions` (taken when the run started), plus r3hf_commit_at_end when the checkout's HEAD
+    moved during the run (a long run in a working checkout)."""
+    end = package_versions().get("r3hf_commit")
+    return versions if end == versions.get("r3hf_commit") else {**versions, "r3hf_commit_at_end": end}
 
 
 def package_versions() -> dict:
