@@ -7,6 +7,7 @@
 #include <c10/util/Optional.h>
 
 #include <algorithm>
+#include <string>
 #include <vector>
 
 #include "../op_args.h"
@@ -18,6 +19,17 @@ namespace cpu {
 using at::Tensor;
 
 inline Tensor as_long(const Tensor& t) { return t.to(at::kLong).contiguous(); }
+
+// `scale` of the group estimators (r3hf/_group_stats.py SCALES), parsed once for the row and position ops.
+enum class GroupScale { kGroup, kBatch, kNone };
+
+inline GroupScale parse_group_scale(c10::string_view name) {
+  if (name == "group") return GroupScale::kGroup;
+  if (name == "batch") return GroupScale::kBatch;
+  if (name == "none") return GroupScale::kNone;
+  TORCH_CHECK_VALUE(false, "scale must be one of ['group', 'batch', 'none'], got '", std::string(name), "'");
+  return GroupScale::kGroup;
+}
 
 inline void check_cpu(const Tensor& t, const char* name) {
   TORCH_CHECK_VALUE(t.device().is_cpu(), name, " must be a CPU tensor for the CPU kernel, got ", t.device());

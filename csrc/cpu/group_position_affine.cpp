@@ -30,7 +30,7 @@ namespace {
 using at::Tensor;
 
 enum class Est { kRloo, kGrpo, kReinforcePpBaseline };
-enum class Scale { kGroup, kBatch, kNone };
+using Scale = cpu::GroupScale;
 
 Est parse_position_estimator(c10::string_view name) {
   if (name == "rloo") return Est::kRloo;
@@ -39,14 +39,6 @@ Est parse_position_estimator(c10::string_view name) {
   TORCH_CHECK_VALUE(false, "baseline='position' is defined for estimator in ['grpo', 'rloo', 'reinforce_pp_baseline'], "
                     "got '", std::string(name), "'");
   return Est::kRloo;
-}
-
-Scale parse_scale(c10::string_view name) {
-  if (name == "group") return Scale::kGroup;
-  if (name == "batch") return Scale::kBatch;
-  if (name == "none") return Scale::kNone;
-  TORCH_CHECK_VALUE(false, "scale must be one of ['group', 'batch', 'none'], got '", std::string(name), "'");
-  return Scale::kGroup;
 }
 
 // The rows of one group that end before some position: (n_i, last_i) in increasing n_i, walked
@@ -148,7 +140,7 @@ std::tuple<Tensor, Tensor> group_position_affine_cpu(const Tensor& stats_in, con
                                                      c10::string_view estimator, double eps,
                                                      c10::string_view scale_name) {
   const Est est = parse_position_estimator(estimator);
-  const Scale sc = parse_scale(scale_name);
+  const Scale sc = cpu::parse_group_scale(scale_name);
   TORCH_CHECK_VALUE(stats_in.device().is_cpu() && sums_in.device().is_cpu(), "group_position_affine: CPU tensors");
   const Tensor stats = stats_in.to(at::kDouble).contiguous(), sums = sums_in.to(at::kDouble).contiguous();
   const Tensor last = last_in.to(at::kDouble).contiguous(), ids = ids_in.to(at::kLong).contiguous();
@@ -436,7 +428,7 @@ Tensor group_position_advantages_cpu(const Tensor& rewards_in, const Tensor& mas
                                      int64_t n_groups, int64_t width, double gamma, c10::string_view estimator,
                                      double eps, c10::string_view scale_name) {
   const Est est = parse_position_estimator(estimator);
-  const Scale sc = parse_scale(scale_name);
+  const Scale sc = cpu::parse_group_scale(scale_name);
   TORCH_CHECK_VALUE(rewards_in.device().is_cpu(), "rewards must be a CPU tensor");
   TORCH_CHECK_VALUE(rewards_in.dim() == 2 && rewards_in.sizes() == mask_in.sizes(),
                     "rewards and response_mask must both be [B, L], got ", rewards_in.sizes(), " and ",

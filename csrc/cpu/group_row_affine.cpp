@@ -25,7 +25,7 @@ namespace {
 using at::Tensor;
 
 enum class Est { kGrpo, kRloo, kReinforcePp, kReinforcePpBaseline, kGrpoProcess };
-enum class Scale { kGroup, kBatch, kNone };
+using Scale = cpu::GroupScale;
 
 Est parse_row_estimator(c10::string_view name) {
   if (name == "grpo") return Est::kGrpo;
@@ -36,14 +36,6 @@ Est parse_row_estimator(c10::string_view name) {
   TORCH_CHECK_VALUE(false, "estimator must be one of ['grpo', 'rloo', 'reinforce_pp', 'reinforce_pp_baseline', "
                     "'grpo_process'], got '", std::string(name), "'");
   return Est::kGrpo;
-}
-
-Scale parse_row_scale(c10::string_view name) {
-  if (name == "group") return Scale::kGroup;
-  if (name == "batch") return Scale::kBatch;
-  if (name == "none") return Scale::kNone;
-  TORCH_CHECK_VALUE(false, "scale must be one of ['group', 'batch', 'none'], got '", std::string(name), "'");
-  return Scale::kGroup;
 }
 
 // Chan's merge of rows' (count, sum, M2) -> (N, mean, M2) of their tokens, as `_merge`.
@@ -69,7 +61,7 @@ std::tuple<Tensor, Tensor> group_row_affine_cpu(const Tensor& stats_in, const Te
                                                 c10::string_view estimator, double eps, c10::string_view scale_name) {
   cpu::check_cpu(stats_in, "stats");
   const Est est = parse_row_estimator(estimator);
-  const Scale scale = parse_row_scale(scale_name);
+  const Scale scale = cpu::parse_group_scale(scale_name);
   TORCH_CHECK_VALUE(stats_in.dim() == 2 && stats_in.size(1) == kStats, "stats must be [B, ", kStats, "], got ",
                     stats_in.sizes());
   const int64_t B = stats_in.size(0);
