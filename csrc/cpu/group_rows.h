@@ -78,6 +78,20 @@ R3HF_AVX2 __attribute__((always_inline)) inline void transpose8(__m256* v) {
   v[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
 }
 
+// 8 positions' mask as all-ones / zero lanes.
+R3HF_AVX2 __attribute__((always_inline)) inline __m256 mask8(const bool* m) {
+  const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(m)));
+  return _mm256_castsi256_ps(_mm256_cmpgt_epi32(b, _mm256_setzero_si256()));
+}
+
+// Positions t0..t0+7 of 8 rows, transposed to [position][row]: rewards into x, mask lanes into mk.
+R3HF_AVX2 __attribute__((always_inline)) inline void load_rows8(const float* const* r, const bool* const* m, int64_t t0,
+                                                                __m256* x, __m256* mk) {
+  for (int k = 0; k < 8; ++k) x[k] = _mm256_loadu_ps(r[k] + t0), mk[k] = mask8(m[k] + t0);
+  transpose8(x);
+  transpose8(mk);
+}
+
 template <int Mode>
 R3HF_AVX2 void scan_rows8_avx2(const float* const* r, const bool* const* m, int64_t L, float gamma,
                                const float* shift, const float* scale, float* const* out) {
@@ -88,16 +102,9 @@ R3HF_AVX2 void scan_rows8_avx2(const float* const* r, const bool* const* m, int6
     for (int64_t t = L - 1; t >= L8; --t) out[k][t] = scan_step(Mode, r[k][t], m[k][t], sh[k], sc[k], gamma, run[k]);
   __m256 running = _mm256_loadu_ps(run);
   const __m256 v_sh = _mm256_loadu_ps(sh), v_sc = _mm256_loadu_ps(sc), v_g = _mm256_set1_ps(gamma);
-  const __m256i zero_i = _mm256_setzero_si256();
   for (int64_t t0 = L8 - 8; t0 >= 0; t0 -= 8) {
     __m256 x[kScanRows], mk[kScanRows];
-    for (int k = 0; k < kScanRows; ++k) {
-      x[k] = _mm256_loadu_ps(r[k] + t0);
-      const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(m[k] + t0)));
-      mk[k] = _mm256_castsi256_ps(_mm256_cmpgt_epi32(b, zero_i));
-    }
-    transpose8(x);
-    transpose8(mk);
+    load_rows8(r, m, t0, x, mk);
     for (int j = kScanRows - 1; j >= 0; --j) {
       __m256 xj = x[j];
       if (Mode == SCAN_ON_REWARDS) xj = _mm256_mul_ps(_mm256_sub_ps(xj, v_sh), v_sc);
@@ -185,10 +192,6 @@ inline double lane_total(const double* acc) {
 // The AVX2 forms of masked_sum / masked_sum_sq below: lanes 0-15 in four 4-double vectors, each
 // lane adding the same values in the same order as the scalar loop (GCC compiles that loop to
 // branchy scalar code, ~10x slower than a plain sum).
-R3HF_AVX2 __attribute__((always_inline)) inline __m256 mask8(const bool* m) {
-  const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(m)));
-  return _mm256_castsi256_ps(_mm256_cmpgt_epi32(b, _mm256_setzero_si256()));
-}
 
 // Lanes 0-15 of Σ m·x into acc_s (and of Σ m·(x − c)² into acc_q when Sq), the generated count into
 // n; -> the first position not covered (a multiple of kMomentLanes).
@@ -322,16 +325,9 @@ R3HF_AVX2 inline void scan_moments8_avx2(const float* const* r, const bool* cons
   const __m256 v_g = _mm256_set1_ps(gamma), v_c = _mm256_loadu_ps(c);
   __m256d s0 = _mm256_loadu_pd(sum), s1 = _mm256_loadu_pd(sum + 4), q0 = _mm256_loadu_pd(sq),
           q1 = _mm256_loadu_pd(sq + 4);
-  const __m256i zero_i = _mm256_setzero_si256();
   for (int64_t t0 = L8 - 8; t0 >= 0; t0 -= 8) {
     __m256 x[kScanRows], mk[kScanRows];
-    for (int k = 0; k < kScanRows; ++k) {
-      x[k] = _mm256_loadu_ps(r[k] + t0);
-      const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(m[k] + t0)));
-      mk[k] = _mm256_castsi256_ps(_mm256_cmpgt_epi32(b, zero_i));
-    }
-    transpose8(x);
-    transpose8(mk);
+    load_rows8(r, m, t0, x, mk);
     for (int j = kScanRows - 1; j >= 0; --j) {
       const __m256 nr = _mm256_add_ps(_mm256_and_ps(x[j], mk[j]), _mm256_mul_ps(v_g, running));
       running = _mm256_blendv_ps(running, nr, mk[j]);
